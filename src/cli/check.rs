@@ -1,0 +1,107 @@
+//! `thingplus-gw check`: validate a configuration and show what it resolves to.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::{Config, Fsync, SensorSource};
+use crate::units::format_duration;
+
+use super::EXIT_CONFIG;
+
+pub fn run(config_path: &Path) -> ExitCode {
+    match Config::load(config_path) {
+        Ok(c) => {
+            if c.mqtt.tls {
+                if let Err(e) = crate::tls::client_config(&c.mqtt) {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+            print!("{}", describe(&c));
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// A human summary of a configuration. Never shows the APIKEY.
+pub fn describe(c: &Config) -> String {
+    let mut o = String::new();
+    let g = &c.gateway;
+    let _ = writeln!(o, "{}: OK", c.path.display());
+    let _ = writeln!(o, "gateway id       {} ({})", g.id, g.id_source);
+    let _ = writeln!(
+        o,
+        "apikey           set ({} characters)",
+        g.apikey.expose().len()
+    );
+    let _ = writeln!(o, "report interval  {}", format_duration(g.report_interval));
+    let _ = writeln!(o, "state dir        {}", g.state_dir.display());
+    let m = &c.mqtt;
+    let _ = writeln!(
+        o,
+        "broker           {}:{} ({})",
+        m.host,
+        m.port,
+        if m.tls {
+            match &m.ca_file {
+                Some(ca) => format!("TLS, CA {}", ca.display()),
+                None => "TLS, system trust store".to_string(),
+            }
+        } else {
+            "plain TCP".to_string()
+        }
+    );
+    let _ = writeln!(
+        o,
+        "keep-alive       {}; reconnect {} .. {}",
+        format_duration(m.keep_alive_for(g.report_interval)),
+        format_duration(m.reconnect_min),
+        format_duration(m.reconnect_max)
+    );
+    let fsync = match c.buffer.fsync {
+        Fsync::Always => "always".to_string(),
+        Fsync::Never => "never".to_string(),
+        Fsync::Period(p) => format!("every {}", format_duration(p)),
+    };
+    let _ = writeln!(
+        o,
+        "buffer           {} (max {} MiB, fsync {fsync})",
+        c.buffer.dir.display(),
+        c.buffer.max_size >> 20
+    );
+    let _ = writeln!(o, "sensors          {}", c.sensors.len());
+    for s in &c.sensors {
+        let SensorSource::File { path, .. } = &s.source;
+        let interval = s
+            .interval
+            .map_or("report interval".to_string(), format_duration);
+        let _ = writeln!(
+            o,
+            "  {:<36} {:<12} {} every {}{}",
+            s.id,
+            s.sensor_type,
+            path.display(),
+            interval,
+            if s.event { ", sent on change" } else { "" }
+        );
+    }
+    let _ = writeln!(o, "actuators        {}", c.actuators.len());
+    for a in &c.actuators {
+        let _ = writeln!(
+            o,
+            "  {:<36} {:?} {}",
+            a.id,
+            a.actuator_type,
+            a.path.display()
+        );
+    }
+    o
+}

@@ -1,0 +1,988 @@
+//! The configuration file: TOML schema, defaults and validation.
+//!
+//! Loading happens in two steps: serde reads the text into `Raw*` structs
+//! (unknown keys and wrong types are errors with a position), then
+//! [`Config::from_raw`] checks what serde cannot and resolves defaults.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Range;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::gateway_id;
+use crate::units::{format_duration, ByteSize, HumanDuration};
+
+pub const DEFAULT_PATH: &str = "/etc/thingplus-gw/config.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/thingplus-gw";
+/// Thing+ itself rejects report intervals under a minute.
+pub const SERVICE_MIN_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+/// The protocol's floor between a lost connection and the next attempt.
+pub const PROTOCOL_MIN_RECONNECT: Duration = Duration::from_secs(10);
+/// Largest configuration file read: a config is a few KiB; anything larger is a mistake.
+pub const MAX_CONFIG_SIZE: u64 = 1 << 20;
+
+/// A configuration error, with the place in the file when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based line and column.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.path.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The APIKEY: never printed, not even by `{:?}`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+// ---------------------------------------------------------------- raw schema
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gateway: RawGateway,
+    #[serde(default)]
+    mqtt: RawMqtt,
+    #[serde(default)]
+    buffer: RawBuffer,
+    #[serde(default, rename = "sensor")]
+    sensors: Vec<RawSensor>,
+    #[serde(default, rename = "actuator")]
+    actuators: Vec<RawActuator>,
+    #[serde(default)]
+    rpc: RawRpc,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    id: Option<Spanned<String>>,
+    interface: Option<String>,
+    apikey: Option<String>,
+    apikey_file: Option<Spanned<PathBuf>>,
+    report_interval: Option<Spanned<HumanDuration>>,
+    status_validity: Option<Spanned<HumanDuration>>,
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    host: Option<String>,
+    service: Option<Spanned<String>>,
+    port: Option<u16>,
+    tls: Option<bool>,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    keep_alive: Option<Spanned<HumanDuration>>,
+    reconnect_min: Option<Spanned<HumanDuration>>,
+    reconnect_max: Option<Spanned<HumanDuration>>,
+    connect_timeout: Option<HumanDuration>,
+    ack_timeout: Option<HumanDuration>,
+    max_message_size: Option<Spanned<ByteSize>>,
+    max_inflight: Option<Spanned<u16>>,
+    shutdown_timeout: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBuffer {
+    dir: Option<PathBuf>,
+    max_size: Option<ByteSize>,
+    fsync: Option<Spanned<String>>,
+    min_free: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawSensor {
+    id: Spanned<String>,
+    #[serde(rename = "type")]
+    sensor_type: String,
+    path: Option<PathBuf>,
+    regex: Option<Spanned<String>>,
+    scale: Option<f64>,
+    offset: Option<f64>,
+    interval: Option<Spanned<HumanDuration>>,
+    event: Option<bool>,
+    value_type: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawActuator {
+    id: Spanned<String>,
+    #[serde(rename = "type")]
+    actuator_type: Spanned<String>,
+    path: PathBuf,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRpc {
+    allow_reboot: Option<bool>,
+    allow_poweroff: Option<bool>,
+    allow_restart: Option<bool>,
+    sw_update_command: Option<Vec<String>>,
+    set_system_clock: Option<bool>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+}
+
+// ---------------------------------------------------------------- resolved
+
+/// A validated configuration with every default resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub gateway: GatewayConfig,
+    pub mqtt: MqttConfig,
+    pub buffer: BufferConfig,
+    pub sensors: Vec<SensorConfig>,
+    pub actuators: Vec<ActuatorConfig>,
+    pub rpc: RpcConfig,
+    pub log_level: Option<String>,
+    /// Things worth telling the operator that do not stop the daemon.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub id: String,
+    /// Where the id came from, for `check` and logs ("config", "MAC of eth0").
+    pub id_source: String,
+    pub apikey: Secret,
+    pub report_interval: Duration,
+    /// Status valid duration; `None`: 2 x the current report interval.
+    pub status_validity: Option<Duration>,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// `None`: 2 x report interval, within 60..600 s.
+    pub keep_alive: Option<Duration>,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub connect_timeout: Duration,
+    /// A publish not acknowledged within this time means the link is dead.
+    pub ack_timeout: Duration,
+    pub max_message_size: usize,
+    /// Value messages in flight at once (kept well under rumqttc's own limit).
+    pub max_inflight: u16,
+    /// How long shutdown may spend delivering what is pending.
+    pub shutdown_timeout: Duration,
+}
+
+impl MqttConfig {
+    /// Keep-alive: configured, or 2 x report interval clamped to 60..600 s.
+    pub fn keep_alive_for(&self, report_interval: Duration) -> Duration {
+        self.keep_alive.unwrap_or_else(|| {
+            (report_interval * 2).clamp(Duration::from_secs(60), Duration::from_secs(600))
+        })
+    }
+}
+
+/// How often appended readings are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    Always,
+    Period(Duration),
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BufferConfig {
+    pub dir: PathBuf,
+    pub max_size: u64,
+    pub fsync: Fsync,
+    /// Free space kept on the buffer's filesystem, in percent.
+    pub min_free_percent: f64,
+}
+
+/// How a raw reading becomes a Thing+ value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueType {
+    /// A number, `raw * scale + offset`.
+    Number,
+    /// A number rounded to an integer.
+    Integer,
+    /// The text as read (trimmed).
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub enum SensorSource {
+    /// A text file (sysfs or any): read whole, optional regex whose first group is the raw value.
+    File { path: PathBuf, regex: Option<Regex> },
+}
+
+#[derive(Debug, Clone)]
+pub struct SensorConfig {
+    pub id: String,
+    pub sensor_type: String,
+    pub source: SensorSource,
+    pub value_type: ValueType,
+    pub scale: f64,
+    pub offset: f64,
+    /// Sampling interval; `None`: follow the report interval.
+    pub interval: Option<Duration>,
+    /// Sent as soon as the value changes instead of each report.
+    pub event: bool,
+}
+
+impl PartialEq for SensorConfig {
+    fn eq(&self, other: &Self) -> bool {
+        let src_eq = match (&self.source, &other.source) {
+            (
+                SensorSource::File { path: a, regex: ra },
+                SensorSource::File { path: b, regex: rb },
+            ) => a == b && ra.as_ref().map(Regex::as_str) == rb.as_ref().map(Regex::as_str),
+        };
+        src_eq
+            && self.id == other.id
+            && self.sensor_type == other.sensor_type
+            && self.value_type == other.value_type
+            && self.scale == other.scale
+            && self.offset == other.offset
+            && self.interval == other.interval
+            && self.event == other.event
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActuatorType {
+    /// A sysfs LED directory (`brightness`, `trigger`, `max_brightness`).
+    Led,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActuatorConfig {
+    pub id: String,
+    pub actuator_type: ActuatorType,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcConfig {
+    pub allow_reboot: bool,
+    pub allow_poweroff: bool,
+    pub allow_restart: bool,
+    pub sw_update_command: Option<Vec<String>>,
+    pub set_system_clock: bool,
+}
+
+/// Types whose values are sent on change rather than each report.
+pub fn is_event_type(sensor_type: &str) -> bool {
+    matches!(
+        sensor_type,
+        "onoff" | "motion" | "door" | "button" | "switch" | "vibration" | "fire" | "leak"
+    )
+}
+
+fn default_value_type(sensor_type: &str) -> ValueType {
+    match sensor_type {
+        "string" | "text" => ValueType::Text,
+        "humidity" | "light" | "onoff" | "motion" | "door" | "button" | "switch" | "count"
+        | "vibration" | "fire" | "leak" => ValueType::Integer,
+        _ => ValueType::Number,
+    }
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err_at(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.to_path_buf(),
+            position: Some(line_col(self.text, span.start)),
+            message: message.into(),
+        }
+    }
+    fn err(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.to_path_buf(),
+            position: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, col)
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let io_err = |what: &str, e: std::io::Error| ConfigError {
+            path: path.to_path_buf(),
+            position: None,
+            message: format!("cannot {what}: {e}"),
+        };
+        let meta = std::fs::metadata(path).map_err(|e| io_err("read the configuration", e))?;
+        if meta.len() > MAX_CONFIG_SIZE {
+            return Err(ConfigError {
+                path: path.to_path_buf(),
+                position: None,
+                message: format!(
+                    "the file is {} bytes; a configuration is limited to {} bytes",
+                    meta.len(),
+                    MAX_CONFIG_SIZE
+                ),
+            });
+        }
+        let text =
+            std::fs::read_to_string(path).map_err(|e| io_err("read the configuration", e))?;
+        let mut config = Config::parse(&text, path)?;
+        if meta.permissions().mode() & 0o004 != 0 && text_has_apikey(&text) {
+            config.warnings.push(format!(
+                "{} holds the APIKEY and is readable by every user: chmod 640 it (owner root, group thingplus-gw)",
+                path.display()
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Parses configuration text; `path` is only used in messages and to
+    /// resolve `apikey_file`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let ctx = Ctx { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            position: e.span().map(|s| line_col(text, s.start)),
+            message: e.message().trim_end().to_string(),
+        })?;
+        Config::from_raw(raw, &ctx)
+    }
+
+    fn from_raw(raw: RawConfig, ctx: &Ctx) -> Result<Config, ConfigError> {
+        let mut warnings = Vec::new();
+        let g = raw.gateway;
+
+        // Gateway id.
+        let (id, id_source) = match &g.id {
+            Some(id) if id.get_ref() != "auto" => {
+                if !gateway_id::is_valid_id(id.get_ref()) {
+                    return Err(ctx.err_at(
+                        id.span(),
+                        format!(
+                            "invalid gateway id \"{}\": use only letters, digits and - _ . ~",
+                            id.get_ref()
+                        ),
+                    ));
+                }
+                (id.get_ref().clone(), "config".to_string())
+            }
+            _ => {
+                let id = gateway_id::auto_id(g.interface.as_deref()).map_err(|m| match &g.id {
+                    Some(s) => ctx.err_at(s.span(), format!("id = \"auto\": {m}")),
+                    None => ctx.err(format!("[gateway] id is not set, so it is \"auto\": {m}")),
+                })?;
+                let src = match &g.interface {
+                    Some(i) => format!("MAC of {i}"),
+                    None => "MAC of the first hardware NIC".to_string(),
+                };
+                (id, src)
+            }
+        };
+
+        // APIKEY, inline or from a file.
+        let apikey = match (g.apikey, &g.apikey_file) {
+            (Some(_), Some(f)) => {
+                return Err(ctx.err_at(
+                    f.span(),
+                    "set either apikey or apikey_file in [gateway], not both",
+                ))
+            }
+            (Some(k), None) => k,
+            (None, Some(f)) => {
+                let p = resolve_relative(ctx.path, f.get_ref());
+                let key = std::fs::read_to_string(&p).map_err(|e| {
+                    ctx.err_at(f.span(), format!("cannot read apikey_file {}: {e}", p.display()))
+                })?;
+                if let Ok(meta) = std::fs::metadata(&p) {
+                    if meta.permissions().mode() & 0o004 != 0 {
+                        warnings.push(format!(
+                            "apikey_file {} is readable by every user: chmod 640 it (owner root, group thingplus-gw)",
+                            p.display()
+                        ));
+                    }
+                }
+                key.trim().to_string()
+            }
+            (None, None) => {
+                return Err(ctx.err(
+                    "[gateway] needs the APIKEY the Thing+ portal issued for this gateway: set apikey = \"...\" or apikey_file = \"/etc/thingplus-gw/apikey\"",
+                ))
+            }
+        };
+        if apikey.is_empty() {
+            return Err(ctx.err("[gateway] the APIKEY is empty"));
+        }
+
+        let report_interval = match &g.report_interval {
+            Some(ri) => {
+                let d = ri.get_ref().0;
+                if d.is_zero() {
+                    return Err(ctx.err_at(
+                        ri.span(),
+                        "report_interval must be greater than zero, such as \"60s\"",
+                    ));
+                }
+                d
+            }
+            None => SERVICE_MIN_REPORT_INTERVAL,
+        };
+        if report_interval < SERVICE_MIN_REPORT_INTERVAL {
+            warnings.push(format!(
+                "report_interval is {}: the Thing+ service requires at least 60s (fine for local brokers and tests)",
+                format_duration(report_interval)
+            ));
+        }
+        let status_validity = match &g.status_validity {
+            Some(v) if v.get_ref().0.is_zero() => {
+                return Err(ctx.err_at(v.span(), "status_validity must be greater than zero"))
+            }
+            Some(v) => Some(v.get_ref().0),
+            None => None,
+        };
+        let state_dir = g
+            .state_dir
+            .or_else(|| {
+                std::env::var_os("STATE_DIRECTORY").map(|s| {
+                    // systemd may pass several colon-separated directories; the first is ours.
+                    let s = s.to_string_lossy().into_owned();
+                    PathBuf::from(s.split(':').next().unwrap_or_default())
+                })
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+
+        let gateway = GatewayConfig {
+            id: id.clone(),
+            id_source,
+            apikey: Secret::new(apikey),
+            report_interval,
+            status_validity,
+            state_dir: state_dir.clone(),
+        };
+
+        let mqtt = mqtt_from_raw(raw.mqtt, ctx, &mut warnings)?;
+        let buffer = buffer_from_raw(raw.buffer, &state_dir, ctx)?;
+
+        // Sensors.
+        let mut seen = HashSet::new();
+        let mut sensors = Vec::new();
+        for s in raw.sensors {
+            let sid = s.id.get_ref().replace("{gateway_id}", &id);
+            if !gateway_id::is_valid_id(&sid) {
+                return Err(ctx.err_at(
+                    s.id.span(),
+                    format!("invalid sensor id \"{sid}\": use only letters, digits and - _ . ~ (and {{gateway_id}})"),
+                ));
+            }
+            if !seen.insert(sid.clone()) {
+                return Err(ctx.err_at(s.id.span(), format!("duplicate sensor id \"{sid}\"")));
+            }
+            let Some(path) = s.path else {
+                return Err(ctx.err_at(
+                    s.id.span(),
+                    format!("sensor \"{sid}\" has no source: set path = \"/sys/...\""),
+                ));
+            };
+            let regex = match &s.regex {
+                Some(r) => {
+                    let re = Regex::new(r.get_ref())
+                        .map_err(|e| ctx.err_at(r.span(), format!("invalid regex: {e}")))?;
+                    if re.captures_len() < 2 {
+                        return Err(ctx.err_at(
+                            r.span(),
+                            "the regex needs a capture group: its first group is the raw value, as in 't=(-?\\d+)'",
+                        ));
+                    }
+                    Some(re)
+                }
+                None => None,
+            };
+            let value_type = match &s.value_type {
+                None => default_value_type(&s.sensor_type),
+                Some(v) => match v.get_ref().as_str() {
+                    "number" => ValueType::Number,
+                    "integer" => ValueType::Integer,
+                    "string" => ValueType::Text,
+                    other => {
+                        return Err(ctx.err_at(
+                            v.span(),
+                            format!("invalid value_type \"{other}\": expected \"number\", \"integer\" or \"string\""),
+                        ))
+                    }
+                },
+            };
+            let interval = match &s.interval {
+                Some(i) if i.get_ref().0.is_zero() => {
+                    return Err(ctx.err_at(i.span(), "interval must be greater than zero"))
+                }
+                Some(i) => Some(i.get_ref().0),
+                None => None,
+            };
+            let event = s.event.unwrap_or_else(|| is_event_type(&s.sensor_type));
+            sensors.push(SensorConfig {
+                id: sid,
+                sensor_type: s.sensor_type,
+                source: SensorSource::File { path, regex },
+                value_type,
+                scale: s.scale.unwrap_or(1.0),
+                offset: s.offset.unwrap_or(0.0),
+                // Event sensors must notice a change quickly even with a long report interval.
+                interval: interval.or(if event {
+                    Some(Duration::from_secs(1))
+                } else {
+                    None
+                }),
+                event,
+            });
+        }
+
+        let mut actuators = Vec::new();
+        let mut seen_act = HashSet::new();
+        for a in raw.actuators {
+            let aid = a.id.get_ref().replace("{gateway_id}", &id);
+            if !gateway_id::is_valid_id(&aid) {
+                return Err(ctx.err_at(
+                    a.id.span(),
+                    format!("invalid actuator id \"{aid}\": use only letters, digits and - _ . ~"),
+                ));
+            }
+            if !seen_act.insert(aid.clone()) || seen.contains(&aid) {
+                return Err(ctx.err_at(a.id.span(), format!("duplicate id \"{aid}\"")));
+            }
+            let actuator_type = match a.actuator_type.get_ref().as_str() {
+                "led" => ActuatorType::Led,
+                other => {
+                    return Err(ctx.err_at(
+                        a.actuator_type.span(),
+                        format!("unknown actuator type \"{other}\": expected \"led\""),
+                    ))
+                }
+            };
+            actuators.push(ActuatorConfig {
+                id: aid,
+                actuator_type,
+                path: a.path,
+            });
+        }
+
+        let rpc = RpcConfig {
+            allow_reboot: raw.rpc.allow_reboot.unwrap_or(false),
+            allow_poweroff: raw.rpc.allow_poweroff.unwrap_or(false),
+            allow_restart: raw.rpc.allow_restart.unwrap_or(true),
+            sw_update_command: raw.rpc.sw_update_command,
+            set_system_clock: raw.rpc.set_system_clock.unwrap_or(false),
+        };
+
+        Ok(Config {
+            path: ctx.path.to_path_buf(),
+            gateway,
+            mqtt,
+            buffer,
+            sensors,
+            actuators,
+            rpc,
+            log_level: raw.log.level,
+            warnings,
+        })
+    }
+
+    /// The status valid duration in seconds for a report interval.
+    pub fn status_validity_secs(&self, report_interval: Duration) -> i64 {
+        let d = self.gateway.status_validity.unwrap_or(report_interval * 2);
+        d.as_secs_f64().ceil() as i64
+    }
+}
+
+fn text_has_apikey(text: &str) -> bool {
+    text.lines()
+        .any(|l| l.trim_start().starts_with("apikey") && !l.trim_start().starts_with("apikey_file"))
+}
+
+fn resolve_relative(config_path: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config_path.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+fn mqtt_from_raw(
+    m: RawMqtt,
+    ctx: &Ctx,
+    warnings: &mut Vec<String>,
+) -> Result<MqttConfig, ConfigError> {
+    let host = match (&m.host, &m.service) {
+        (Some(_), Some(s)) => {
+            return Err(ctx.err_at(s.span(), "set either host or service in [mqtt], not both"))
+        }
+        (Some(h), None) => h.clone(),
+        (None, Some(s)) => match s.get_ref().as_str() {
+            "commercial" => "mqtt.thingplus.net".to_string(),
+            "sandbox" => "mqtt.sandbox.thingplus.net".to_string(),
+            other => {
+                return Err(ctx.err_at(
+                    s.span(),
+                    format!("unknown service \"{other}\": expected \"commercial\" or \"sandbox\" (or set host)"),
+                ))
+            }
+        },
+        (None, None) => "mqtt.thingplus.net".to_string(),
+    };
+    let tls = m.tls.unwrap_or(true);
+    let port = m.port.unwrap_or(if tls { 8883 } else { 1883 });
+    if !tls && !is_loopback_host(&host) {
+        warnings.push(format!(
+            "tls = false: the APIKEY and every reading go to {host} unencrypted; use TLS for anything but a local broker"
+        ));
+    }
+    if m.client_cert.is_some() != m.client_key.is_some() {
+        return Err(ctx.err("[mqtt] client_cert and client_key go together: set both or neither"));
+    }
+    let reconnect_min = m
+        .reconnect_min
+        .as_ref()
+        .map_or(PROTOCOL_MIN_RECONNECT, |d| d.get_ref().0);
+    let reconnect_max = m
+        .reconnect_max
+        .as_ref()
+        .map_or(Duration::from_secs(300), |d| d.get_ref().0);
+    if let Some(d) = &m.reconnect_min {
+        if d.get_ref().0.is_zero() {
+            return Err(ctx.err_at(d.span(), "reconnect_min must be greater than zero"));
+        }
+    }
+    if reconnect_min < PROTOCOL_MIN_RECONNECT {
+        warnings.push(format!(
+            "reconnect_min is {}: Thing+ requires at least 10s between attempts (fine for local brokers and tests)",
+            format_duration(reconnect_min)
+        ));
+    }
+    if reconnect_max < reconnect_min {
+        let span = m.reconnect_max.as_ref().map(|s| s.span()).unwrap_or(0..0);
+        return Err(ctx.err_at(span, "reconnect_max must not be smaller than reconnect_min"));
+    }
+    if let Some(k) = &m.keep_alive {
+        let secs = k.get_ref().0.as_secs();
+        if !(5..=65535).contains(&secs) {
+            return Err(ctx.err_at(k.span(), "keep_alive must be between 5s and 65535s"));
+        }
+    }
+    let max_message_size = match &m.max_message_size {
+        Some(s) if s.get_ref().0 < 1024 => {
+            return Err(ctx.err_at(s.span(), "max_message_size must be at least 1KiB"))
+        }
+        Some(s) => s.get_ref().0 as usize,
+        None => 64 << 10,
+    };
+    let max_inflight = match &m.max_inflight {
+        Some(n) if !(1..=50).contains(n.get_ref()) => {
+            return Err(ctx.err_at(n.span(), "max_inflight must be between 1 and 50"))
+        }
+        Some(n) => *n.get_ref(),
+        None => 8,
+    };
+    Ok(MqttConfig {
+        host,
+        port,
+        tls,
+        ca_file: m.ca_file,
+        client_cert: m.client_cert,
+        client_key: m.client_key,
+        keep_alive: m.keep_alive.map(|k| k.get_ref().0),
+        reconnect_min,
+        reconnect_max,
+        connect_timeout: m.connect_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        ack_timeout: m.ack_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        max_message_size,
+        max_inflight,
+        shutdown_timeout: m.shutdown_timeout.map_or(Duration::from_secs(5), |d| d.0),
+    })
+}
+
+pub fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+fn buffer_from_raw(b: RawBuffer, state_dir: &Path, ctx: &Ctx) -> Result<BufferConfig, ConfigError> {
+    let fsync = match &b.fsync {
+        None => Fsync::Period(Duration::from_secs(1)),
+        Some(s) => match s.get_ref().as_str() {
+            "always" => Fsync::Always,
+            "never" => Fsync::Never,
+            other => match crate::units::parse_duration(other) {
+                Ok(d) if !d.is_zero() => Fsync::Period(d),
+                _ => {
+                    return Err(ctx.err_at(
+                        s.span(),
+                        format!("invalid fsync \"{other}\": expected \"always\", \"never\" or a period such as \"1s\""),
+                    ))
+                }
+            },
+        },
+    };
+    let min_free_percent = match &b.min_free {
+        None => 5.0,
+        Some(s) => {
+            let t = s.get_ref().trim();
+            match t
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse::<f64>().ok())
+            {
+                Some(p) if (0.0..100.0).contains(&p) => p,
+                _ => {
+                    return Err(ctx.err_at(
+                        s.span(),
+                        format!("invalid min_free \"{t}\": expected a percentage such as \"5%\""),
+                    ))
+                }
+            }
+        }
+    };
+    Ok(BufferConfig {
+        dir: b.dir.unwrap_or_else(|| state_dir.join("buffer")),
+        max_size: b.max_size.map_or(256 << 20, |s| s.0),
+        fsync,
+        min_free_percent,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "[gateway]\nid = \"gw1\"\napikey = \"k\"\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/t.toml"))
+    }
+
+    #[test]
+    fn minimal_config_has_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.gateway.id, "gw1");
+        assert_eq!(c.gateway.report_interval, Duration::from_secs(60));
+        assert_eq!(c.mqtt.host, "mqtt.thingplus.net");
+        assert_eq!(c.mqtt.port, 8883);
+        assert!(c.mqtt.tls);
+        assert_eq!(c.mqtt.reconnect_min, Duration::from_secs(10));
+        assert_eq!(c.mqtt.reconnect_max, Duration::from_secs(300));
+        assert_eq!(c.buffer.fsync, Fsync::Period(Duration::from_secs(1)));
+        assert_eq!(c.buffer.max_size, 256 << 20);
+        assert_eq!(c.status_validity_secs(c.gateway.report_interval), 120);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let e = parse(&format!("{MIN}reprot_interval = \"60s\"\n")).unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(4), "{e}");
+        assert!(e.message.contains("unknown field `reprot_interval`"), "{e}");
+        assert!(e.to_string().starts_with("/etc/t.toml:4:"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let e =
+            parse("[gateway]\nid = \"gw\"\napikey = \"k\"\n[mqtt]\nport = \"x\"\n").unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(5), "{e}");
+        let e = parse(&format!("{MIN}report_interval = \"sixty\"\n")).unwrap_err();
+        assert!(e.message.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn missing_apikey_is_explained() {
+        let e = parse("[gateway]\nid = \"gw\"\n").unwrap_err();
+        assert!(e.message.contains("apikey"), "{e}");
+    }
+
+    #[test]
+    fn zero_report_interval_is_rejected() {
+        let e = parse(&format!("{MIN}report_interval = \"0s\"\n")).unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(4), "{e}");
+        assert!(e.message.contains("greater than zero"));
+    }
+
+    #[test]
+    fn duplicate_sensor_ids_after_substitution() {
+        let text = format!(
+            "{MIN}[[sensor]]\nid = \"gw1-t-0\"\ntype = \"temperature\"\npath = \"/a\"\n\n[[sensor]]\nid = \"{{gateway_id}}-t-0\"\ntype = \"temperature\"\npath = \"/b\"\n"
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("duplicate sensor id \"gw1-t-0\""), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(10), "{e}");
+    }
+
+    #[test]
+    fn sensor_defaults_by_type() {
+        let text = format!(
+            "{MIN}[[sensor]]\nid = \"{{gateway_id}}-temperature-0\"\ntype = \"temperature\"\npath = \"/t\"\nscale = 0.001\n\n[[sensor]]\nid = \"door\"\ntype = \"onoff\"\npath = \"/d\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.sensors[0].id, "gw1-temperature-0");
+        assert_eq!(c.sensors[0].scale, 0.001);
+        assert!(!c.sensors[0].event);
+        assert_eq!(c.sensors[0].interval, None);
+        assert!(c.sensors[1].event);
+        assert_eq!(c.sensors[1].value_type, ValueType::Integer);
+        assert_eq!(c.sensors[1].interval, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn regex_needs_a_group() {
+        let text = format!(
+            "{MIN}[[sensor]]\nid = \"a\"\ntype = \"number\"\npath = \"/a\"\nregex = 't=\\d+'\n"
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("capture group"), "{e}");
+    }
+
+    #[test]
+    fn bad_ids_are_rejected() {
+        let e = parse("[gateway]\nid = \"gw/1\"\napikey = \"k\"\n").unwrap_err();
+        assert!(e.message.contains("invalid gateway id"));
+        let text = format!("{MIN}[[sensor]]\nid = \"a,b\"\ntype = \"number\"\npath = \"/a\"\n");
+        assert!(parse(&text)
+            .unwrap_err()
+            .message
+            .contains("invalid sensor id"));
+    }
+
+    #[test]
+    fn service_names_pick_hosts() {
+        let c = parse(&format!("{MIN}[mqtt]\nservice = \"sandbox\"\n")).unwrap();
+        assert_eq!(c.mqtt.host, "mqtt.sandbox.thingplus.net");
+        let e = parse(&format!("{MIN}[mqtt]\nservice = \"prod\"\n")).unwrap_err();
+        assert!(e.message.contains("unknown service"));
+    }
+
+    #[test]
+    fn warnings_for_short_intervals_and_plain_tcp() {
+        let c = parse(&format!(
+            "{MIN}report_interval = \"1s\"\n[mqtt]\nhost = \"example.com\"\ntls = false\nreconnect_min = \"1s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+        assert_eq!(c.mqtt.port, 1883);
+    }
+
+    #[test]
+    fn keep_alive_follows_report_interval() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(
+            c.mqtt.keep_alive_for(Duration::from_secs(60)),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            c.mqtt.keep_alive_for(Duration::from_secs(1)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            c.mqtt.keep_alive_for(Duration::from_secs(3600)),
+            Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn apikey_file_is_read_and_secret_is_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("apikey");
+        std::fs::write(&key, "s3cr3t\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, "[gateway]\nid = \"gw\"\napikey_file = \"apikey\"\n").unwrap();
+        let c = Config::load(&cfg).unwrap();
+        assert_eq!(c.gateway.apikey.expose(), "s3cr3t");
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("readable by every user")));
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn world_readable_config_with_apikey_warns() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, MIN).unwrap();
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = Config::load(&cfg).unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w.contains("chmod 640")),
+            "{:?}",
+            c.warnings
+        );
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(Config::load(&cfg).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn line_col_is_one_based() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,19 @@
+//! thingplus-gw: a Thing+ gateway daemon. The binary is a thin CLI over
+//! these modules; tests and benchmarks use them directly.
+
+pub mod actuator;
+pub mod buffer;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod gateway_id;
+pub mod logging;
+pub mod rpc;
+pub mod sensor;
+pub mod session;
+pub mod state;
+pub mod status_board;
+pub mod thingplus;
+pub mod tls;
+pub mod units;

@@ -1,0 +1,404 @@
+//! Dispatch of the server's requests (`v/a/g/{gw}/req`) to the parts of the
+//! daemon that carry them out. Every request gets exactly one response.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+use tokio::sync::{mpsc, watch};
+
+use crate::actuator::Actuators;
+use crate::clock::{self, Clock};
+use crate::config::{RpcConfig, SERVICE_MIN_REPORT_INTERVAL};
+use crate::state::{PersistedState, StateFile};
+use crate::thingplus::rpc::{
+    encode_error, encode_result, millis_param, params_object, parse_request, Request, RpcError,
+};
+
+/// Something the daemon does after the answer has been sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemAction {
+    /// Exit so that systemd starts the service again.
+    Restart,
+    Reboot,
+    Poweroff,
+}
+
+pub struct Dispatcher {
+    pub clock: Arc<Clock>,
+    pub actuators: Actuators,
+    pub state_file: StateFile,
+    pub report_interval: watch::Sender<Duration>,
+    pub rpc: RpcConfig,
+    pub actions: mpsc::UnboundedSender<SystemAction>,
+    sw_update: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Longest report interval accepted from the server: one day.
+const MAX_REPORT_INTERVAL_MS: f64 = 86_400_000.0;
+
+impl Dispatcher {
+    pub fn new(
+        clock: Arc<Clock>,
+        actuators: Actuators,
+        state_file: StateFile,
+        report_interval: watch::Sender<Duration>,
+        rpc: RpcConfig,
+        actions: mpsc::UnboundedSender<SystemAction>,
+    ) -> Self {
+        Dispatcher {
+            clock,
+            actuators,
+            state_file,
+            report_interval,
+            rpc,
+            actions,
+            sw_update: None,
+        }
+    }
+
+    /// Handles one request payload and returns the response payload.
+    pub fn handle(&mut self, payload: &[u8]) -> Vec<u8> {
+        let req = match parse_request(payload) {
+            Ok(r) => r,
+            Err(bad) => {
+                tracing::warn!(code = bad.error.code, error = %bad.error.message, "rejected a malformed request");
+                return encode_error(&bad.id, &bad.error);
+            }
+        };
+        let method = req.method.clone();
+        match self.call(&req) {
+            Ok(result) => {
+                tracing::info!(method = %method, id = %req.id, "request carried out");
+                encode_result(&req.id, result)
+            }
+            Err(e) => {
+                tracing::warn!(method = %method, id = %req.id, code = e.code, error = %e.message, "request refused");
+                encode_error(&req.id, &e)
+            }
+        }
+    }
+
+    fn call(&mut self, req: &Request) -> Result<Json, RpcError> {
+        match req.method.as_str() {
+            "timeSync" => self.time_sync(req),
+            "setProperty" => self.set_property(req),
+            "controlActuator" => {
+                let p = params_object(&req.params)?;
+                let id = p.get("id").and_then(Json::as_str).ok_or_else(|| {
+                    RpcError::invalid_params("\"params.id\" (the actuator id) is required")
+                })?;
+                let cmd = p
+                    .get("cmd")
+                    .and_then(Json::as_str)
+                    .ok_or_else(|| RpcError::invalid_params("\"params.cmd\" is required"))?;
+                let options = match p.get("options") {
+                    None | Some(Json::Null) => serde_json::Map::new(),
+                    Some(Json::Object(o)) => o.clone(),
+                    Some(_) => {
+                        return Err(RpcError::invalid_params(
+                            "\"params.options\" must be an object",
+                        ))
+                    }
+                };
+                self.actuators.control(id, cmd, &options)
+            }
+            "swInfo" => Ok(json!({
+                "name": env!("CARGO_PKG_NAME"),
+                "version": env!("CARGO_PKG_VERSION"),
+                "os": std::env::consts::OS,
+                "arch": std::env::consts::ARCH,
+            })),
+            "restart" => self.system_action(
+                self.rpc.allow_restart,
+                "restart",
+                "allow_restart",
+                SystemAction::Restart,
+            ),
+            "reboot" => self.system_action(
+                self.rpc.allow_reboot,
+                "reboot",
+                "allow_reboot",
+                SystemAction::Reboot,
+            ),
+            "poweroff" => self.system_action(
+                self.rpc.allow_poweroff,
+                "poweroff",
+                "allow_poweroff",
+                SystemAction::Poweroff,
+            ),
+            "swUpdate" => self.sw_update(),
+            other => Err(RpcError::method_not_found(format!(
+                "unknown method \"{other}\""
+            ))),
+        }
+    }
+
+    fn time_sync(&mut self, req: &Request) -> Result<Json, RpcError> {
+        let p = params_object(&req.params)?;
+        let ms = millis_param(p.get("time"), "params.time")?;
+        if ms <= 0.0 {
+            return Err(RpcError::invalid_params(
+                "\"params.time\" must be a positive Unix time in ms",
+            ));
+        }
+        let ms = ms as i64;
+        if self.rpc.set_system_clock {
+            clock::set_system_clock(ms).map_err(|e| {
+                RpcError::server(format!(
+                    "cannot set the system clock: {e} (the service needs CAP_SYS_TIME)"
+                ))
+            })?;
+            self.clock.clear_offset();
+            tracing::info!(time_ms = ms, "system clock set from timeSync");
+        } else {
+            let offset = self.clock.sync_to(ms);
+            tracing::info!(offset_ms = offset, "clock offset learnt from timeSync");
+        }
+        Ok(Json::String(String::new()))
+    }
+
+    fn set_property(&mut self, req: &Request) -> Result<Json, RpcError> {
+        let p = params_object(&req.params)?;
+        if p.is_empty() {
+            return Err(RpcError::invalid_params(
+                "no property given: expected {\"reportInterval\": <ms>}",
+            ));
+        }
+        if let Some(k) = p.keys().find(|k| *k != "reportInterval") {
+            return Err(RpcError::invalid_params(format!(
+                "unknown property \"{k}\": only reportInterval can be set"
+            )));
+        }
+        let ms = millis_param(p.get("reportInterval"), "reportInterval")?;
+        if !(ms >= 1.0 && ms <= MAX_REPORT_INTERVAL_MS) {
+            return Err(RpcError::invalid_params(
+                "\"reportInterval\" must be a positive number of milliseconds (at most one day)",
+            ));
+        }
+        let ms = ms.round() as u64;
+        let interval = Duration::from_millis(ms);
+        self.state_file
+            .save(&PersistedState {
+                report_interval_ms: Some(ms),
+            })
+            .map_err(|e| {
+                RpcError::server(format!(
+                    "cannot save the report interval to {}: {e}",
+                    self.state_file.path().display()
+                ))
+            })?;
+        if interval < SERVICE_MIN_REPORT_INTERVAL {
+            tracing::warn!(
+                report_interval_ms = ms,
+                "report interval under 60 s: the Thing+ service requires at least 60 s"
+            );
+        }
+        self.report_interval.send_replace(interval);
+        tracing::info!(
+            report_interval_ms = ms,
+            "report interval changed by the server"
+        );
+        Ok(Json::String(String::new()))
+    }
+
+    fn system_action(
+        &mut self,
+        allowed: bool,
+        name: &str,
+        key: &str,
+        action: SystemAction,
+    ) -> Result<Json, RpcError> {
+        if !allowed {
+            return Err(RpcError::method_not_found(format!(
+                "{name} is disabled on this gateway: set [rpc] {key} = true to allow it"
+            )));
+        }
+        let _ = self.actions.send(action);
+        Ok(Json::String(String::new()))
+    }
+
+    fn sw_update(&mut self) -> Result<Json, RpcError> {
+        let Some(cmd) = self.rpc.sw_update_command.clone().filter(|c| !c.is_empty()) else {
+            return Err(RpcError::method_not_found(
+                "swUpdate is disabled on this gateway: set [rpc] sw_update_command to enable it",
+            ));
+        };
+        if self.sw_update.as_ref().is_some_and(|h| !h.is_finished()) {
+            return Err(RpcError::server("a software update is already running"));
+        }
+        self.sw_update = Some(tokio::spawn(async move {
+            tracing::info!(command = ?cmd, "software update started");
+            match tokio::process::Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .output()
+                .await
+            {
+                Ok(out) if out.status.success() => tracing::info!("software update finished"),
+                Ok(out) => tracing::error!(
+                    status = %out.status,
+                    stderr = %String::from_utf8_lossy(&out.stderr).trim(),
+                    "software update failed"
+                ),
+                Err(e) => tracing::error!(error = %e, "cannot run the software update command"),
+            }
+        }));
+        Ok(Json::String("started".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ActuatorConfig, ActuatorType};
+
+    fn dispatcher(
+        dir: &std::path::Path,
+    ) -> (
+        Dispatcher,
+        watch::Receiver<Duration>,
+        mpsc::UnboundedReceiver<SystemAction>,
+    ) {
+        let led = dir.join("led");
+        std::fs::create_dir_all(&led).unwrap();
+        for f in ["brightness", "trigger", "delay_on", "delay_off"] {
+            std::fs::write(led.join(f), "0").unwrap();
+        }
+        std::fs::write(led.join("max_brightness"), "255").unwrap();
+        let acts = Actuators::new(&[ActuatorConfig {
+            id: "led0".into(),
+            actuator_type: ActuatorType::Led,
+            path: led,
+        }]);
+        let (tx, rx) = watch::channel(Duration::from_secs(60));
+        let (atx, arx) = mpsc::unbounded_channel();
+        let rpc = RpcConfig {
+            allow_reboot: false,
+            allow_poweroff: false,
+            allow_restart: true,
+            sw_update_command: None,
+            set_system_clock: false,
+        };
+        (
+            Dispatcher::new(
+                Arc::new(Clock::new()),
+                acts,
+                StateFile::new(dir),
+                tx,
+                rpc,
+                atx,
+            ),
+            rx,
+            arx,
+        )
+    }
+
+    fn call(d: &mut Dispatcher, req: &str) -> Json {
+        serde_json::from_slice(&d.handle(req.as_bytes())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn set_property_applies_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut d, rx, _) = dispatcher(dir.path());
+        let r = call(
+            &mut d,
+            r#"{"id":"1","method":"setProperty","params":{"reportInterval":"120000"}}"#,
+        );
+        assert_eq!(r, json!({"id":"1","result":""}));
+        assert_eq!(*rx.borrow(), Duration::from_secs(120));
+        assert_eq!(
+            StateFile::new(dir.path()).load().report_interval_ms,
+            Some(120_000)
+        );
+        for bad in [r#""abc""#, "-5", "0", "[1]"] {
+            let r = call(
+                &mut d,
+                &format!(
+                    r#"{{"id":"2","method":"setProperty","params":{{"reportInterval":{bad}}}}}"#
+                ),
+            );
+            assert_eq!(r["error"]["code"], json!(-32602), "{bad}: {r}");
+        }
+        assert_eq!(*rx.borrow(), Duration::from_secs(120));
+    }
+
+    #[tokio::test]
+    async fn unknown_and_disabled_methods() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut d, _, mut actions) = dispatcher(dir.path());
+        let r = call(&mut d, r#"{"id":"1","method":"fly"}"#);
+        assert_eq!(r["error"]["code"], json!(-32601));
+        let r = call(&mut d, r#"{"id":"2","method":"reboot"}"#);
+        assert_eq!(r["error"]["code"], json!(-32601));
+        assert!(r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allow_reboot"));
+        let r = call(&mut d, r#"{"id":"3","method":"restart"}"#);
+        assert_eq!(r["result"], json!(""));
+        assert_eq!(actions.try_recv().unwrap(), SystemAction::Restart);
+        let r = call(&mut d, r#"{"id":"4","method":"swUpdate"}"#);
+        assert_eq!(r["error"]["code"], json!(-32601));
+    }
+
+    #[tokio::test]
+    async fn led_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut d, _, _) = dispatcher(dir.path());
+        let led = dir.path().join("led");
+        let read = |f: &str| std::fs::read_to_string(led.join(f)).unwrap();
+        let r = call(
+            &mut d,
+            r#"{"id":"1","method":"controlActuator","params":{"id":"led0","cmd":"on"}}"#,
+        );
+        assert_eq!(r["result"], json!(""));
+        assert_eq!(read("brightness"), "255");
+        let r = call(
+            &mut d,
+            r#"{"id":"2","method":"controlActuator","params":{"id":"led0","cmd":"blink","options":{"interval":200}}}"#,
+        );
+        assert_eq!(r["result"], json!(""));
+        assert_eq!(read("trigger"), "timer");
+        assert_eq!(read("delay_on"), "200");
+        let r = call(
+            &mut d,
+            r#"{"id":"3","method":"controlActuator","params":{"id":"nope","cmd":"on"}}"#,
+        );
+        assert_eq!(r["error"]["code"], json!(-32602));
+        let r = call(
+            &mut d,
+            r#"{"id":"4","method":"controlActuator","params":{"id":"led0","cmd":"dance"}}"#,
+        );
+        assert_eq!(r["error"]["code"], json!(-32602));
+        let r = call(
+            &mut d,
+            r#"{"id":"5","method":"controlActuator","params":{"id":"led0"}}"#,
+        );
+        assert_eq!(r["error"]["code"], json!(-32602));
+    }
+
+    #[tokio::test]
+    async fn time_sync_sets_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut d, _, _) = dispatcher(dir.path());
+        let target = clock::system_now_ms() + 3_600_000;
+        let r = call(
+            &mut d,
+            &format!(r#"{{"id":"1","method":"timeSync","params":{{"time":{target}}}}}"#),
+        );
+        assert_eq!(r["result"], json!(""));
+        assert!((d.clock.offset_ms() - 3_600_000).abs() < 1000);
+        let r = call(&mut d, r#"{"id":"2","method":"timeSync","params":{}}"#);
+        assert_eq!(r["error"]["code"], json!(-32602));
+    }
+
+    #[tokio::test]
+    async fn garbage_gets_parse_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut d, _, _) = dispatcher(dir.path());
+        let r = call(&mut d, "\u{1}\u{2}garbage");
+        assert_eq!(r["error"]["code"], json!(-32700));
+        assert_eq!(r["id"], Json::Null);
+    }
+}

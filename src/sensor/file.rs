@@ -1,0 +1,124 @@
+//! File sensors: a sysfs attribute or any text file holding a value.
+
+use std::path::Path;
+
+use regex::Regex;
+
+use crate::config::{SensorConfig, ValueType};
+use crate::sensor::Value;
+
+/// Files larger than this are not sensor values; reading stops there.
+const MAX_FILE_READ: u64 = 64 * 1024;
+
+pub fn read(path: &Path, regex: Option<&Regex>, cfg: &SensorConfig) -> Result<Value, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_READ).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse(&text, regex, cfg.value_type, cfg.scale, cfg.offset)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Turns file contents into a value: the regex's first group (or the whole
+/// text), trimmed; numbers become `raw * scale + offset`, rounded for integer types.
+pub fn parse(
+    text: &str,
+    regex: Option<&Regex>,
+    value_type: ValueType,
+    scale: f64,
+    offset: f64,
+) -> Result<Value, String> {
+    let raw = match regex {
+        Some(re) => re
+            .captures(text)
+            .and_then(|c| c.get(1))
+            .map(|m| m.as_str())
+            .ok_or_else(|| format!("the regex {} does not match {}", re.as_str(), excerpt(text)))?,
+        None => text,
+    }
+    .trim();
+    match value_type {
+        ValueType::Text => Ok(Value::Text(raw.to_string())),
+        ValueType::Number | ValueType::Integer => {
+            let n: f64 = raw
+                .parse()
+                .map_err(|_| format!("not a number: {}", excerpt(raw)))?;
+            let v = n * scale + offset;
+            if !v.is_finite() {
+                return Err(format!("not a finite number: {}", excerpt(raw)));
+            }
+            Ok(Value::Number(if value_type == ValueType::Integer {
+                v.round()
+            } else {
+                // Drop binary noise such as 45.300000000000004 from raw * 0.001.
+                round_sig(v)
+            }))
+        }
+    }
+}
+
+/// Rounds to 12 significant digits.
+fn round_sig(v: f64) -> f64 {
+    if v == 0.0 {
+        return 0.0;
+    }
+    let digits = 12 - v.abs().log10().ceil() as i32;
+    if !(0..=300).contains(&digits) {
+        return v;
+    }
+    let f = 10f64.powi(digits);
+    (v * f).round() / f
+}
+
+fn excerpt(s: &str) -> String {
+    let mut e: String = s.trim().chars().take(40).collect();
+    if s.trim().chars().count() > 40 {
+        e.push('…');
+    }
+    format!("{e:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysfs_millidegrees() {
+        let v = parse("45300\n", None, ValueType::Number, 0.001, 0.0).unwrap();
+        assert_eq!(v, Value::Number(45.3));
+    }
+
+    #[test]
+    fn regex_first_group_w1_style() {
+        let re = Regex::new(r"t=(-?\d+)").unwrap();
+        let text = "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n72 01 4b 46 7f ff 0e 10 57 t=23125\n";
+        let v = parse(text, Some(&re), ValueType::Number, 0.001, 0.0).unwrap();
+        assert_eq!(v, Value::Number(23.125));
+        let e = parse("crc=00 NO", Some(&re), ValueType::Number, 1.0, 0.0).unwrap_err();
+        assert!(e.contains("does not match"));
+    }
+
+    #[test]
+    fn integers_are_rounded_and_offset_applies() {
+        let v = parse("41.6", None, ValueType::Integer, 1.0, 0.0).unwrap();
+        assert_eq!(v, Value::Number(42.0));
+        let v = parse("10", None, ValueType::Number, 2.0, -1.5).unwrap();
+        assert_eq!(v, Value::Number(18.5));
+    }
+
+    #[test]
+    fn text_is_kept() {
+        let v = parse("  Charging\n", None, ValueType::Text, 1.0, 0.0).unwrap();
+        assert_eq!(v, Value::Text("Charging".into()));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(parse("abc", None, ValueType::Number, 1.0, 0.0)
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse("", None, ValueType::Number, 1.0, 0.0).is_err());
+        assert!(parse("inf", None, ValueType::Number, 1.0, 0.0).is_err());
+    }
+}

@@ -1,0 +1,123 @@
+//! Sensors: where readings come from, and the task that samples each one.
+
+pub mod file;
+pub mod value;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use crate::buffer::Buffer;
+use crate::clock::Clock;
+use crate::config::{SensorConfig, SensorSource};
+use crate::status_board::StatusBoard;
+
+pub use value::{Reading, Value};
+
+/// What every sensor task shares with the rest of the daemon.
+#[derive(Clone)]
+pub struct SensorRuntime {
+    pub buffer: Buffer,
+    pub clock: Arc<Clock>,
+    pub board: Arc<StatusBoard>,
+    /// Woken when an event reading should go out before the next report.
+    pub flush: Arc<Notify>,
+    pub report_interval: watch::Receiver<Duration>,
+}
+
+/// Starts the sampling task of one sensor.
+pub fn spawn(cfg: SensorConfig, rt: SensorRuntime) -> JoinHandle<()> {
+    tokio::spawn(sample_loop(cfg, rt))
+}
+
+fn read_once(cfg: &SensorConfig) -> Result<Value, String> {
+    match &cfg.source {
+        SensorSource::File { path, regex } => file::read(path, regex.as_ref(), cfg),
+    }
+}
+
+async fn sample_loop(cfg: SensorConfig, mut rt: SensorRuntime) {
+    let sensor_id: Arc<str> = cfg.id.as_str().into();
+    let mut sampler = Sampler::new(sensor_id, cfg.event);
+    loop {
+        let period = cfg
+            .interval
+            .unwrap_or(*rt.report_interval.borrow_and_update());
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let result = read_once(&cfg);
+                    sampler.take(result, &rt);
+                }
+                changed = rt.report_interval.changed(), if cfg.interval.is_none() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    break; // new period: start a new ticker
+                }
+            }
+        }
+    }
+}
+
+/// Turns sample results into readings: time order, change detection for
+/// event sensors, and error logging once per change of state.
+pub struct Sampler {
+    sensor_id: Arc<str>,
+    event: bool,
+    last_time_ms: i64,
+    last_event_value: Option<Value>,
+    last_error: Option<String>,
+}
+
+impl Sampler {
+    pub fn new(sensor_id: Arc<str>, event: bool) -> Self {
+        Sampler {
+            sensor_id,
+            event,
+            last_time_ms: i64::MIN,
+            last_event_value: None,
+            last_error: None,
+        }
+    }
+
+    pub fn take(&mut self, result: Result<Value, String>, rt: &SensorRuntime) {
+        let id = &*self.sensor_id;
+        match result {
+            Ok(value) => {
+                // Strictly increasing per sensor, even if the clock steps back:
+                // Thing+ drops values older than the newest it has.
+                let t = rt.clock.now_ms().max(self.last_time_ms.saturating_add(1));
+                self.last_time_ms = t;
+                rt.board.record_value(id, t, &value);
+                if let Some(e) = self.last_error.take() {
+                    tracing::info!(sensor_id = id, previous_error = %e, "sensor recovered");
+                }
+                if self.event {
+                    if self.last_event_value.as_ref() == Some(&value) {
+                        return;
+                    }
+                    self.last_event_value = Some(value.clone());
+                    rt.buffer
+                        .append(vec![Reading::new(self.sensor_id.clone(), t, value)]);
+                    rt.flush.notify_one();
+                } else {
+                    rt.buffer
+                        .append(vec![Reading::new(self.sensor_id.clone(), t, value)]);
+                }
+            }
+            Err(e) => {
+                rt.board.record_error(id, &e);
+                if self.last_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(sensor_id = id, error = %e, "sensor read failed; its status is err until it recovers");
+                    self.last_error = Some(e);
+                }
+            }
+        }
+    }
+}

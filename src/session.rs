@@ -1,0 +1,599 @@
+//! The one long-lived MQTT session to Thing+: connect with backoff, replay
+//! the buffer after every CONNACK, publish statuses, answer requests, and
+//! acknowledge readings in the buffer only after the broker's PUBACK.
+//!
+//! rumqttc is driven with a fresh client and event loop per connection:
+//! with a clean session it would silently drop (or, worse, replay on the new
+//! connection) whatever was queued for the old one, so the buffer alone
+//! decides what is sent. The event loop runs in its own task and is never
+//! blocked by our publishes (`try_publish` only).
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
+    Outgoing, Packet, QoS, SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::{interval_at, MissedTickBehavior};
+
+use crate::buffer::{Buffer, Stored};
+use crate::clock::system_now_ms;
+use crate::config::{MqttConfig, Secret};
+use crate::rpc::Dispatcher;
+use crate::status_board::StatusBoard;
+use crate::thingplus::{encode_status, pack_values, Status, Topics};
+
+/// Readings fetched from the buffer at once.
+const READ_BATCH: usize = 4096;
+/// A connection that lasted this long resets the backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(60);
+/// Largest request accepted from the server.
+pub const MAX_INCOMING_PACKET: usize = 256 * 1024;
+
+/// The state of the link, for status reports and sd-notify.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinkState {
+    pub connected: bool,
+    /// Since when the link is in its current state (ms).
+    pub since_ms: i64,
+    pub broker: String,
+    /// The last failure, as logged.
+    pub last_error: Option<String>,
+    /// When the next attempt is due (ms), while offline.
+    pub retry_at_ms: Option<i64>,
+    /// Readings the broker acknowledged since start.
+    pub delivered: u64,
+    /// Time of the last acknowledged values message (ms).
+    pub last_delivery_ms: Option<i64>,
+}
+
+/// Everything the session needs to know, fixed for its lifetime.
+pub struct SessionSettings {
+    pub gateway_id: String,
+    pub apikey: Secret,
+    pub mqtt: MqttConfig,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub status_validity: Option<Duration>,
+}
+
+pub struct Session {
+    pub settings: SessionSettings,
+    pub topics: Topics,
+    pub buffer: Buffer,
+    pub board: Arc<StatusBoard>,
+    pub dispatcher: Dispatcher,
+    pub report_interval: watch::Receiver<Duration>,
+    pub flush: Arc<Notify>,
+    pub shutdown: watch::Receiver<bool>,
+    pub link: watch::Sender<LinkState>,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    LoginRefused,
+    Tls,
+    Unreachable,
+    Lost,
+    DeadLink,
+}
+
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+enum Outcome {
+    Shutdown,
+    Lost {
+        connected_for: Option<Duration>,
+        failure: Failure,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Tag {
+    Values { seqs: Range<u64>, count: usize },
+    Off,
+    Other,
+}
+
+/// Delay before attempt number `failures + 1`: exponential from `min`, capped
+/// at `max`, with jitter, never under `min`.
+pub fn backoff_delay(failures: u32, min: Duration, max: Duration, rand01: f64) -> Duration {
+    let base = min.saturating_mul(1u32 << failures.min(20)).min(max);
+    base.mul_f64(0.5 + 0.5 * rand01.clamp(0.0, 1.0)).max(min)
+}
+
+/// Turns a rumqttc error into a line an operator can act on.
+pub fn classify(e: &ConnectionError, gateway_id: &str, broker: &str) -> Failure {
+    use FailureKind::*;
+    let (kind, message) = match e {
+        ConnectionError::ConnectionRefused(code) => {
+            let why = match code {
+                ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => {
+                    format!("the broker {broker} refused the login of gateway {gateway_id} ({code:?}): check [gateway] id and the APIKEY issued for it in the Thing+ portal")
+                }
+                other => format!("the broker {broker} refused the connection ({other:?})"),
+            };
+            (LoginRefused, why)
+        }
+        ConnectionError::Tls(t) => (
+            Tls,
+            format!("TLS with {broker} failed: {t}: check [mqtt] ca_file, the host name and the system clock"),
+        ),
+        ConnectionError::Io(io) => (
+            Unreachable,
+            format!("cannot reach the broker {broker}: {io}: check the network, DNS and [mqtt] host and port"),
+        ),
+        ConnectionError::NetworkTimeout => (
+            Unreachable,
+            format!("cannot reach the broker {broker}: no answer in time: check the network and [mqtt] host and port"),
+        ),
+        other => (Lost, format!("connection to {broker} lost: {other}")),
+    };
+    Failure { kind, message }
+}
+
+/// The per-connection bookkeeping.
+struct Conn {
+    client: AsyncClient,
+    connected_at: Option<Instant>,
+    /// Publishes handed to rumqttc, waiting for their packet id.
+    queued: VecDeque<(Tag, Instant)>,
+    /// Publishes on the wire, by packet id.
+    inflight: HashMap<u16, (Tag, Instant)>,
+    values_outstanding: usize,
+    prefetch: VecDeque<Stored>,
+    cursor: u64,
+    want_drain: bool,
+    shutdown_deadline: Option<Instant>,
+    off_sent: bool,
+    off_acked: bool,
+    disconnect_sent: bool,
+}
+
+/// Aborts the event-loop task when the connection is dropped.
+struct PumpGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for PumpGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Session {
+    fn broker(&self) -> String {
+        format!("{}:{}", self.settings.mqtt.host, self.settings.mqtt.port)
+    }
+
+    fn options(&self) -> MqttOptions {
+        let s = &self.settings;
+        let mut o = MqttOptions::new(&s.gateway_id, &s.mqtt.host, s.mqtt.port);
+        o.set_credentials(&s.gateway_id, s.apikey.expose());
+        o.set_clean_session(true);
+        o.set_keep_alive(s.mqtt.keep_alive_for(*self.report_interval.borrow()));
+        o.set_last_will(LastWill::new(
+            &self.topics.mqtt_status,
+            "err",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        o.set_max_packet_size(MAX_INCOMING_PACKET, s.mqtt.max_message_size + 1024);
+        // Far above our own window, so rumqttc's packet ids cannot collide.
+        o.set_inflight(100);
+        if let Some(tls) = &s.tls {
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+        o
+    }
+
+    /// Runs until shutdown is requested and the session has said goodbye.
+    pub async fn run(mut self) {
+        let broker = self.broker();
+        let mut failures: u32 = 0;
+        let mut last_kind: Option<FailureKind> = None;
+        let mut first = true;
+        loop {
+            if *self.shutdown.borrow() {
+                return;
+            }
+            if !first {
+                let s = &self.settings.mqtt;
+                let delay =
+                    backoff_delay(failures, s.reconnect_min, s.reconnect_max, fastrand::f64());
+                self.link.send_modify(|l| {
+                    l.retry_at_ms = Some(system_now_ms() + delay.as_millis() as i64)
+                });
+                tracing::debug!(
+                    delay_ms = delay.as_millis() as u64,
+                    "next connection attempt scheduled"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = self.shutdown.changed() => return,
+                }
+            }
+            first = false;
+            tracing::debug!(broker = %broker, "connecting");
+            match self.connection().await {
+                Outcome::Shutdown => return,
+                Outcome::Lost {
+                    connected_for,
+                    failure,
+                } => {
+                    if connected_for.is_some_and(|d| d >= STABLE_CONNECTION) {
+                        failures = 0;
+                    } else {
+                        failures = failures.saturating_add(1);
+                    }
+                    let was_connected = connected_for.is_some();
+                    // One line per change of trouble, not one per attempt.
+                    if was_connected || last_kind != Some(failure.kind) {
+                        tracing::warn!(broker = %broker, kind = ?failure.kind, "{}", failure.message);
+                    } else {
+                        tracing::debug!(broker = %broker, kind = ?failure.kind, "{}", failure.message);
+                    }
+                    last_kind = Some(failure.kind);
+                    self.link.send_modify(|l| {
+                        if l.connected || l.since_ms == 0 {
+                            l.since_ms = system_now_ms();
+                        }
+                        l.connected = false;
+                        l.last_error = Some(failure.message.clone());
+                    });
+                }
+            }
+        }
+    }
+
+    fn publish(
+        &self,
+        conn: &mut Conn,
+        topic: &str,
+        retain: bool,
+        payload: Vec<u8>,
+        tag: Tag,
+    ) -> bool {
+        match conn
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+        {
+            Ok(()) => {
+                conn.queued.push_back((tag, Instant::now()));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "publish not queued");
+                false
+            }
+        }
+    }
+
+    fn publish_status(&self, conn: &mut Conn) {
+        let ri = *self.report_interval.borrow();
+        let valid = self
+            .settings
+            .status_validity
+            .unwrap_or(ri * 2)
+            .as_secs_f64()
+            .ceil() as i64;
+        let sensors = self.board.snapshot();
+        let payload = encode_status(
+            &Status::On,
+            valid,
+            sensors.iter().map(|s| (s.id.as_str(), &s.status)),
+        );
+        let topic = self.topics.status.clone();
+        self.publish(conn, &topic, false, payload.into_bytes(), Tag::Other);
+    }
+
+    /// One connection, from connect to loss or goodbye.
+    async fn connection(&mut self) -> Outcome {
+        let (client, eventloop) = AsyncClient::new(self.options(), 128);
+        let mut eventloop: EventLoop = eventloop;
+        let mut net = eventloop.network_options();
+        net.set_connection_timeout(self.settings.mqtt.connect_timeout.as_secs().max(1));
+        eventloop.set_network_options(net);
+        let (ev_tx, mut ev_rx) = mpsc::channel(256);
+        let _pump = PumpGuard(tokio::spawn(async move {
+            loop {
+                let ev = eventloop.poll().await;
+                let end = ev.is_err();
+                if ev_tx.send(ev).await.is_err() || end {
+                    return;
+                }
+            }
+        }));
+        let mut conn = Conn {
+            client,
+            connected_at: None,
+            queued: VecDeque::new(),
+            inflight: HashMap::new(),
+            values_outstanding: 0,
+            prefetch: VecDeque::new(),
+            cursor: 0,
+            want_drain: false,
+            shutdown_deadline: None,
+            off_sent: false,
+            off_acked: false,
+            disconnect_sent: false,
+        };
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut status_tick = interval_at(far, Duration::from_secs(86_400));
+        let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
+        housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let lost = |conn: &Conn, failure: Failure| Outcome::Lost {
+            connected_for: conn.connected_at.map(|t| t.elapsed()),
+            failure,
+        };
+
+        loop {
+            tokio::select! {
+                ev = ev_rx.recv() => match ev {
+                    Some(Ok(event)) => {
+                        if let Some(new_tick) = self.on_event(event, &mut conn) {
+                            status_tick = new_tick;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        if conn.disconnect_sent {
+                            return Outcome::Shutdown;
+                        }
+                        let f = classify(&e, &self.settings.gateway_id, &self.broker());
+                        return lost(&conn, f);
+                    }
+                    None => return lost(&conn, Failure { kind: FailureKind::Lost, message: "MQTT event loop stopped".into() }),
+                },
+                _ = status_tick.tick(), if conn.connected_at.is_some() && !conn.off_sent => {
+                    self.publish_status(&mut conn);
+                    conn.want_drain = true;
+                }
+                _ = self.flush.notified(), if conn.connected_at.is_some() => conn.want_drain = true,
+                changed = self.report_interval.changed() => {
+                    if changed.is_ok() && conn.connected_at.is_some() {
+                        let period = *self.report_interval.borrow();
+                        status_tick = interval_at(tokio::time::Instant::now() + period, period);
+                        status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                        // Tell the server at once under the new validity.
+                        self.publish_status(&mut conn);
+                    }
+                }
+                _ = self.shutdown.changed(), if conn.shutdown_deadline.is_none() => {
+                    if conn.connected_at.is_none() {
+                        return Outcome::Shutdown;
+                    }
+                    conn.shutdown_deadline = Some(Instant::now() + self.settings.mqtt.shutdown_timeout);
+                    conn.want_drain = true;
+                }
+                _ = housekeeping.tick() => {
+                    let ack_timeout = self.settings.mqtt.ack_timeout;
+                    let oldest = conn.inflight.values().map(|(_, t)| *t)
+                        .chain(conn.queued.iter().map(|(_, t)| *t))
+                        .min();
+                    if oldest.is_some_and(|t| t.elapsed() > ack_timeout) && conn.shutdown_deadline.is_none() {
+                        return lost(&conn, Failure {
+                            kind: FailureKind::DeadLink,
+                            message: format!(
+                                "no acknowledgement from {} for {} s: the link is considered dead, reconnecting",
+                                self.broker(), ack_timeout.as_secs()
+                            ),
+                        });
+                    }
+                }
+            }
+
+            if conn.connected_at.is_some() && conn.want_drain && !conn.off_sent {
+                self.fill_window(&mut conn).await;
+            }
+
+            if let Some(deadline) = conn.shutdown_deadline {
+                let now = Instant::now();
+                let drained = !conn.want_drain && conn.values_outstanding == 0;
+                if !conn.off_sent && (drained || now >= deadline) {
+                    if !drained {
+                        tracing::warn!(
+                            in_flight = conn.values_outstanding,
+                            "shutdown timeout reached before everything was delivered; the rest stays in the buffer"
+                        );
+                    }
+                    let topic = self.topics.mqtt_status.clone();
+                    conn.off_sent =
+                        self.publish(&mut conn, &topic, true, b"off".to_vec(), Tag::Off);
+                    if !conn.off_sent {
+                        conn.off_acked = true; // nothing to wait for
+                    }
+                }
+                let give_up = now >= deadline + Duration::from_secs(2);
+                if conn.off_sent && (conn.off_acked || give_up) && !conn.disconnect_sent {
+                    let _ = conn.client.try_disconnect();
+                    conn.disconnect_sent = true;
+                }
+                if conn.disconnect_sent && give_up {
+                    return Outcome::Shutdown;
+                }
+            }
+        }
+    }
+
+    /// Handles one event; returns a new status ticker after CONNACK.
+    fn on_event(&mut self, event: Event, conn: &mut Conn) -> Option<tokio::time::Interval> {
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                conn.connected_at = Some(Instant::now());
+                tracing::info!(broker = %self.broker(), gateway_id = %self.settings.gateway_id, "connected to Thing+ broker");
+                self.link.send_modify(|l| {
+                    l.connected = true;
+                    l.since_ms = system_now_ms();
+                    l.broker = self.broker();
+                    l.retry_at_ms = None;
+                });
+                if let Err(e) = conn
+                    .client
+                    .try_subscribe(&self.topics.request, QoS::AtLeastOnce)
+                {
+                    tracing::error!(error = %e, "cannot subscribe to requests");
+                }
+                let topic = self.topics.mqtt_status.clone();
+                self.publish(conn, &topic, true, b"on".to_vec(), Tag::Other);
+                self.publish_status(conn);
+                // Replay from the oldest unacknowledged reading.
+                conn.cursor = 0;
+                conn.prefetch.clear();
+                conn.want_drain = true;
+                let period = *self.report_interval.borrow();
+                let mut tick = interval_at(tokio::time::Instant::now() + period, period);
+                tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                return Some(tick);
+            }
+            Event::Incoming(Packet::SubAck(ack)) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    tracing::error!(topic = %self.topics.request, "the broker refused the subscription to requests: commands from Thing+ will not arrive");
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                if p.topic == self.topics.request {
+                    let response = self.dispatcher.handle(&p.payload);
+                    let topic = self.topics.response.clone();
+                    self.publish(conn, &topic, false, response, Tag::Other);
+                } else {
+                    tracing::debug!(topic = %p.topic, "ignoring a message on an unexpected topic");
+                }
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(entry) = conn.queued.pop_front() {
+                    conn.inflight.insert(pkid, entry);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some((tag, _)) = conn.inflight.remove(&ack.pkid) {
+                    match tag {
+                        Tag::Values { seqs, count } => {
+                            self.buffer.ack(seqs);
+                            conn.values_outstanding -= 1;
+                            let now = system_now_ms();
+                            self.link.send_modify(|l| {
+                                l.delivered += count as u64;
+                                l.last_delivery_ms = Some(now);
+                            });
+                        }
+                        Tag::Off => conn.off_acked = true,
+                        Tag::Other => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// Sends value messages from the buffer until the window is full or the
+    /// buffer has nothing more.
+    async fn fill_window(&mut self, conn: &mut Conn) {
+        let max_size = self.settings.mqtt.max_message_size;
+        let window = self.settings.mqtt.max_inflight as usize;
+        while conn.values_outstanding < window {
+            if conn.prefetch.len() < READ_BATCH / 2 {
+                match self
+                    .buffer
+                    .read(conn.cursor, READ_BATCH - conn.prefetch.len())
+                    .await
+                {
+                    Ok(batch) => {
+                        if let Some(last) = batch.last() {
+                            conn.cursor = last.seq + 1;
+                        }
+                        conn.prefetch.extend(batch);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the buffer");
+                        return;
+                    }
+                }
+            }
+            if conn.prefetch.is_empty() {
+                conn.want_drain = false;
+                return;
+            }
+            let slice = conn.prefetch.make_contiguous();
+            let (msg, n) = pack_values(slice, max_size);
+            let seqs = slice[0].seq..slice[n - 1].seq + 1;
+            if msg.len() > max_size {
+                tracing::warn!(
+                    sensor_id = %slice[0].reading.sensor_id,
+                    size = msg.len(),
+                    max_message_size = max_size,
+                    "a single reading does not fit in max_message_size; dropped"
+                );
+                self.buffer.ack(seqs);
+                conn.prefetch.drain(..n);
+                continue;
+            }
+            let topic = self.topics.values.clone();
+            if !self.publish(
+                conn,
+                &topic,
+                false,
+                msg.into_bytes(),
+                Tag::Values { seqs, count: n },
+            ) {
+                // rumqttc's queue is full: read these again later.
+                conn.cursor = conn.prefetch.front().map_or(conn.cursor, |s| s.seq);
+                conn.prefetch.clear();
+                return;
+            }
+            conn.prefetch.drain(..n);
+            conn.values_outstanding += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_never_under_min_and_capped() {
+        let min = Duration::from_secs(10);
+        let max = Duration::from_secs(300);
+        for f in 0..40 {
+            for r in [0.0, 0.5, 1.0] {
+                let d = backoff_delay(f, min, max, r);
+                assert!(d >= min, "{f} {r} {d:?}");
+                assert!(d <= max, "{f} {r} {d:?}");
+            }
+        }
+        assert_eq!(backoff_delay(0, min, max, 1.0), min);
+        assert_eq!(backoff_delay(3, min, max, 1.0), Duration::from_secs(80));
+        assert_eq!(backoff_delay(3, min, max, 0.0), Duration::from_secs(40));
+        assert_eq!(backoff_delay(10, min, max, 1.0), max);
+    }
+
+    #[test]
+    fn login_refusal_is_explained() {
+        let f = classify(
+            &ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
+            "gw1",
+            "h:1",
+        );
+        assert_eq!(f.kind, FailureKind::LoginRefused);
+        assert!(f.message.contains("APIKEY"));
+        let f = classify(
+            &ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+            "gw1",
+            "h:1",
+        );
+        assert_eq!(f.kind, FailureKind::Unreachable);
+    }
+}

@@ -1,0 +1,85 @@
+//! What the daemon knows about its sensors right now: each one's status,
+//! last value and error. Sensors write it; the status report and the
+//! operator tools read it.
+
+use std::sync::Mutex;
+
+use crate::sensor::Value;
+use crate::thingplus::Status;
+
+#[derive(Clone, Debug)]
+pub struct SensorState {
+    pub id: String,
+    pub status: Status,
+    pub last_value: Option<Value>,
+    pub last_time_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    sensors: Mutex<Vec<SensorState>>,
+}
+
+impl StatusBoard {
+    /// A board listing `ids` in order, all `off` until their first sample.
+    pub fn new<I: IntoIterator<Item = String>>(ids: I) -> Self {
+        let sensors = ids
+            .into_iter()
+            .map(|id| SensorState {
+                id,
+                status: Status::Off,
+                last_value: None,
+                last_time_ms: None,
+                error: None,
+            })
+            .collect();
+        StatusBoard {
+            sensors: Mutex::new(sensors),
+        }
+    }
+
+    fn with<R>(&self, id: &str, f: impl FnOnce(&mut SensorState) -> R) -> Option<R> {
+        let mut s = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
+        s.iter_mut().find(|x| x.id == id).map(f)
+    }
+
+    pub fn record_value(&self, id: &str, time_ms: i64, value: &Value) {
+        self.with(id, |s| {
+            s.status = Status::On;
+            s.last_value = Some(value.clone());
+            s.last_time_ms = Some(time_ms);
+            s.error = None;
+        });
+    }
+
+    pub fn record_error(&self, id: &str, error: &str) {
+        self.with(id, |s| {
+            s.status = Status::Err(Some(error.to_string()));
+            s.error = Some(error.to_string());
+        });
+    }
+
+    pub fn snapshot(&self) -> Vec<SensorState> {
+        self.sensors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_values_and_errors() {
+        let b = StatusBoard::new(["a".to_string(), "b".to_string()]);
+        b.record_value("a", 5, &Value::Number(1.0));
+        b.record_error("b", "gone");
+        let s = b.snapshot();
+        assert_eq!(s[0].status, Status::On);
+        assert_eq!(s[0].last_time_ms, Some(5));
+        assert_eq!(s[1].status, Status::Err(Some("gone".into())));
+    }
+}

@@ -1,0 +1,9 @@
+//! The Thing+ wire format: topics, payload encoders and parsers, JSON-RPC.
+//! Pure code: bytes in, bytes out, no I/O.
+
+pub mod payload;
+pub mod rpc;
+pub mod topics;
+
+pub use payload::{encode_status, encode_values, pack_values, parse_values, Status};
+pub use topics::Topics;

@@ -1,0 +1,283 @@
+//! Value and status payloads.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+
+use crate::sensor::value::write_json_string;
+use crate::sensor::{Reading, Value};
+
+/// A gateway or sensor status as Thing+ understands it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    On,
+    Off,
+    /// `err`, optionally with a detail (commas are replaced: the payload is comma-separated).
+    Err(Option<String>),
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Status::On => f.write_str("on"),
+            Status::Off => f.write_str("off"),
+            Status::Err(None) => f.write_str("err"),
+            Status::Err(Some(detail)) => {
+                f.write_str("err:")?;
+                for c in detail.chars() {
+                    // Commas split fields and new lines break nothing but logs: keep both out.
+                    f.write_char(if c == ',' || c.is_control() { ' ' } else { c })?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `{gwStatus},{valid}` followed by `,{sensorId},{status},{valid}` per sensor.
+/// `valid_s` is the valid duration in seconds (`-1`: unlimited).
+pub fn encode_status<'a>(
+    gateway: &Status,
+    valid_s: i64,
+    sensors: impl IntoIterator<Item = (&'a str, &'a Status)>,
+) -> String {
+    let mut out = format!("{gateway},{valid_s}");
+    for (id, status) in sensors {
+        let _ = write!(out, ",{id},{status},{valid_s}");
+    }
+    out
+}
+
+/// Encodes readings as one `v/a/g/{gw}` object: `{"sensorId":[t,v,t,v,...],...}`.
+/// Sensors appear in order of first reading; each sensor's pairs keep input order.
+pub fn encode_values<R: Borrow<Reading>>(readings: &[R]) -> String {
+    pack_values(readings, usize::MAX).0
+}
+
+/// Encodes the longest prefix of `readings` whose message stays within
+/// `max_bytes`. Returns the message and how many readings it holds. A first
+/// reading that alone exceeds the limit is returned alone (consumed = 1) so the
+/// caller can decide to drop it; callers check the length.
+pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (String, usize) {
+    // Entries in order of first appearance, each with the encoded pairs.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut entries: Vec<(&str, String)> = Vec::new();
+    let mut total = 2; // {}
+    let mut consumed = 0;
+    let mut pair = String::new();
+    for r in readings {
+        let r = r.borrow();
+        pair.clear();
+        let _ = write!(pair, "{},", r.time_ms);
+        r.value.write_json(&mut pair);
+        let id: &str = &r.sensor_id;
+        let added = match index.get(id) {
+            Some(_) => pair.len() + 1,
+            None => {
+                // "id":[pair] plus a separating comma when not first.
+                json_string_len(id) + 3 + pair.len() + usize::from(!entries.is_empty())
+            }
+        };
+        if total + added > max_bytes && consumed > 0 {
+            break;
+        }
+        total += added;
+        consumed += 1;
+        match index.get(id) {
+            Some(&i) => {
+                let body = &mut entries[i].1;
+                body.push(',');
+                body.push_str(&pair);
+            }
+            None => {
+                index.insert(id, entries.len());
+                entries.push((id, pair.clone()));
+            }
+        }
+    }
+    let mut out = String::with_capacity(total);
+    out.push('{');
+    for (i, (id, body)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_string(id, &mut out);
+        out.push_str(":[");
+        out.push_str(body);
+        out.push(']');
+    }
+    out.push('}');
+    debug_assert_eq!(out.len(), total);
+    (out, consumed)
+}
+
+fn json_string_len(s: &str) -> usize {
+    let mut tmp = String::with_capacity(s.len() + 2);
+    write_json_string(s, &mut tmp);
+    tmp.len()
+}
+
+/// Error from [`parse_values`].
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("expected a JSON object of sensor ids")]
+    NotAnObject,
+    #[error("sensor {0}: expected an array [time, value, time, value, ...]")]
+    BadArray(String),
+}
+
+/// Parses a `v/a/g/{gw}` values message back into readings (used by the demo
+/// cloud, tests and the round-trip fuzz target).
+pub fn parse_values(bytes: &[u8]) -> Result<Vec<Reading>, ParseError> {
+    let v: serde_json::Value = serde_json::from_slice(bytes)?;
+    let serde_json::Value::Object(map) = v else {
+        return Err(ParseError::NotAnObject);
+    };
+    let mut out = Vec::new();
+    for (id, arr) in map {
+        let serde_json::Value::Array(items) = arr else {
+            return Err(ParseError::BadArray(id));
+        };
+        if items.len() % 2 != 0 {
+            return Err(ParseError::BadArray(id));
+        }
+        let sid: std::sync::Arc<str> = id.as_str().into();
+        let mut it = items.into_iter();
+        while let (Some(t), Some(v)) = (it.next(), it.next()) {
+            let Some(t) = t.as_i64() else {
+                return Err(ParseError::BadArray(id));
+            };
+            out.push(Reading {
+                sensor_id: sid.clone(),
+                time_ms: t,
+                value: Value::from_json(v),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(id: &str, t: i64, v: f64) -> Reading {
+        Reading::new(id, t, Value::Number(v))
+    }
+
+    #[test]
+    fn status_matches_protocol_example() {
+        let s = encode_status(
+            &Status::On,
+            120,
+            [
+                ("b827eb1dcccc-temperature-0", &Status::On),
+                ("b827eb1dcccc-onoff-0", &Status::Err(None)),
+            ],
+        );
+        assert_eq!(
+            s,
+            "on,120,b827eb1dcccc-temperature-0,on,120,b827eb1dcccc-onoff-0,err,120"
+        );
+    }
+
+    #[test]
+    fn status_detail_has_no_commas() {
+        let s = Status::Err(Some("read /sys/x: No such file, or dir".into()));
+        assert_eq!(s.to_string(), "err:read /sys/x: No such file  or dir");
+    }
+
+    #[test]
+    fn values_match_protocol_example() {
+        let rs = [
+            r("b827eb1dcccc-temperature-0", 1461563978000, 27.5),
+            r("b827eb1dcccc-temperature-0", 1461563988000, 28.5),
+        ];
+        assert_eq!(
+            encode_values(&rs),
+            r#"{"b827eb1dcccc-temperature-0":[1461563978000,27.5,1461563988000,28.5]}"#
+        );
+    }
+
+    #[test]
+    fn values_group_by_sensor_keeping_order() {
+        let rs = [r("a", 1, 1.0), r("b", 2, 2.0), r("a", 3, 3.0)];
+        assert_eq!(encode_values(&rs), r#"{"a":[1,1,3,3],"b":[2,2]}"#);
+        let back = parse_values(encode_values(&rs).as_bytes()).unwrap();
+        let a: Vec<i64> = back
+            .iter()
+            .filter(|x| &*x.sensor_id == "a")
+            .map(|x| x.time_ms)
+            .collect();
+        assert_eq!(a, vec![1, 3]);
+    }
+
+    #[test]
+    fn pack_respects_the_limit_and_reports_exact_length() {
+        let rs: Vec<Reading> = (0..1000)
+            .map(|i| {
+                r(
+                    &format!("s{}", i % 7),
+                    1_700_000_000_000 + i,
+                    i as f64 * 0.5,
+                )
+            })
+            .collect();
+        let mut start = 0;
+        let mut seen = 0;
+        while start < rs.len() {
+            let (msg, n) = pack_values(&rs[start..], 500);
+            assert!(n > 0);
+            assert!(msg.len() <= 500, "{} > 500", msg.len());
+            let back = parse_values(msg.as_bytes()).unwrap();
+            assert_eq!(back.len(), n);
+            seen += n;
+            start += n;
+        }
+        assert_eq!(seen, rs.len());
+    }
+
+    #[test]
+    fn oversized_single_reading_is_returned_alone() {
+        let big = Reading::new("s", 1, Value::Text("x".repeat(100)));
+        let (msg, n) = pack_values(&[big.clone(), big], 50);
+        assert_eq!(n, 1);
+        assert!(msg.len() > 50);
+    }
+
+    #[test]
+    fn mixed_value_kinds_round_trip() {
+        let rs = vec![
+            Reading::new(
+                "loc",
+                1,
+                Value::Json(serde_json::json!({"lat":37.1,"lng":127.2})),
+            ),
+            Reading::new("txt", 2, Value::Text("hello, \"world\"".into())),
+            Reading::new("n", 3, Value::Number(-0.25)),
+        ];
+        let back = parse_values(encode_values(&rs).as_bytes()).unwrap();
+        let mut back = back;
+        back.sort_by_key(|r| r.time_ms);
+        assert_eq!(back, rs);
+    }
+
+    #[test]
+    fn parse_rejects_bad_shapes() {
+        assert!(matches!(
+            parse_values(b"[1,2]"),
+            Err(ParseError::NotAnObject)
+        ));
+        assert!(matches!(
+            parse_values(br#"{"a":[1]}"#),
+            Err(ParseError::BadArray(_))
+        ));
+        assert!(matches!(
+            parse_values(br#"{"a":["x",1]}"#),
+            Err(ParseError::BadArray(_))
+        ));
+        assert!(matches!(parse_values(b"{"), Err(ParseError::Json(_))));
+    }
+}

@@ -1,0 +1,172 @@
+//! JSON-RPC requests on `v/a/g/{gw}/req` and responses on `.../res`.
+
+use serde_json::{json, Map, Value as Json};
+
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const METHOD_NOT_FOUND: i64 = -32601;
+pub const INVALID_PARAMS: i64 = -32602;
+pub const SERVER_ERROR: i64 = -32000;
+
+/// A request from the server. `id` is kept as JSON so it is echoed exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub id: Json,
+    pub method: String,
+    pub params: Json,
+}
+
+/// A JSON-RPC error: code and human message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        Self::new(INVALID_PARAMS, message)
+    }
+    pub fn method_not_found(message: impl Into<String>) -> Self {
+        Self::new(METHOD_NOT_FOUND, message)
+    }
+    pub fn server(message: impl Into<String>) -> Self {
+        Self::new(SERVER_ERROR, message)
+    }
+}
+
+/// A request that could not be decoded, with whatever id could be recovered
+/// so the answer still reaches the caller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BadRequest {
+    pub id: Json,
+    pub error: RpcError,
+}
+
+/// Decodes a request payload.
+pub fn parse_request(bytes: &[u8]) -> Result<Request, BadRequest> {
+    let v: Json = serde_json::from_slice(bytes).map_err(|e| BadRequest {
+        id: Json::Null,
+        error: RpcError::new(PARSE_ERROR, format!("unparsable JSON: {e}")),
+    })?;
+    let Json::Object(mut obj) = v else {
+        return Err(BadRequest {
+            id: Json::Null,
+            error: RpcError::new(INVALID_REQUEST, "a request must be a JSON object"),
+        });
+    };
+    let id = match obj.remove("id") {
+        Some(id @ (Json::String(_) | Json::Number(_))) => id,
+        _ => {
+            return Err(BadRequest {
+                id: Json::Null,
+                error: RpcError::new(INVALID_REQUEST, "\"id\" must be a string or a number"),
+            })
+        }
+    };
+    let method = match obj.remove("method") {
+        Some(Json::String(m)) => m,
+        _ => {
+            return Err(BadRequest {
+                id,
+                error: RpcError::new(INVALID_REQUEST, "\"method\" must be a string"),
+            })
+        }
+    };
+    let params = obj.remove("params").unwrap_or(Json::Null);
+    Ok(Request { id, method, params })
+}
+
+/// `{"id":..,"result":..}`
+pub fn encode_result(id: &Json, result: Json) -> Vec<u8> {
+    json!({"id": id, "result": result}).to_string().into_bytes()
+}
+
+/// `{"id":..,"error":{"code":..,"message":..}}`
+pub fn encode_error(id: &Json, error: &RpcError) -> Vec<u8> {
+    json!({"id": id, "error": {"code": error.code, "message": error.message}})
+        .to_string()
+        .into_bytes()
+}
+
+/// Reads a number of milliseconds from a JSON number or a numeric string.
+pub fn millis_param(v: Option<&Json>, name: &str) -> Result<f64, RpcError> {
+    let n = match v {
+        Some(Json::Number(n)) => n.as_f64(),
+        Some(Json::String(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n) if n.is_finite() => Ok(n),
+        _ => Err(RpcError::invalid_params(format!(
+            "\"{name}\" must be a number of milliseconds (a number or a numeric string)"
+        ))),
+    }
+}
+
+/// The params object, or an empty one when absent.
+pub fn params_object(params: &Json) -> Result<Map<String, Json>, RpcError> {
+    match params {
+        Json::Object(m) => Ok(m.clone()),
+        Json::Null => Ok(Map::new()),
+        _ => Err(RpcError::invalid_params("\"params\" must be an object")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_request() {
+        let r =
+            parse_request(br#"{"id":"17","method":"timeSync","params":{"time":1461563978000}}"#)
+                .unwrap();
+        assert_eq!(r.id, json!("17"));
+        assert_eq!(r.method, "timeSync");
+        assert_eq!(r.params["time"], json!(1461563978000i64));
+    }
+
+    #[test]
+    fn garbage_is_a_parse_error() {
+        let e = parse_request(b"{not json").unwrap_err();
+        assert_eq!(e.error.code, PARSE_ERROR);
+        assert_eq!(e.id, Json::Null);
+    }
+
+    #[test]
+    fn missing_method_keeps_the_id() {
+        let e = parse_request(br#"{"id":"5"}"#).unwrap_err();
+        assert_eq!(e.error.code, INVALID_REQUEST);
+        assert_eq!(e.id, json!("5"));
+        let e = parse_request(br#"[1]"#).unwrap_err();
+        assert_eq!(e.error.code, INVALID_REQUEST);
+    }
+
+    #[test]
+    fn responses_have_the_protocol_shape() {
+        let ok = encode_result(&json!("1"), json!(""));
+        assert_eq!(String::from_utf8(ok).unwrap(), r#"{"id":"1","result":""}"#);
+        let err = encode_error(&json!("2"), &RpcError::invalid_params("bad"));
+        let v: Json = serde_json::from_slice(&err).unwrap();
+        assert_eq!(v, json!({"id":"2","error":{"code":-32602,"message":"bad"}}));
+    }
+
+    #[test]
+    fn millis_accepts_numbers_and_numeric_strings() {
+        assert_eq!(millis_param(Some(&json!(60000)), "x").unwrap(), 60000.0);
+        assert_eq!(
+            millis_param(Some(&json!(" 120000 ")), "x").unwrap(),
+            120000.0
+        );
+        assert!(millis_param(Some(&json!("abc")), "x").is_err());
+        assert!(millis_param(None, "x").is_err());
+        assert!(millis_param(Some(&json!([1])), "x").is_err());
+    }
+}
