@@ -18,45 +18,77 @@ pub use led::Led;
 const DEFAULT_BLINK_MS: u64 = 500;
 
 struct Entry {
+    config: ActuatorConfig,
     led: Led,
     /// The pending "back to off" of a timed command; a newer command cancels it.
     timer: Option<JoinHandle<()>>,
     state: Arc<Mutex<String>>,
 }
 
-/// Every configured actuator, by id.
+/// Every configured actuator, by id. A cheap handle: clones share the same
+/// actuators, so a configuration reload can change them under the running
+/// request dispatcher.
+#[derive(Clone)]
 pub struct Actuators {
-    entries: HashMap<String, Entry>,
+    entries: Arc<Mutex<HashMap<String, Entry>>>,
+}
+
+fn new_entry(c: &ActuatorConfig) -> Entry {
+    match c.actuator_type {
+        ActuatorType::Led => {
+            let led = Led::new(&c.path);
+            if let Err(e) = led.check() {
+                tracing::warn!(actuator_id = %c.id, error = %e, "actuator may not work");
+            }
+            Entry {
+                config: c.clone(),
+                led,
+                timer: None,
+                state: Arc::new(Mutex::new("unknown".into())),
+            }
+        }
+    }
 }
 
 impl Actuators {
     pub fn new(configs: &[ActuatorConfig]) -> Self {
-        let mut entries = HashMap::new();
-        for c in configs {
-            match c.actuator_type {
-                ActuatorType::Led => {
-                    let led = Led::new(&c.path);
-                    if let Err(e) = led.check() {
-                        tracing::warn!(actuator_id = %c.id, error = %e, "actuator may not work");
-                    }
-                    entries.insert(
-                        c.id.clone(),
-                        Entry {
-                            led,
-                            timer: None,
-                            state: Arc::new(Mutex::new("unknown".into())),
-                        },
-                    );
+        let entries = configs
+            .iter()
+            .map(|c| (c.id.clone(), new_entry(c)))
+            .collect();
+        Actuators {
+            entries: Arc::new(Mutex::new(entries)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a new list of actuators: unchanged ones keep their state and
+    /// any running timed command; removed ones stop their timer.
+    pub fn reconfigure(&self, configs: &[ActuatorConfig]) {
+        let mut entries = self.lock();
+        entries.retain(|id, e| {
+            let keep = configs.iter().any(|c| &c.id == id && *c == e.config);
+            if !keep {
+                if let Some(t) = e.timer.take() {
+                    t.abort();
                 }
             }
+            keep
+        });
+        for c in configs {
+            if !entries.contains_key(&c.id) {
+                entries.insert(c.id.clone(), new_entry(c));
+            }
         }
-        Actuators { entries }
     }
 
     /// Current state of each actuator ("on", "off", "blink", "unknown").
     pub fn states(&self) -> Vec<(String, String)> {
         let mut v: Vec<_> = self
-            .entries
+            .lock()
             .iter()
             .map(|(id, e)| {
                 (
@@ -72,12 +104,13 @@ impl Actuators {
     /// Carries out `cmd` on actuator `id`. Must run inside a tokio runtime
     /// (timed commands spawn their "back to off").
     pub fn control(
-        &mut self,
+        &self,
         id: &str,
         cmd: &str,
         options: &Map<String, Json>,
     ) -> Result<Json, RpcError> {
-        let Some(entry) = self.entries.get_mut(id) else {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(id) else {
             return Err(RpcError::invalid_params(format!(
                 "unknown actuator id \"{id}\""
             )));
