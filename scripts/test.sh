@@ -13,4 +13,4 @@ if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ] || ! comman
   $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
 
-cargo test --all-targets "$@"
+cargo test "$@"
