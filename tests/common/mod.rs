@@ -178,9 +178,23 @@ impl Mosquitto {
 
     /// Kills the broker (SIGKILL: no goodbye to anybody) and waits for it.
     pub fn kill(&mut self) {
+        self.resume();
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
+        }
+    }
+
+    pub fn resume(&self) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
         }
     }
 
@@ -272,8 +286,7 @@ impl Cloud {
             inbox,
             cursor: 0,
         };
-        // Both subscriptions acknowledged.
-        c.wait_inbox(|ib| ib.connacks >= 2, "cloud subscriptions");
+        c.wait_inbox(|ib| ib.connacks >= 1, "cloud subscription");
         c
     }
 
@@ -288,7 +301,7 @@ impl Cloud {
         }
     }
 
-    /// Number of (re)subscriptions so far: grows by 2 after each reconnect.
+    /// Number of (re)subscriptions so far: grows by 1 after each reconnect.
     pub fn subscriptions(&self) -> usize {
         self.inbox.0.lock().unwrap().connacks
     }
@@ -505,6 +518,14 @@ impl Daemon {
         self.log_lines()
             .iter()
             .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Lines at WARN level containing `needle`.
+    pub fn count_warnings(&self, needle: &str) -> usize {
+        self.log_lines()
+            .iter()
+            .filter(|l| l.contains(" WARN ") && l.contains(needle))
             .count()
     }
 
