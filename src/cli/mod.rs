@@ -3,6 +3,7 @@
 pub mod check;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod discover;
 pub mod id;
 pub mod run;
 
