@@ -52,7 +52,7 @@ fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    v.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+    v.sort_by_key(|p| natural_key(p));
     v
 }
 
@@ -214,6 +214,7 @@ fn iio(sysfs: &Path, d: &mut Discovery) {
 }
 
 fn w1(sysfs: &Path, d: &mut Discovery) {
+    let re = regex::Regex::new(r"t=(-?\d+)").expect("static regex");
     for dev in sorted_entries(&sysfs.join("bus/w1/devices")) {
         let name = file_name(&dev);
         // Family 28 (DS18B20), 10 (DS18S20), 22 (DS1822), 3b (MAX31850).
@@ -224,7 +225,6 @@ fn w1(sysfs: &Path, d: &mut Discovery) {
             continue;
         }
         let slave = dev.join("w1_slave");
-        let re = regex::Regex::new(r"t=(-?\d+)").expect("static regex");
         let value = std::fs::read_to_string(&slave)
             .ok()
             .and_then(|t| re.captures(&t).and_then(|c| c[1].parse::<f64>().ok()))
@@ -379,7 +379,7 @@ mod tests {
             PathBuf::from("temp2_input"),
             PathBuf::from("temp1_input"),
         ];
-        v.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        v.sort_by_key(|p| natural_key(p));
         assert_eq!(v[0], PathBuf::from("temp1_input"));
         assert_eq!(v[2], PathBuf::from("temp10_input"));
     }
