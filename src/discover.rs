@@ -374,7 +374,7 @@ mod tests {
 
     #[test]
     fn natural_order() {
-        let mut v = vec![
+        let mut v = [
             PathBuf::from("temp10_input"),
             PathBuf::from("temp2_input"),
             PathBuf::from("temp1_input"),
