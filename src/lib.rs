@@ -7,6 +7,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod discover;
 pub mod gateway_id;
 pub mod logging;
 pub mod reload;

@@ -40,6 +40,16 @@ pub enum Command {
         #[arg(long)]
         interface: Option<String>,
     },
+    /// List the sensors and LEDs this box exposes in sysfs, with current
+    /// values, as ready-to-paste TOML.
+    Discover {
+        /// Where sysfs is (another tree for tests and containers).
+        #[arg(long, default_value = "/sys")]
+        sysfs_root: PathBuf,
+        /// Where /dev is (for /dev/serial/by-id).
+        #[arg(long, default_value = "/dev")]
+        dev_root: PathBuf,
+    },
     /// Run the whole pipeline on this box against an embedded broker and a
     /// simulated Thing+ cloud: no account, no network.
     #[cfg(feature = "demo")]

@@ -4,6 +4,7 @@ pub mod args;
 pub mod check;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod discover;
 pub mod id;
 pub mod run;
 
