@@ -41,7 +41,7 @@ fn parse_entry(buf: &[u8]) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn field<'a>(e: &'a [(String, Vec<u8>)], name: &str) -> Option<String> {
+fn field(e: &[(String, Vec<u8>)], name: &str) -> Option<String> {
     e.iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
