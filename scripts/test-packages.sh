@@ -67,7 +67,9 @@ if [ ! -x "$seed/bin/sh" ]; then
 	mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)
 	mirror=${mirror:-http://deb.debian.org/debian}
 	rm -rf "$seed"
-	debootstrap --variant=minbase bookworm "$seed" "$mirror" >"$work/debootstrap.log" 2>&1 \
+	# systemd: for systemd-sysusers and for `systemd-analyze verify --root`;
+	# procps: /bin/kill of ExecReload=.
+	debootstrap --variant=minbase --include=systemd,procps bookworm "$seed" "$mirror" >"$work/debootstrap.log" 2>&1 \
 		|| { tail -n 20 "$work/debootstrap.log"; fail "debootstrap"; }
 fi
 root="$work/root"
@@ -80,6 +82,8 @@ if in_root dpkg -s adduser >/dev/null 2>&1; then
 	in_root dpkg --purge --force-depends adduser >/dev/null 2>&1 || true
 fi
 
+# First without systemd-sysusers (a container, a chroot): the useradd path.
+mv "$root/usr/bin/systemd-sysusers" "$root/usr/bin/systemd-sysusers.off"
 in_root dpkg -i /tmp/pkg.deb >"$work/install.log" 2>&1 || { cat "$work/install.log"; fail "dpkg -i"; }
 cat "$work/install.log"
 mode_owner() { in_root stat -c '%a %U:%G' "$1"; }
@@ -139,9 +143,17 @@ if in_root dpkg-statoverride --list | grep -q thingplus-gw; then fail "purge lef
 [ ! -e "$root/etc/systemd/system/multi-user.target.wants/thingplus-gw.service" ] || fail "purge left the unit enabled"
 ok "remove and purge"
 
+echo "== install again, the account made by systemd-sysusers this time"
+in_root userdel thingplus-gw
+in_root groupdel thingplus-gw 2>/dev/null || true
+mv "$root/usr/bin/systemd-sysusers.off" "$root/usr/bin/systemd-sysusers"
+in_root dpkg -i /tmp/pkg.deb >"$work/install2.log" 2>&1 || { cat "$work/install2.log"; fail "dpkg -i (sysusers)"; }
+in_root getent passwd thingplus-gw || fail "systemd-sysusers made no user"
+[ "$(mode_owner /etc/thingplus-gw/config.toml)" = "640 root:thingplus-gw" ] || fail "config: $(mode_owner /etc/thingplus-gw/config.toml)"
+ok "install with systemd-sysusers"
+
 echo "== systemd-analyze"
-# Verified in the installed root, where ExecStart exists (re-installed for that).
-in_root dpkg -i /tmp/pkg.deb >/dev/null 2>&1
+# Verified inside the installed root, where ExecStart and the targets exist.
 systemd-analyze verify --man=no --root="$root" /usr/lib/systemd/system/thingplus-gw.service 2>&1 | tee "$work/verify.txt"
 if [ -s "$work/verify.txt" ]; then fail "systemd-analyze verify complained"; fi
 ok "systemd-analyze verify"
