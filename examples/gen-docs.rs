@@ -64,6 +64,48 @@ journalctl -u thingplus-gw -p warning
 \fBsystemctl\fR(1), \fBjournalctl\fR(1), \fBsystemd.service\fR(5)
 "#;
 
+/// Escapes text for roff.
+fn roff(s: &str) -> String {
+    s.replace('\\', "\\e").replace('-', "\\-")
+}
+
+/// The commands and their own options, in this one page (clap_mangen would
+/// point to a page per command, which we do not ship).
+fn commands_section(cmd: &clap::Command) -> String {
+    let mut out = String::from(".SH COMMANDS\n");
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        out.push_str(&format!(
+            ".TP\n\\fBthingplus\\-gw {}\\fR\n{}\n",
+            roff(sub.get_name()),
+            roff(&sub.get_about().map(|a| a.to_string()).unwrap_or_default())
+        ));
+        for arg in sub
+            .get_arguments()
+            .filter(|a| !a.is_global_set() && !a.is_hide_set())
+        {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" {
+                continue;
+            }
+            let value = arg
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| format!(" \\fI{}\\fR", roff(v)))
+                .unwrap_or_default();
+            let default = match arg.get_default_values() {
+                [] => String::new(),
+                d => format!(" (default: {})", roff(&d[0].to_string_lossy())),
+            };
+            out.push_str(&format!(
+                ".RS\n.TP\n\\fB\\-\\-{}\\fR{value}\n{}{default}\n.RE\n",
+                roff(long),
+                roff(&arg.get_help().map(|h| h.to_string()).unwrap_or_default()),
+            ));
+        }
+    }
+    out
+}
+
 fn main() -> std::io::Result<()> {
     let out: PathBuf = std::env::args_os()
         .nth(1)
@@ -82,7 +124,7 @@ fn main() -> std::io::Result<()> {
     man.render_synopsis_section(&mut page)?;
     man.render_description_section(&mut page)?;
     man.render_options_section(&mut page)?;
-    man.render_subcommands_section(&mut page)?;
+    page.write_all(commands_section(&cmd).as_bytes())?;
     page.write_all(EXTRA.as_bytes())?;
     man.render_version_section(&mut page)?;
     std::fs::write(out.join("thingplus-gw.8"), page)?;
