@@ -6,6 +6,7 @@ pub mod buffer;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control_socket;
 pub mod daemon;
 pub mod discover;
 pub mod gateway_id;
