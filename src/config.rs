@@ -86,6 +86,14 @@ struct RawConfig {
     rpc: RawRpc,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    api: RawApi,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    url: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -182,6 +190,8 @@ pub struct Config {
     pub actuators: Vec<ActuatorConfig>,
     pub rpc: RpcConfig,
     pub log_level: Option<String>,
+    /// `[api] url`: the Thing+ REST API, for `register`; default from the broker host.
+    pub api_url: Option<String>,
     /// Things worth telling the operator that do not stop the daemon.
     pub warnings: Vec<String>,
 }
@@ -626,6 +636,18 @@ impl Config {
             });
         }
 
+        let api_url = match raw.api.url {
+            Some(u)
+                if !(u.get_ref().starts_with("https://") || u.get_ref().starts_with("http://")) =>
+            {
+                return Err(ctx.err_at(
+                    u.span(),
+                    "[api] url must start with https:// (or http:// for a local test server)",
+                ))
+            }
+            Some(u) => Some(u.into_inner()),
+            None => None,
+        };
         let rpc = RpcConfig {
             allow_reboot: raw.rpc.allow_reboot.unwrap_or(false),
             allow_poweroff: raw.rpc.allow_poweroff.unwrap_or(false),
@@ -643,6 +665,7 @@ impl Config {
             actuators,
             rpc,
             log_level: raw.log.level,
+            api_url,
             warnings,
         })
     }

@@ -22,6 +22,13 @@ pub fn run(config_path: &Path) -> ExitCode {
             for w in &c.warnings {
                 eprintln!("warning: {w}");
             }
+            for s in &c.sensors {
+                if let Some(w) =
+                    crate::register::id_convention_warning(&s.id, &c.gateway.id, &s.sensor_type)
+                {
+                    eprintln!("warning: {w}");
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
