@@ -188,12 +188,12 @@ pub fn plan(config: &Config, http: &mut dyn Http) -> Result<Plan, String> {
         .iter()
         .map(|s| (s.id.clone(), s.sensor_type.clone(), "sensor"))
         .collect();
-    things.extend(config.actuators.iter().map(|a| {
-        let ty = match a.actuator_type {
-            crate::config::ActuatorType::Led => "led".to_string(),
-        };
-        (a.id.clone(), ty, "actuator")
-    }));
+    things.extend(
+        config
+            .actuators
+            .iter()
+            .map(|a| (a.id.clone(), a.thingplus_type.clone(), "actuator")),
+    );
 
     let mut drivers: HashMap<String, String> = HashMap::new();
     let mut devices: BTreeMap<String, Planned> = BTreeMap::new();
