@@ -10,6 +10,7 @@ use crate::actuator::Actuators;
 use crate::buffer::{Buffer, MemoryStore};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::control_socket;
 use crate::rpc::{Dispatcher, SystemAction};
 use crate::sensor::{self, SensorRuntime};
 use crate::session::{LinkState, Session, SessionSettings};
@@ -125,7 +126,8 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     let (ri_tx, ri_rx) = watch::channel(report_interval);
     let (mut shutdown_tx, shutdown_rx) = watch::channel(false);
     let (actions_tx, mut actions_rx) = mpsc::unbounded_channel();
-    let (link_tx, mut link_rx) = watch::channel(LinkState::default());
+    let (link_tx, link_rx) = watch::channel(LinkState::default());
+    let mut link_watch = link_tx.subscribe();
     let ri_tx_reload = ri_tx.clone();
 
     let rt = SensorRuntime {
@@ -142,6 +144,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         .collect();
 
     let actuators = Actuators::new(&config.actuators);
+    let actuator_states = actuators.state_view();
     let dispatcher = Dispatcher::new(
         clock.clone(),
         actuators.clone(),
@@ -150,6 +153,22 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         config.rpc.clone(),
         actions_tx.clone(),
     );
+    let last_command = dispatcher.last_command.clone();
+    let control_sources = control_socket::Sources {
+        gateway_id: gw.id.clone(),
+        broker: format!("{}:{}", config.mqtt.host, config.mqtt.port),
+        link: link_rx,
+        buffer: buffer.clone(),
+        board: board.clone(),
+        actuators: actuator_states,
+        last_command: dispatcher.last_command.clone(),
+        clock: clock.clone(),
+        report_interval: ri_rx.clone(),
+    };
+    let control_task = tokio::spawn(control_socket::serve(
+        control_socket::default_path(),
+        control_sources,
+    ));
     let session = Session {
         settings,
         topics: Topics::new(&gw.id),
@@ -194,7 +213,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     health.check(&buffer, no_tasks()).await;
     notifier.ready(&status_now(
         &health,
-        &link_rx.borrow(),
+        &link_watch.borrow(),
         &broker,
         &reload_error,
     ));
@@ -222,11 +241,11 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
                 if health.check(&buffer, tasks).await {
                     notifier.watchdog();
                 }
-                notifier.status(&status_now(&health, &link_rx.borrow(), &broker, &reload_error));
+                notifier.status(&status_now(&health, &link_watch.borrow(), &broker, &reload_error));
             }
-            changed = link_rx.changed() => {
+            changed = link_watch.changed() => {
                 if changed.is_ok() {
-                    let link = link_rx.borrow_and_update().clone();
+                    let link = link_watch.borrow_and_update().clone();
                     notifier.status(&status_now(&health, &link, &broker, &reload_error));
                 }
             }
@@ -291,7 +310,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
                             // the new one connects and replays the buffer.
                             let (tx, rx) = watch::channel(false);
                             let _ = std::mem::replace(&mut shutdown_tx, tx).send(true);
-                            let dispatcher = Dispatcher::new(
+                            let mut dispatcher = Dispatcher::new(
                                 clock.clone(),
                                 actuators.clone(),
                                 StateFile::new(&config.gateway.state_dir),
@@ -299,6 +318,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
                                 config.rpc.clone(),
                                 actions_tx.clone(),
                             );
+                            dispatcher.last_command = last_command.clone();
                             let session = Session {
                                 settings,
                                 topics: Topics::new(&new.gateway.id),
@@ -331,7 +351,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
                     }
                 }
                 health.check(&buffer, no_tasks()).await;
-                notifier.ready(&status_now(&health, &link_rx.borrow(), &broker, &reload_error));
+                notifier.ready(&status_now(&health, &link_watch.borrow(), &broker, &reload_error));
             }
             action = actions_rx.recv() => match action {
                 Some(SystemAction::Restart) => {
@@ -340,13 +360,13 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
                     break;
                 }
                 Some(a @ (SystemAction::Reboot | SystemAction::Poweroff)) => {
-                    let verb = if a == SystemAction::Reboot { "reboot" } else { "poweroff" };
-                    tracing::warn!("{verb} requested by the server");
-                    // systemd stops this service cleanly as part of it.
-                    match tokio::process::Command::new("systemctl").arg(verb).status().await {
+                    let cmd = if a == SystemAction::Reboot { &config.rpc.reboot_command } else { &config.rpc.poweroff_command };
+                    tracing::warn!(command = ?cmd, "{a:?} requested by the server");
+                    // systemd then stops this service cleanly, which delivers the answer.
+                    match tokio::process::Command::new(&cmd[0]).args(&cmd[1..]).status().await {
                         Ok(s) if s.success() => {}
-                        Ok(s) => tracing::error!(status = %s, "systemctl {verb} failed"),
-                        Err(e) => tracing::error!(error = %e, "cannot run systemctl {verb}"),
+                        Ok(s) => tracing::error!(status = %s, command = ?cmd, "{a:?} command failed"),
+                        Err(e) => tracing::error!(error = %e, command = ?cmd, "cannot run the {a:?} command"),
                     }
                 }
                 None => {}
@@ -359,6 +379,8 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         }
     }
 
+    control_task.abort();
+    let _ = std::fs::remove_file(control_socket::default_path());
     notifier.stopping();
     // Stop sampling first, so what is delivered below is everything there is.
     for (_, t) in &sensor_tasks {
@@ -368,15 +390,10 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     if !session_done {
         let _ = session_task.await;
     }
-    // What stays buffered for the next start.
-    let backlog = buffer.stats().await.map(|st| st.pending).ok();
     if let Err(e) = buffer.close().await {
         tracing::error!(error = %e, "cannot close the buffer cleanly");
     }
-    match backlog {
-        Some(n) => tracing::info!(backlog = n, "stopped"),
-        None => tracing::info!("stopped"),
-    }
+    tracing::info!("stopped");
     Ok(exit)
 }
 

@@ -10,6 +10,11 @@ fn main() -> ExitCode {
         Command::Run => cli::run::run(&args.config),
         Command::Check => cli::check::run(&args.config),
         Command::Id { interface } => cli::id::run(&args.config, interface.as_deref()),
+        Command::Status { json, socket } => cli::status::run(
+            &socket.unwrap_or_else(thingplus_gw::control_socket::default_path),
+            json,
+        ),
+        Command::Register { dry_run } => cli::register::run(&args.config, dry_run),
         Command::Discover {
             sysfs_root,
             dev_root,

@@ -40,6 +40,23 @@ pub enum Command {
         #[arg(long)]
         interface: Option<String>,
     },
+    /// Ask the running daemon how it is (exit 0 healthy, 1 unhealthy, 2 unreachable).
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's control socket; default $RUNTIME_DIRECTORY/control.sock
+        /// or /run/thingplus-gw/control.sock.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Create this gateway's devices, sensors and actuators in Thing+ over
+    /// its REST API (idempotent).
+    Register {
+        /// Show what would be created, create nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List the sensors and LEDs this box exposes in sysfs, with current
     /// values, as ready-to-paste TOML.
     Discover {

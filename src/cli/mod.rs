@@ -6,7 +6,9 @@ pub mod check;
 pub mod demo;
 pub mod discover;
 pub mod id;
+pub mod register;
 pub mod run;
+pub mod status;
 
 /// EX_CONFIG from sysexits.h: systemd is told not to restart on it.
 pub const EXIT_CONFIG: u8 = 78;
