@@ -390,10 +390,15 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     if !session_done {
         let _ = session_task.await;
     }
+    // What stays buffered for the next start.
+    let backlog = buffer.stats().await.map(|st| st.pending).ok();
     if let Err(e) = buffer.close().await {
         tracing::error!(error = %e, "cannot close the buffer cleanly");
     }
-    tracing::info!("stopped");
+    match backlog {
+        Some(n) => tracing::info!(backlog = n, "stopped"),
+        None => tracing::info!("stopped"),
+    }
     Ok(exit)
 }
 
