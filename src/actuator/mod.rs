@@ -366,3 +366,63 @@ fn opt_ms(options: &Map<String, Json>, key: &str) -> Result<Option<u64>, RpcErro
         }
     }
 }
+
+#[cfg(test)]
+mod reconfigure_tests {
+    use super::*;
+    use crate::config::ActuatorType;
+
+    fn switch(id: &str, path: &std::path::Path) -> ActuatorConfig {
+        ActuatorConfig {
+            id: id.into(),
+            actuator_type: ActuatorType::PowerSwitch,
+            driver: ActuatorDriver::ValueFile {
+                path: path.to_path_buf(),
+                active_low: false,
+            },
+            on_shutdown: OnShutdown::Leave,
+            thingplus_type: "powerSwitch".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn reconfigure_keeps_unchanged_adds_and_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pa, pb, pc) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        for p in [&pa, &pb, &pc] {
+            std::fs::write(p, "0").unwrap();
+        }
+        let mut acts = Actuators::new(&[switch("a", &pa), switch("b", &pb)]);
+        let view = acts.state_view();
+        let Reply::Now(r) = acts.control("a", "on", &Map::new()) else {
+            panic!("a switch answers at once")
+        };
+        r.unwrap();
+        assert_eq!(std::fs::read_to_string(&pa).unwrap(), "1");
+
+        // The dispatcher's clone sees the change: a kept (state "on"), b gone, c new.
+        let handle = acts.clone();
+        handle.reconfigure(&[switch("a", &pa), switch("c", &pc)]);
+        assert_eq!(
+            view.snapshot(),
+            vec![("a".into(), "on".into()), ("c".into(), "unknown".into())]
+        );
+        let Reply::Now(r) = acts.control("b", "on", &Map::new()) else {
+            panic!()
+        };
+        assert!(r.is_err(), "b was removed");
+        let Reply::Now(r) = acts.control("c", "on", &Map::new()) else {
+            panic!()
+        };
+        r.unwrap();
+        assert_eq!(std::fs::read_to_string(&pc).unwrap(), "1");
+
+        // A changed actuator is set up afresh.
+        handle.reconfigure(&[switch("a", &pb), switch("c", &pc)]);
+        assert_eq!(view.snapshot()[0], ("a".into(), "unknown".into()));
+    }
+}
