@@ -516,14 +516,7 @@ impl Config {
                 let key = std::fs::read_to_string(&p).map_err(|e| {
                     ctx.err_at(f.span(), format!("cannot read apikey_file {}: {e}", p.display()))
                 })?;
-                if let Ok(meta) = std::fs::metadata(&p) {
-                    if meta.permissions().mode() & 0o004 != 0 {
-                        warnings.push(format!(
-                            "apikey_file {} is readable by every user: chmod 640 it (owner root, group thingplus-gw)",
-                            p.display()
-                        ));
-                    }
-                }
+                warnings.extend(secret_file_warning(&p, "apikey_file"));
                 key.trim().to_string()
             }
             (None, None) => {
@@ -731,20 +724,21 @@ impl Config {
                     ))
                 }
             };
-            let on_shutdown =
-                match &a.on_shutdown {
-                    None => OnShutdown::Leave,
-                    Some(s) => match s.get_ref().as_str() {
-                        "leave" => OnShutdown::Leave,
-                        "off" => OnShutdown::Off,
-                        other => return Err(ctx.err_at(
+            let on_shutdown = match &a.on_shutdown {
+                None => OnShutdown::Leave,
+                Some(s) => match s.get_ref().as_str() {
+                    "leave" => OnShutdown::Leave,
+                    "off" => OnShutdown::Off,
+                    other => {
+                        return Err(ctx.err_at(
                             s.span(),
                             format!(
                                 "invalid on_shutdown \"{other}\": expected \"leave\" or \"off\""
                             ),
-                        )),
-                    },
-                };
+                        ))
+                    }
+                },
+            };
             let thingplus_type = a.thingplus_type.clone().unwrap_or_else(|| {
                 match actuator_type {
                     ActuatorType::Led => "led",
@@ -812,6 +806,30 @@ impl Config {
     }
 }
 
+/// A warning when a file holding a secret can be read by others than its
+/// owner and the daemon's own group.
+pub fn secret_file_warning(path: &Path, what: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.mode();
+    // SAFETY: getegid has no preconditions.
+    let our_group = unsafe { libc::getegid() };
+    if mode & 0o004 != 0 {
+        Some(format!(
+            "{what} {} is readable by every user: chmod 640 it (owner root, group thingplus-gw)",
+            path.display()
+        ))
+    } else if mode & 0o040 != 0 && meta.gid() != our_group {
+        Some(format!(
+            "{what} {} is readable by group {} which is not the service's group: chgrp thingplus-gw it, or chmod 600",
+            path.display(),
+            meta.gid()
+        ))
+    } else {
+        None
+    }
+}
+
 fn text_has_apikey(text: &str) -> bool {
     text.lines()
         .any(|l| l.trim_start().starts_with("apikey") && !l.trim_start().starts_with("apikey_file"))
@@ -856,6 +874,9 @@ fn mqtt_from_raw(
     }
     if m.client_cert.is_some() != m.client_key.is_some() {
         return Err(ctx.err("[mqtt] client_cert and client_key go together: set both or neither"));
+    }
+    if let Some(key) = &m.client_key {
+        warnings.extend(secret_file_warning(key, "[mqtt] client_key"));
     }
     let reconnect_min = m
         .reconnect_min
@@ -1120,6 +1141,25 @@ mod tests {
             .iter()
             .any(|w| w.contains("readable by every user")));
         assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn key_readable_by_another_group_warns() {
+        use std::os::unix::fs::chown;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("client.key");
+        std::fs::write(&key, "k").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // Our own group may read it: that is how the service reads its keys.
+        assert_eq!(secret_file_warning(&key, "k"), None);
+        // Another group may not (the tests run as root, so chown works).
+        if chown(&key, None, Some(12345)).is_ok() {
+            assert!(secret_file_warning(&key, "k")
+                .unwrap()
+                .contains("group 12345"));
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(secret_file_warning(&key, "k"), None);
     }
 
     #[test]
