@@ -65,12 +65,12 @@ async fn sample_loop(cfg: SensorConfig, mut rt: SensorRuntime) {
     }
 }
 
-/// Turns sample results into readings: time order, change detection for
-/// event sensors, and error logging once per change of state.
+/// Turns sample results into readings: change detection for event
+/// sensors, times from the clock (strictly increasing per sensor, held
+/// while the time is untrusted), and error logging once per change of state.
 pub struct Sampler {
     sensor_id: Arc<str>,
     event: bool,
-    last_time_ms: i64,
     last_event_value: Option<Value>,
     last_error: Option<String>,
 }
@@ -80,7 +80,6 @@ impl Sampler {
         Sampler {
             sensor_id,
             event,
-            last_time_ms: i64::MIN,
             last_event_value: None,
             last_error: None,
         }
@@ -90,25 +89,25 @@ impl Sampler {
         let id = &*self.sensor_id;
         match result {
             Ok(value) => {
-                // Strictly increasing per sensor, even if the clock steps back:
-                // Thing+ drops values older than the newest it has.
-                let t = rt.clock.now_ms().max(self.last_time_ms.saturating_add(1));
-                self.last_time_ms = t;
-                rt.board.record_value(id, t, &value);
                 if let Some(e) = self.last_error.take() {
                     tracing::info!(sensor_id = id, previous_error = %e, "sensor recovered");
                 }
                 if self.event {
                     if self.last_event_value.as_ref() == Some(&value) {
+                        rt.board.record_value(id, rt.clock.now_ms(), &value);
                         return;
                     }
                     self.last_event_value = Some(value.clone());
-                    rt.buffer
-                        .append(vec![Reading::new(self.sensor_id.clone(), t, value)]);
+                }
+                let readings = rt.clock.stamp(&self.sensor_id, value.clone());
+                let t = readings.last().map_or_else(|| rt.clock.now_ms(), |r| r.time_ms);
+                rt.board.record_value(id, t, &value);
+                if readings.is_empty() {
+                    return; // held until the time is known
+                }
+                rt.buffer.append(readings);
+                if self.event {
                     rt.flush.notify_one();
-                } else {
-                    rt.buffer
-                        .append(vec![Reading::new(self.sensor_id.clone(), t, value)]);
                 }
             }
             Err(e) => {
