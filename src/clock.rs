@@ -1,6 +1,6 @@
 //! Wall-clock time for readings, corrected by the server's `timeSync`.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The gateway's notion of "now": the system clock plus an offset learnt
@@ -9,6 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug, Default)]
 pub struct Clock {
     offset_ms: AtomicI64,
+    /// A time source (timeSync) has been heard from.
+    synced: AtomicBool,
 }
 
 pub fn system_now_ms() -> i64 {
@@ -36,12 +38,19 @@ impl Clock {
     pub fn sync_to(&self, server_ms: i64) -> i64 {
         let offset = server_ms - system_now_ms();
         self.offset_ms.store(offset, Ordering::Relaxed);
+        self.synced.store(true, Ordering::Relaxed);
         offset
     }
 
     /// The system clock was set to the server's time: no offset any more.
     pub fn clear_offset(&self) {
         self.offset_ms.store(0, Ordering::Relaxed);
+        self.synced.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the server's time has been received since start.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
     }
 }
 

@@ -2046,3 +2046,22 @@ timeout = "200ms"
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The shipped reference configuration stays loadable.
+    #[test]
+    fn reference_config_parses() {
+        let text = include_str!("../config/thingplus-gw.toml")
+            .replace(
+                "apikey_file = \"/etc/thingplus-gw/apikey\"",
+                "apikey = \"k\"",
+            )
+            .replace("id = \"auto\"", "id = \"example\"");
+        let c = Config::parse(&text, Path::new("config/thingplus-gw.toml")).unwrap();
+        assert_eq!(c.gateway.report_interval, Duration::from_secs(60));
+        assert!(c.rpc.allow_restart && !c.rpc.allow_reboot);
+    }
+}

@@ -10,6 +10,7 @@ use crate::actuator::Actuators;
 use crate::buffer::{Buffer, MemoryStore};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::control_socket;
 use crate::rpc::{Dispatcher, SystemAction};
 use crate::sensor::{self, SensorRuntime};
 use crate::session::{LinkState, Session, SessionSettings};
@@ -106,7 +107,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     let (ri_tx, ri_rx) = watch::channel(report_interval);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (actions_tx, mut actions_rx) = mpsc::unbounded_channel();
-    let (link_tx, _link_rx) = watch::channel(LinkState::default());
+    let (link_tx, link_rx) = watch::channel(LinkState::default());
 
     let rt = SensorRuntime {
         buffer: buffer.clone(),
@@ -117,14 +118,31 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     };
     let sensor_tasks = sensor::spawn_all(&config, rt);
 
+    let actuators = Actuators::new(&config.actuators);
+    let actuator_states = actuators.state_view();
     let dispatcher = Dispatcher::new(
         clock.clone(),
-        Actuators::new(&config.actuators),
+        actuators,
         state_file,
         ri_tx,
         config.rpc.clone(),
         actions_tx,
     );
+    let control_sources = control_socket::Sources {
+        gateway_id: gw.id.clone(),
+        broker: format!("{}:{}", config.mqtt.host, config.mqtt.port),
+        link: link_rx,
+        buffer: buffer.clone(),
+        board: board.clone(),
+        actuators: actuator_states,
+        last_command: dispatcher.last_command.clone(),
+        clock: clock.clone(),
+        report_interval: ri_rx.clone(),
+    };
+    let control_task = tokio::spawn(control_socket::serve(
+        control_socket::default_path(),
+        control_sources,
+    ));
     let session = Session {
         settings: SessionSettings {
             gateway_id: gw.id.clone(),
@@ -191,6 +209,8 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         }
     }
 
+    control_task.abort();
+    let _ = std::fs::remove_file(control_socket::default_path());
     // Stop sampling first, so what is delivered below is everything there is.
     for t in &sensor_tasks {
         t.abort();

@@ -28,6 +28,26 @@ enum Command {
         #[arg(long)]
         interface: Option<String>,
     },
+    /// Ask the running daemon how it is (exit 0 healthy, 1 unhealthy, 2 unreachable).
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's control socket; default $RUNTIME_DIRECTORY/control.sock
+        /// or /run/thingplus-gw/control.sock.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// List the sensors and LEDs this box exposes in sysfs, with current
+    /// values, as ready-to-paste TOML.
+    Discover {
+        /// Where sysfs is (another tree for tests and containers).
+        #[arg(long, default_value = "/sys")]
+        sysfs_root: PathBuf,
+        /// Where /dev is (for /dev/serial/by-id).
+        #[arg(long, default_value = "/dev")]
+        dev_root: PathBuf,
+    },
     /// Run the whole pipeline on this box against an embedded broker and a
     /// simulated Thing+ cloud: no account, no network.
     #[cfg(feature = "demo")]
@@ -44,6 +64,14 @@ fn main() -> ExitCode {
         Command::Run => cli::run::run(&args.config),
         Command::Check => cli::check::run(&args.config),
         Command::Id { interface } => cli::id::run(&args.config, interface.as_deref()),
+        Command::Status { json, socket } => cli::status::run(
+            &socket.unwrap_or_else(thingplus_gw::control_socket::default_path),
+            json,
+        ),
+        Command::Discover {
+            sysfs_root,
+            dev_root,
+        } => cli::discover::run(&sysfs_root, &dev_root),
         #[cfg(feature = "demo")]
         Command::Demo { duration } => cli::demo::run(duration),
     }

@@ -31,7 +31,19 @@ pub struct Dispatcher {
     pub report_interval: watch::Sender<Duration>,
     pub rpc: RpcConfig,
     pub actions: mpsc::UnboundedSender<SystemAction>,
+    /// The last request received, for `thingplus-gw status`.
+    pub last_command: Arc<std::sync::Mutex<Option<LastCommand>>>,
     sw_update: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The last request the server sent, and how it went.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastCommand {
+    pub method: String,
+    pub id: Json,
+    pub at_ms: i64,
+    /// `None` when carried out; the error message otherwise.
+    pub error: Option<String>,
 }
 
 /// Longest report interval accepted from the server: one day.
@@ -53,6 +65,7 @@ impl Dispatcher {
             report_interval,
             rpc,
             actions,
+            last_command: Default::default(),
             sw_update: None,
         }
     }
@@ -67,7 +80,14 @@ impl Dispatcher {
             }
         };
         let method = req.method.clone();
-        match self.call(&req) {
+        let result = self.call(&req);
+        *self.last_command.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastCommand {
+            method: method.clone(),
+            id: req.id.clone(),
+            at_ms: clock::system_now_ms(),
+            error: result.as_ref().err().map(|e| e.message.clone()),
+        });
+        match result {
             Ok(result) => {
                 tracing::info!(method = %method, id = %req.id, "request carried out");
                 encode_result(&req.id, result)
@@ -171,7 +191,7 @@ impl Dispatcher {
             )));
         }
         let ms = millis_param(p.get("reportInterval"), "reportInterval")?;
-        if !(ms >= 1.0 && ms <= MAX_REPORT_INTERVAL_MS) {
+        if !(1.0..=MAX_REPORT_INTERVAL_MS).contains(&ms) {
             return Err(RpcError::invalid_params(
                 "\"reportInterval\" must be a positive number of milliseconds (at most one day)",
             ));

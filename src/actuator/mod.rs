@@ -24,6 +24,24 @@ struct Entry {
     state: Arc<Mutex<String>>,
 }
 
+/// Shared, live states of the actuators.
+#[derive(Clone, Default)]
+pub struct ActuatorStates(Vec<(String, Arc<Mutex<String>>)>);
+
+impl ActuatorStates {
+    pub fn snapshot(&self) -> Vec<(String, String)> {
+        self.0
+            .iter()
+            .map(|(id, s)| {
+                (
+                    id.clone(),
+                    s.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                )
+            })
+            .collect()
+    }
+}
+
 /// Every configured actuator, by id.
 pub struct Actuators {
     entries: HashMap<String, Entry>,
@@ -53,20 +71,16 @@ impl Actuators {
         Actuators { entries }
     }
 
-    /// Current state of each actuator ("on", "off", "blink", "unknown").
-    pub fn states(&self) -> Vec<(String, String)> {
+    /// A view of each actuator's state ("on", "off", "blink", "unknown")
+    /// that stays current: for the status report.
+    pub fn state_view(&self) -> ActuatorStates {
         let mut v: Vec<_> = self
             .entries
             .iter()
-            .map(|(id, e)| {
-                (
-                    id.clone(),
-                    e.state.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-                )
-            })
+            .map(|(id, e)| (id.clone(), e.state.clone()))
             .collect();
-        v.sort();
-        v
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        ActuatorStates(v)
     }
 
     /// Carries out `cmd` on actuator `id`. Must run inside a tokio runtime

@@ -3,8 +3,10 @@
 pub mod check;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod discover;
 pub mod id;
 pub mod run;
+pub mod status;
 
 /// EX_CONFIG from sysexits.h: systemd is told not to restart on it.
 pub const EXIT_CONFIG: u8 = 78;
