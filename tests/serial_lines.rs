@@ -236,7 +236,7 @@ async fn request_reply_instrument_with_a_missed_reply() {
     inst.join().unwrap();
 
     assert!(counters.problems(ProblemKind::NoReply) >= 1);
-    let reqs = requests.lock().unwrap();
+    let reqs = requests.lock().unwrap().clone();
     assert!(reqs.len() >= 4, "{reqs:?}");
     assert!(reqs.iter().all(|r| r == b"MEAS?\r\n"), "{reqs:?}");
     // Each reply is one reading, in order.
