@@ -823,16 +823,26 @@ impl Config {
         }
         let mut modbus = Vec::new();
         for (name, b) in raw.modbus {
-            if serial
-                .iter()
-                .any(|p: &SerialPortConfig| p.device == b.device)
-            {
-                warnings.push(format!(
-                    "[modbus.{name}] uses the device {} of a [serial] port too: only one of them can open it",
-                    b.device.display()
-                ));
-            }
             modbus.push(modbus_from_raw(name, b, ctx)?);
+        }
+        // A device is opened exclusively by one port or bus.
+        let mut devices: Vec<(&Path, String)> = Vec::new();
+        let tables = serial
+            .iter()
+            .map(|p| (p.device.as_path(), format!("[serial.{}]", p.name)))
+            .chain(
+                modbus
+                    .iter()
+                    .map(|b| (b.device.as_path(), format!("[modbus.{}]", b.name))),
+            );
+        for (dev, table) in tables {
+            if let Some((_, first)) = devices.iter().find(|(d, _)| *d == dev) {
+                return Err(ctx.err(format!(
+                    "{table} and {first} both use the device {}: a device is opened by one port or bus only (put every Modbus device of one line on one bus)",
+                    dev.display()
+                )));
+            }
+            devices.push((dev, table));
         }
 
         // Sensors.
@@ -2026,6 +2036,16 @@ timeout = "200ms"
         assert!(port("baud = 9600\n")
             .message
             .contains("missing field `format`"));
+        // One device, one owner.
+        let e = parse(&format!(
+            "{MIN}[serial.a]\ndevice = \"/dev/x\"\nformat = \"json\"\n[modbus.b]\ndevice = \"/dev/x\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("[modbus.b] and [serial.a] both use the device /dev/x"),
+            "{e}"
+        );
         // A port nobody reads is only a warning.
         let c = parse(&format!(
             "{MIN}[serial.x]\ndevice = \"/dev/x\"\nformat = \"json\"\n"

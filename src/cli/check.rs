@@ -105,22 +105,24 @@ pub fn describe(c: &Config) -> String {
                 .map(|p| p.interval),
             _ => None,
         };
-        let interval = match polled_port {
+        let when = match polled_port {
             Some(i) => format!(
-                "reply to each request ({})",
+                "at each reply (request every {})",
                 i.map_or("report interval".to_string(), format_duration)
             ),
-            None => s
-                .interval
-                .map_or("report interval".to_string(), format_duration),
+            None => format!(
+                "every {}",
+                s.interval
+                    .map_or("report interval".to_string(), format_duration)
+            ),
         };
         let _ = writeln!(
             o,
-            "  {:<36} {:<12} {} every {}{}",
+            "  {:<36} {:<12} {} {}{}",
             s.id,
             s.sensor_type,
             source,
-            interval,
+            when,
             if s.event { ", sent on change" } else { "" }
         );
     }
