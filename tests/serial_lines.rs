@@ -178,9 +178,11 @@ async fn csv_json_and_regex_lines() {
 async fn request_reply_instrument_with_a_missed_reply() {
     let meter = Pty::open();
     let cfg = config(&format!(
-        "[serial.meter]\ndevice = \"{}\"\nformat = \"regex\"\nregex = 'P=(?<power>[0-9.]+)'\nrequest = \"MEAS?\\r\\n\"\ninterval = \"100ms\"\nreply_timeout = \"300ms\"\n{}",
+        "[serial.meter]\ndevice = \"{}\"\nformat = \"regex\"\nregex = 'P=(?<power>[0-9.]+)|E=(?<energy>[0-9]+)|V=(?<volt>[0-9.]+)'\nrequest = \"MEAS?\\r\\n\"\ninterval = \"100ms\"\nreply_timeout = \"300ms\"\n{}{}{}",
         meter.path.display(),
         sensor("power", "power", "meter", "power", ""),
+        sensor("energy", "energy", "meter", "energy", ""),
+        sensor("volt", "voltage", "meter", "volt", ""),
     ));
     let rt = Rt::new(&cfg);
     let (_task, counters) = spawn_port(cfg.serial[0].clone(), cfg.sensors.clone(), rt.clone_rt());
@@ -209,7 +211,10 @@ async fn request_reply_instrument_with_a_missed_reply() {
                     requests.lock().unwrap().push(req);
                     if !silent.load(Ordering::Relaxed) {
                         k += 1;
-                        master.write_all(format!("P={k}.5\r\n").as_bytes()).unwrap();
+                        // A reply of two lines; it never gives "volt".
+                        master
+                            .write_all(format!("P={k}.5\r\nE={k}0\r\n").as_bytes())
+                            .unwrap();
                     }
                 }
             }
@@ -217,7 +222,15 @@ async fn request_reply_instrument_with_a_missed_reply() {
     };
 
     rt.wait_value("power", num(1.5)).await;
+    rt.wait_value("energy", num(10.0)).await;
     rt.wait_value("power", num(2.5)).await;
+    rt.wait_value("energy", num(20.0)).await;
+    rt.wait_error(
+        "volt",
+        &["serial port \"meter\"", "the reply has no field \"volt\""],
+    )
+    .await;
+    assert_eq!(rt.state("energy").status, Status::On);
     silent.store(true, Ordering::Relaxed);
     let e = rt
         .wait_error(

@@ -10,11 +10,15 @@
 //!
 //! Streaming ports: series sensors take the newest value of their field
 //! once per `interval` (default: the report interval); event sensors take
-//! every value as it comes (only changes are sent). A sensor whose field has
-//! not come for three intervals goes `err`. Request ports (`request = ...`):
-//! the request is written every port `interval`, and each reply is one
-//! sample of every sensor of the port; no reply within `reply_timeout` is an
-//! error for all of them.
+//! every value as it comes (only changes are sent). A series sensor whose
+//! field has not come for three intervals goes `err` (an event sensor only
+//! if it sets `interval`: event devices may print only on change); one
+//! whose field the device says has no value (an NMEA sentence without a fix)
+//! goes `err` at its next sample. Request ports (`request = ...`): the
+//! request is written every port `interval`, and each reply line is a sample
+//! of the sensors whose fields it names (a reply may span several lines); no
+//! reply within `reply_timeout` is an error for all of them, and a field no
+//! line of a reply named is an error for its sensor.
 
 pub mod csv;
 pub mod json;
@@ -473,6 +477,8 @@ struct Slot {
     next_due: Instant,
     /// When the field last came (or the port was opened).
     fresh_at: Instant,
+    /// A reply to the current request named the field (request ports).
+    replied: bool,
 }
 
 struct PortTask {
@@ -506,6 +512,7 @@ pub fn spawn_port(
                 cleared: false,
                 next_due: now,
                 fresh_at: now,
+                replied: false,
             }),
             _ => None,
         })
@@ -579,6 +586,8 @@ impl PortTask {
         let mut deadline: Option<Instant> = None;
         let mut splitter = LineSplitter::new(self.port.max_line);
         let mut got_data = false;
+        // A line answered the current request.
+        let mut answered = false;
         let mut buf = vec![0u8; 4096];
         let (mut rd, mut wr) = tokio::io::split(stream);
         let far = now + Duration::from_secs(86400 * 365);
@@ -598,6 +607,7 @@ impl PortTask {
                                 LineEvent::Line(l) => {
                                     if self.on_line(&l, polled) {
                                         got_data = true;
+                                        answered = true;
                                         deadline = None;
                                     }
                                 }
@@ -623,6 +633,21 @@ impl PortTask {
                     next_request = Some(if due <= now { now + period } else { due });
                     if deadline.is_some() {
                         continue; // the previous request is still waiting for its reply
+                    }
+                    if answered {
+                        // Replies may span several lines; a field none of them named is an error.
+                        for s in &mut self.slots {
+                            if !s.replied {
+                                s.sampler.take(
+                                    Err(format!("{}: the reply has no field \"{}\"", self.label, s.field)),
+                                    &self.rt,
+                                );
+                            }
+                        }
+                    }
+                    answered = false;
+                    for s in &mut self.slots {
+                        s.replied = false;
                     }
                     let req = self.port.request.clone().unwrap_or_default();
                     match tokio::time::timeout(self.port.reply_timeout, async {
@@ -697,11 +722,10 @@ impl PortTask {
                         "{}: the reply gives no value for \"{}\"",
                         self.label, s.field
                     )),
-                    Lookup::Absent => Err(format!(
-                        "{}: the reply has no field \"{}\"",
-                        self.label, s.field
-                    )),
+                    // Perhaps on another line of the reply: checked at the next request.
+                    Lookup::Absent => continue,
                 };
+                s.replied = true;
                 s.sampler.take(r, &self.rt);
                 continue;
             }
@@ -753,7 +777,12 @@ impl PortTask {
                     Err(no_value_msg(&self.label, &s.field, no_fix_hint)),
                     &self.rt,
                 );
-            } else if now.duration_since(s.fresh_at) >= stale_after && !s.cleared {
+            } else if now.duration_since(s.fresh_at) >= stale_after
+                && !s.cleared
+                // Event devices may print only on change: silence is an error
+                // only when the sensor sets an interval.
+                && (!s.cfg.event || s.cfg.interval.is_some())
+            {
                 s.sampler.take(
                     Err(format!(
                         "{}: no value for \"{}\" in {}",
