@@ -178,7 +178,7 @@ async fn csv_json_and_regex_lines() {
 async fn request_reply_instrument_with_a_missed_reply() {
     let meter = Pty::open();
     let cfg = config(&format!(
-        "[serial.meter]\ndevice = \"{}\"\nformat = \"regex\"\nregex = 'P=(?<power>[0-9.]+)|E=(?<energy>[0-9]+)|V=(?<volt>[0-9.]+)'\nrequest = \"MEAS?\\r\\n\"\ninterval = \"100ms\"\nreply_timeout = \"300ms\"\n{}{}{}",
+        "[serial.meter]\ndevice = \"{}\"\nformat = \"regex\"\nregex = 'P=(?<power>[0-9.]+)|E=(?<energy>[0-9]+)|V=(?<volt>[0-9.]+)'\nrequest = \"MEAS?\\r\\n\"\ninterval = \"100ms\"\nreply_timeout = \"500ms\"\n{}{}{}",
         meter.path.display(),
         sensor("power", "power", "meter", "power", ""),
         sensor("energy", "energy", "meter", "energy", ""),
@@ -237,7 +237,7 @@ async fn request_reply_instrument_with_a_missed_reply() {
             "power",
             &[
                 "serial port \"meter\"",
-                "no reply to the request within 300ms",
+                "no reply to the request within 500ms",
             ],
         )
         .await;
