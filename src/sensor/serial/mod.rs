@@ -880,6 +880,57 @@ mod tests {
         assert_eq!(field_value(&loc, &n).unwrap(), Value::Json(loc.clone()));
     }
 
+    proptest::proptest! {
+        /// No input makes a parser panic, and the splitter never holds more
+        /// than its limit however the bytes are cut.
+        #[test]
+        fn parsers_and_splitter_take_any_bytes(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 0..20),
+        ) {
+            let formats = [
+                SerialFormat::Nmea,
+                SerialFormat::Csv { columns: vec!["a".into(), "b".into()], delimiter: ',' },
+                SerialFormat::Json,
+                SerialFormat::Regex(::regex::Regex::new(r"T=(?<t>-?[0-9.]+)").unwrap()),
+            ];
+            let mut splitter = LineSplitter::new(64);
+            for c in &chunks {
+                for f in &formats {
+                    let _ = parse_line(f, c);
+                }
+                for ev in splitter.push(c) {
+                    if let LineEvent::Line(l) = ev {
+                        proptest::prop_assert!(l.len() <= 64);
+                        proptest::prop_assert!(!l.contains(&b'\n') && !l.contains(&b'\r'));
+                        for f in &formats {
+                            let _ = parse_line(f, &l);
+                        }
+                    }
+                }
+                proptest::prop_assert!(splitter.held() <= 4096 + 1);
+            }
+        }
+
+        /// Any well-formed GGA with a fix gives a location within range.
+        #[test]
+        fn gga_locations_are_in_range(lat in 0u32..9_000_000, lng in 0u32..18_000_000, s in proptest::bool::ANY, w in proptest::bool::ANY) {
+            let lat_s = format!("{:02}{:07.4}", lat / 100_000, f64::from(lat % 100_000) * 60.0 / 100_000.0);
+            let lng_s = format!("{:03}{:07.4}", lng / 100_000, f64::from(lng % 100_000) * 60.0 / 100_000.0);
+            let body = format!(
+                "GPGGA,120000,{lat_s},{},{lng_s},{},1,08,0.9,10.0,M,0.0,M,,",
+                if s { "S" } else { "N" },
+                if w { "W" } else { "E" }
+            );
+            let sum = body.bytes().fold(0u8, |a, b| a ^ b);
+            let r = nmea::parse(&format!("${body}*{sum:02X}")).unwrap().unwrap();
+            let Lookup::Value(loc) = r.get("location") else { panic!("no location in {body}") };
+            let (la, ln) = (loc["lat"].as_f64().unwrap(), loc["lng"].as_f64().unwrap());
+            proptest::prop_assert!((-90.0..=90.0).contains(&la), "{}", body);
+            proptest::prop_assert!((-180.0..=180.0).contains(&ln), "{}", body);
+            proptest::prop_assert!((la.abs() - f64::from(lat) / 100_000.0).abs() < 1e-6, "{}", body);
+        }
+    }
+
     #[test]
     fn binary_noise_is_malformed() {
         let e = parse_line(&SerialFormat::Json, &[0xff, 0xfe, 0x00, b'{']).unwrap_err();
