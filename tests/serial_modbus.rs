@@ -2,7 +2,7 @@
 //! `rtu-server`) on the other end of a pseudo-terminal: every function and
 //! data type, batching of neighbouring registers, an exception reply (and a
 //! batch split after one), a device that never answers, and a bus missing at
-//! start.
+//! start, unplugged and plugged back.
 
 mod pty;
 
@@ -208,6 +208,20 @@ async fn every_function_and_type_batches_exceptions_timeouts_and_a_late_bus() {
         "{log:?}"
     );
     assert!(log.contains(&(9, ModbusFunction::Holding, 0, 1)), "{log:?}");
+
+    // Unplugged: once the bus has to reopen the device (after the next
+    // timeout), every sensor is err; plugged back, they recover.
+    unplug(&link);
+    rt.wait_error("h-f32", &["Modbus bus \"plc\"", "no such device"])
+        .await;
+    let before = rt.values("h-f32").await.len();
+    plug(&link, std::path::Path::new(&slave_path));
+    eventually("h-f32 after the replug", async || {
+        (rt.values("h-f32").await.len() > before && rt.state("h-f32").status == Status::On)
+            .then_some(())
+    })
+    .await;
+    assert!(Counters::get(&counters.lost) >= 1);
 
     server.abort();
     drop(slave);
