@@ -90,6 +90,14 @@ struct RawConfig {
     serial: BTreeMap<String, RawSerialPort>,
     #[serde(default)]
     modbus: BTreeMap<String, RawModbusBus>,
+    #[serde(default)]
+    api: RawApi,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    url: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -201,7 +209,14 @@ struct RawActuator {
     id: Spanned<String>,
     #[serde(rename = "type")]
     actuator_type: Spanned<String>,
-    path: PathBuf,
+    path: Option<PathBuf>,
+    gpio_chip: Option<PathBuf>,
+    line: Option<u32>,
+    active_low: Option<bool>,
+    command: Option<Spanned<Vec<String>>>,
+    timeout: Option<HumanDuration>,
+    on_shutdown: Option<Spanned<String>>,
+    thingplus_type: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -211,6 +226,8 @@ struct RawRpc {
     allow_poweroff: Option<bool>,
     allow_restart: Option<bool>,
     sw_update_command: Option<Vec<String>>,
+    reboot_command: Option<Vec<String>>,
+    poweroff_command: Option<Vec<String>>,
     set_system_clock: Option<bool>,
 }
 
@@ -237,6 +254,8 @@ pub struct Config {
     /// Named Modbus RTU buses (`[modbus.NAME]`), by name.
     pub modbus: Vec<ModbusBusConfig>,
     pub log_level: Option<String>,
+    /// `[api] url`: the Thing+ REST API, for `register`; default from the broker host.
+    pub api_url: Option<String>,
     /// Things worth telling the operator that do not stop the daemon.
     pub warnings: Vec<String>,
 }
@@ -592,13 +611,51 @@ impl PartialEq for SensorConfig {
 pub enum ActuatorType {
     /// A sysfs LED directory (`brightness`, `trigger`, `max_brightness`).
     Led,
+    /// An on/off output: a GPIO line or a value file.
+    PowerSwitch,
+    /// A program run with the command and options as arguments.
+    Exec,
+}
+
+/// How an actuator is driven.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActuatorDriver {
+    Led {
+        path: PathBuf,
+    },
+    /// A file taking "1"/"0" (a sysfs GPIO `value`, a relay driver's attribute).
+    ValueFile {
+        path: PathBuf,
+        active_low: bool,
+    },
+    /// A line of a GPIO character device (`/dev/gpiochipN`).
+    GpioLine {
+        chip: PathBuf,
+        line: u32,
+        active_low: bool,
+    },
+    /// `command... <cmd> <options as JSON>`, no shell, killed after `timeout`.
+    Exec {
+        command: Vec<String>,
+        timeout: Duration,
+    },
+}
+
+/// The state an actuator is left in when the daemon stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnShutdown {
+    Leave,
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActuatorConfig {
     pub id: String,
     pub actuator_type: ActuatorType,
-    pub path: PathBuf,
+    pub driver: ActuatorDriver,
+    pub on_shutdown: OnShutdown,
+    /// The Thing+ type used by `register` ("led", "powerSwitch", ...).
+    pub thingplus_type: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -607,6 +664,10 @@ pub struct RpcConfig {
     pub allow_poweroff: bool,
     pub allow_restart: bool,
     pub sw_update_command: Option<Vec<String>>,
+    /// What `reboot` runs once answered; default `systemctl reboot`.
+    pub reboot_command: Vec<String>,
+    /// What `poweroff` runs once answered; default `systemctl poweroff`.
+    pub poweroff_command: Vec<String>,
     pub set_system_clock: bool,
 }
 
@@ -747,14 +808,7 @@ impl Config {
                 let key = std::fs::read_to_string(&p).map_err(|e| {
                     ctx.err_at(f.span(), format!("cannot read apikey_file {}: {e}", p.display()))
                 })?;
-                if let Ok(meta) = std::fs::metadata(&p) {
-                    if meta.permissions().mode() & 0o004 != 0 {
-                        warnings.push(format!(
-                            "apikey_file {} is readable by every user: chmod 640 it (owner root, group thingplus-gw)",
-                            p.display()
-                        ));
-                    }
-                }
+                warnings.extend(secret_file_warning(&p, "apikey_file"));
                 key.trim().to_string()
             }
             (None, None) => {
@@ -946,27 +1000,124 @@ impl Config {
             if !seen_act.insert(aid.clone()) || seen.contains(&aid) {
                 return Err(ctx.err_at(a.id.span(), format!("duplicate id \"{aid}\"")));
             }
-            let actuator_type = match a.actuator_type.get_ref().as_str() {
-                "led" => ActuatorType::Led,
+            let need_path = |what: &str| {
+                a.path.clone().ok_or_else(|| {
+                    ctx.err_at(
+                        a.id.span(),
+                        format!("actuator \"{aid}\" needs path = \"...\" ({what})"),
+                    )
+                })
+            };
+            let active_low = a.active_low.unwrap_or(false);
+            let (actuator_type, driver) = match a.actuator_type.get_ref().as_str() {
+                "led" => (
+                    ActuatorType::Led,
+                    ActuatorDriver::Led {
+                        path: need_path("a sysfs LED directory such as /sys/class/leds/led0")?,
+                    },
+                ),
+                "powerSwitch" => match (&a.gpio_chip, a.line, &a.path) {
+                    (Some(chip), Some(line), None) => (
+                        ActuatorType::PowerSwitch,
+                        ActuatorDriver::GpioLine { chip: chip.clone(), line, active_low },
+                    ),
+                    (None, None, Some(path)) => (
+                        ActuatorType::PowerSwitch,
+                        ActuatorDriver::ValueFile { path: path.clone(), active_low },
+                    ),
+                    _ => {
+                        return Err(ctx.err_at(
+                            a.id.span(),
+                            format!("powerSwitch \"{aid}\" needs either gpio_chip = \"/dev/gpiochip0\" with line = N, or path = \"...\" (a value file), not both"),
+                        ))
+                    }
+                },
+                "exec" => {
+                    let Some(command) = &a.command else {
+                        return Err(ctx.err_at(
+                            a.id.span(),
+                            format!("exec actuator \"{aid}\" needs command = [\"/path/to/program\", \"arg\", ...]"),
+                        ));
+                    };
+                    if command.get_ref().is_empty() || !Path::new(&command.get_ref()[0]).is_absolute() {
+                        return Err(ctx.err_at(
+                            command.span(),
+                            "command must start with the absolute path of a program (it runs without a shell)",
+                        ));
+                    }
+                    (
+                        ActuatorType::Exec,
+                        ActuatorDriver::Exec {
+                            command: command.get_ref().clone(),
+                            timeout: a.timeout.map_or(Duration::from_secs(30), |t| t.0),
+                        },
+                    )
+                }
                 other => {
                     return Err(ctx.err_at(
                         a.actuator_type.span(),
-                        format!("unknown actuator type \"{other}\": expected \"led\""),
+                        format!("unknown actuator type \"{other}\": expected \"led\", \"powerSwitch\" or \"exec\""),
                     ))
                 }
             };
+            let on_shutdown = match &a.on_shutdown {
+                None => OnShutdown::Leave,
+                Some(s) => match s.get_ref().as_str() {
+                    "leave" => OnShutdown::Leave,
+                    "off" => OnShutdown::Off,
+                    other => {
+                        return Err(ctx.err_at(
+                            s.span(),
+                            format!(
+                                "invalid on_shutdown \"{other}\": expected \"leave\" or \"off\""
+                            ),
+                        ))
+                    }
+                },
+            };
+            let thingplus_type = a.thingplus_type.clone().unwrap_or_else(|| {
+                match actuator_type {
+                    ActuatorType::Led => "led",
+                    ActuatorType::PowerSwitch | ActuatorType::Exec => "powerSwitch",
+                }
+                .to_string()
+            });
             actuators.push(ActuatorConfig {
                 id: aid,
                 actuator_type,
-                path: a.path,
+                driver,
+                on_shutdown,
+                thingplus_type,
             });
         }
 
+        let api_url = match raw.api.url {
+            Some(u)
+                if !(u.get_ref().starts_with("https://") || u.get_ref().starts_with("http://")) =>
+            {
+                return Err(ctx.err_at(
+                    u.span(),
+                    "[api] url must start with https:// (or http:// for a local test server)",
+                ))
+            }
+            Some(u) => Some(u.into_inner()),
+            None => None,
+        };
         let rpc = RpcConfig {
             allow_reboot: raw.rpc.allow_reboot.unwrap_or(false),
             allow_poweroff: raw.rpc.allow_poweroff.unwrap_or(false),
             allow_restart: raw.rpc.allow_restart.unwrap_or(true),
             sw_update_command: raw.rpc.sw_update_command,
+            reboot_command: raw
+                .rpc
+                .reboot_command
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| vec!["systemctl".into(), "reboot".into()]),
+            poweroff_command: raw
+                .rpc
+                .poweroff_command
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| vec!["systemctl".into(), "poweroff".into()]),
             set_system_clock: raw.rpc.set_system_clock.unwrap_or(false),
         };
 
@@ -981,6 +1132,7 @@ impl Config {
             serial,
             modbus,
             log_level: raw.log.level,
+            api_url,
             warnings,
         })
     }
@@ -989,6 +1141,30 @@ impl Config {
     pub fn status_validity_secs(&self, report_interval: Duration) -> i64 {
         let d = self.gateway.status_validity.unwrap_or(report_interval * 2);
         d.as_secs_f64().ceil() as i64
+    }
+}
+
+/// A warning when a file holding a secret can be read by others than its
+/// owner and the daemon's own group.
+pub fn secret_file_warning(path: &Path, what: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.mode();
+    // SAFETY: getegid has no preconditions.
+    let our_group = unsafe { libc::getegid() };
+    if mode & 0o004 != 0 {
+        Some(format!(
+            "{what} {} is readable by every user: chmod 640 it (owner root, group thingplus-gw)",
+            path.display()
+        ))
+    } else if mode & 0o040 != 0 && meta.gid() != our_group {
+        Some(format!(
+            "{what} {} is readable by group {} which is not the service's group: chgrp thingplus-gw it, or chmod 600",
+            path.display(),
+            meta.gid()
+        ))
+    } else {
+        None
     }
 }
 
@@ -1036,6 +1212,9 @@ fn mqtt_from_raw(
     }
     if m.client_cert.is_some() != m.client_key.is_some() {
         return Err(ctx.err("[mqtt] client_cert and client_key go together: set both or neither"));
+    }
+    if let Some(key) = &m.client_key {
+        warnings.extend(secret_file_warning(key, "[mqtt] client_key"));
     }
     let reconnect_min = m
         .reconnect_min
@@ -1821,6 +2000,25 @@ mod tests {
             .iter()
             .any(|w| w.contains("readable by every user")));
         assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn key_readable_by_another_group_warns() {
+        use std::os::unix::fs::chown;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("client.key");
+        std::fs::write(&key, "k").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // Our own group may read it: that is how the service reads its keys.
+        assert_eq!(secret_file_warning(&key, "k"), None);
+        // Another group may not (the tests run as root, so chown works).
+        if chown(&key, None, Some(12345)).is_ok() {
+            assert!(secret_file_warning(&key, "k")
+                .unwrap()
+                .contains("group 12345"));
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(secret_file_warning(&key, "k"), None);
     }
 
     #[test]

@@ -190,13 +190,13 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
                     break;
                 }
                 Some(a @ (SystemAction::Reboot | SystemAction::Poweroff)) => {
-                    let verb = if a == SystemAction::Reboot { "reboot" } else { "poweroff" };
-                    tracing::warn!("{verb} requested by the server");
-                    // systemd stops this service cleanly as part of it.
-                    match tokio::process::Command::new("systemctl").arg(verb).status().await {
+                    let cmd = if a == SystemAction::Reboot { &config.rpc.reboot_command } else { &config.rpc.poweroff_command };
+                    tracing::warn!(command = ?cmd, "{a:?} requested by the server");
+                    // systemd then stops this service cleanly, which delivers the answer.
+                    match tokio::process::Command::new(&cmd[0]).args(&cmd[1..]).status().await {
                         Ok(s) if s.success() => {}
-                        Ok(s) => tracing::error!(status = %s, "systemctl {verb} failed"),
-                        Err(e) => tracing::error!(error = %e, "cannot run systemctl {verb}"),
+                        Ok(s) => tracing::error!(status = %s, command = ?cmd, "{a:?} command failed"),
+                        Err(e) => tracing::error!(error = %e, command = ?cmd, "cannot run the {a:?} command"),
                     }
                 }
                 None => {}

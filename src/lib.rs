@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod discover;
 pub mod gateway_id;
 pub mod logging;
+pub mod register;
 pub mod rpc;
 pub mod sensor;
 pub mod session;

@@ -38,6 +38,13 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Create this gateway's devices, sensors and actuators in Thing+ over
+    /// its REST API (idempotent).
+    Register {
+        /// Show what would be created, create nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List the sensors and LEDs this box exposes in sysfs, with current
     /// values, as ready-to-paste TOML.
     Discover {
@@ -68,6 +75,7 @@ fn main() -> ExitCode {
             &socket.unwrap_or_else(thingplus_gw::control_socket::default_path),
             json,
         ),
+        Command::Register { dry_run } => cli::register::run(&args.config, dry_run),
         Command::Discover {
             sysfs_root,
             dev_root,

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::{Config, Fsync, SensorSource, WordOrder};
+use crate::config::{ActuatorDriver, Config, Fsync, SensorSource, WordOrder};
 use crate::units::format_duration;
 
 use super::EXIT_CONFIG;
@@ -21,6 +21,13 @@ pub fn run(config_path: &Path) -> ExitCode {
             print!("{}", describe(&c));
             for w in &c.warnings {
                 eprintln!("warning: {w}");
+            }
+            for s in &c.sensors {
+                if let Some(w) =
+                    crate::register::id_convention_warning(&s.id, &c.gateway.id, &s.sensor_type)
+                {
+                    eprintln!("warning: {w}");
+                }
             }
             ExitCode::SUCCESS
         }
@@ -169,13 +176,33 @@ pub fn describe(c: &Config) -> String {
     }
     let _ = writeln!(o, "actuators        {}", c.actuators.len());
     for a in &c.actuators {
-        let _ = writeln!(
-            o,
-            "  {:<36} {:?} {}",
-            a.id,
-            a.actuator_type,
-            a.path.display()
-        );
+        let how = match &a.driver {
+            ActuatorDriver::Led { path } => format!("LED {}", path.display()),
+            ActuatorDriver::ValueFile { path, active_low } => {
+                format!(
+                    "value file {}{}",
+                    path.display(),
+                    if *active_low { ", active low" } else { "" }
+                )
+            }
+            ActuatorDriver::GpioLine {
+                chip,
+                line,
+                active_low,
+            } => format!(
+                "{} line {line}{}",
+                chip.display(),
+                if *active_low { ", active low" } else { "" }
+            ),
+            ActuatorDriver::Exec { command, timeout } => {
+                format!(
+                    "runs {} (timeout {})",
+                    command.join(" "),
+                    format_duration(*timeout)
+                )
+            }
+        };
+        let _ = writeln!(o, "  {:<36} {:<12} {how}", a.id, a.thingplus_type);
     }
     o
 }

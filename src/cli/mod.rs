@@ -5,6 +5,7 @@ pub mod check;
 pub mod demo;
 pub mod discover;
 pub mod id;
+pub mod register;
 pub mod run;
 pub mod status;
 
