@@ -116,11 +116,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         flush: flush.clone(),
         report_interval: ri_rx.clone(),
     };
-    let sensor_tasks: Vec<_> = config
-        .sensors
-        .iter()
-        .map(|s| sensor::spawn(s.clone(), rt.clone()))
-        .collect();
+    let sensor_tasks = sensor::spawn_all(&config, rt);
 
     let actuators = Actuators::new(&config.actuators);
     let actuator_states = actuators.state_view();

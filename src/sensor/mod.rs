@@ -1,6 +1,8 @@
 //! Sensors: where readings come from, and the task that samples each one.
 
 pub mod file;
+pub mod modbus;
+pub mod serial;
 pub mod value;
 
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::buffer::Buffer;
 use crate::clock::Clock;
-use crate::config::{SensorConfig, SensorSource};
+use crate::config::{Config, SensorConfig, SensorSource};
 use crate::status_board::StatusBoard;
 
 pub use value::{Reading, Value};
@@ -28,7 +30,45 @@ pub struct SensorRuntime {
     pub report_interval: watch::Receiver<Duration>,
 }
 
-/// Starts the sampling task of one sensor.
+/// Starts every sensor of a configuration: one task per file sensor, one
+/// per serial port and one per Modbus bus (they own their device and serve
+/// all the sensors on it). Ports and buses without sensors are not opened.
+pub fn spawn_all(config: &Config, rt: SensorRuntime) -> Vec<JoinHandle<()>> {
+    let mut tasks: Vec<JoinHandle<()>> = config
+        .sensors
+        .iter()
+        .filter(|s| matches!(s.source, SensorSource::File { .. }))
+        .map(|s| spawn(s.clone(), rt.clone()))
+        .collect();
+    for port in &config.serial {
+        let sensors: Vec<SensorConfig> = config
+            .sensors
+            .iter()
+            .filter(
+                |s| matches!(&s.source, SensorSource::Serial { port: p, .. } if *p == port.name),
+            )
+            .cloned()
+            .collect();
+        if !sensors.is_empty() {
+            tasks.push(serial::spawn_port(port.clone(), sensors, rt.clone()).0);
+        }
+    }
+    for bus in &config.modbus {
+        let sensors: Vec<SensorConfig> = config
+            .sensors
+            .iter()
+            .filter(|s| matches!(&s.source, SensorSource::Modbus(p) if p.bus == bus.name))
+            .cloned()
+            .collect();
+        if !sensors.is_empty() {
+            tasks.push(modbus::spawn_bus(bus.clone(), sensors, rt.clone()).0);
+        }
+    }
+    tasks
+}
+
+/// Starts the sampling task of one file sensor (serial and Modbus sensors
+/// are served by their port's task: see [`spawn_all`]).
 pub fn spawn(cfg: SensorConfig, rt: SensorRuntime) -> JoinHandle<()> {
     tokio::spawn(sample_loop(cfg, rt))
 }
@@ -36,6 +76,13 @@ pub fn spawn(cfg: SensorConfig, rt: SensorRuntime) -> JoinHandle<()> {
 fn read_once(cfg: &SensorConfig) -> Result<Value, String> {
     match &cfg.source {
         SensorSource::File { path, regex } => file::read(path, regex.as_ref(), cfg),
+        SensorSource::Serial { port, .. } => Err(format!(
+            "serial port \"{port}\" is read by its port task, not sampled on its own"
+        )),
+        SensorSource::Modbus(p) => Err(format!(
+            "Modbus bus \"{}\" is read by its bus task, not sampled on its own",
+            p.bus
+        )),
     }
 }
 
