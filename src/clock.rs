@@ -46,7 +46,10 @@ impl TimeSource for SystemSource {
     }
 
     fn boottime_ms(&self) -> i64 {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: clock_gettime writes into the timespec we own.
         unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
         ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
@@ -82,7 +85,9 @@ impl std::fmt::Display for ClockState {
             ClockState::ServerSynced => "synchronised by the server (timeSync)",
             ClockState::SystemSynced => "synchronised by NTP",
             ClockState::Plausible => "system clock, not synchronised",
-            ClockState::Untrusted => "UNTRUSTED: the system clock is before 2026 and nothing has set it",
+            ClockState::Untrusted => {
+                "UNTRUSTED: the system clock is before 2026 and nothing has set it"
+            }
         })
     }
 }
@@ -197,12 +202,16 @@ impl Clock {
                 );
                 s.warned = true;
             }
-            s.held.push_back((sensor_id.clone(), self.source.boottime_ms(), value));
+            s.held
+                .push_back((sensor_id.clone(), self.source.boottime_ms(), value));
             if s.held.len() > MAX_HELD_READINGS {
                 s.held.pop_front();
                 s.dropped_while_held += 1;
                 if s.dropped_while_held == 1 {
-                    tracing::warn!(max = MAX_HELD_READINGS, "still no trustworthy time: dropping the oldest held readings");
+                    tracing::warn!(
+                        max = MAX_HELD_READINGS,
+                        "still no trustworthy time: dropping the oldest held readings"
+                    );
                 }
             }
             return Vec::new();
@@ -300,7 +309,12 @@ mod tests {
         let got: Vec<(&str, i64)> = out.iter().map(|r| (&*r.sensor_id, r.time_ms)).collect();
         assert_eq!(
             got,
-            vec![("t", SERVER - 2_000), ("h", SERVER - 1_500), ("t", SERVER - 1_000), ("h", SERVER)]
+            vec![
+                ("t", SERVER - 2_000),
+                ("h", SERVER - 1_500),
+                ("t", SERVER - 1_000),
+                ("h", SERVER)
+            ]
         );
         assert_eq!(clock.held(), 0);
     }
@@ -330,7 +344,12 @@ mod tests {
         let mut times = Vec::new();
         for step in [1_000, 1_000, -60_000, 1_000, 1_000, 100_000] {
             fake.step_realtime(step);
-            times.extend(clock.stamp(&t, Value::Number(0.0)).iter().map(|r| r.time_ms));
+            times.extend(
+                clock
+                    .stamp(&t, Value::Number(0.0))
+                    .iter()
+                    .map(|r| r.time_ms),
+            );
         }
         assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
         // Another sensor is not held back by the first one's stamps.

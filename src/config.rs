@@ -2282,4 +2282,41 @@ mod example_tests {
         assert_eq!(c.gateway.report_interval, Duration::from_secs(60));
         assert!(c.rpc.allow_restart && !c.rpc.allow_reboot);
     }
+
+    /// The commented serial/Modbus and actuator examples are valid once uncommented.
+    #[test]
+    fn reference_examples_parse_when_uncommented() {
+        let text = include_str!("../config/thingplus-gw.toml");
+        let start = text.find("# ---- Serial line instruments").unwrap();
+        let end = text.find("[rpc]").unwrap();
+        let block: String = text[start..end]
+            .lines()
+            .map(|l| {
+                let u = l
+                    .strip_prefix("# ")
+                    .or_else(|| l.strip_prefix('#'))
+                    .unwrap_or(l);
+                // Prose stays a comment: only tables and `key = value` lines are TOML.
+                let is_toml = u.starts_with('[')
+                    || u.starts_with('#')
+                    || u.trim().is_empty()
+                    || u.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    });
+                if is_toml {
+                    u.to_string()
+                } else {
+                    format!("# {u}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        // The actuator examples share ids with nothing; the [api] table is already there.
+        let block = block.replace("[api]", "[api_commented]");
+        let block = &block[..block.find("[api_commented]").unwrap_or(block.len())];
+        let cfg = format!("[gateway]\nid = \"gw\"\napikey = \"k\"\n{block}");
+        let c = Config::parse(&cfg, Path::new("example")).unwrap_or_else(|e| panic!("{e}\n{cfg}"));
+        assert_eq!(c.sensors.len(), 3);
+        assert_eq!(c.actuators.len(), 4);
+    }
 }

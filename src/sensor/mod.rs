@@ -147,7 +147,9 @@ impl Sampler {
                     self.last_event_value = Some(value.clone());
                 }
                 let readings = rt.clock.stamp(&self.sensor_id, value.clone());
-                let t = readings.last().map_or_else(|| rt.clock.now_ms(), |r| r.time_ms);
+                let t = readings
+                    .last()
+                    .map_or_else(|| rt.clock.now_ms(), |r| r.time_ms);
                 rt.board.record_value(id, t, &value);
                 if readings.is_empty() {
                     return; // held until the time is known
