@@ -70,13 +70,17 @@ pub struct StatusReport {
     pub actuators: Vec<(String, String)>,
     pub last_command: Option<serde_json::Value>,
     pub clock_offset_ms: i64,
-    pub clock_synced: bool,
+    /// How far the time is trusted (see `clock::ClockState`).
+    pub clock: String,
+    pub clock_trusted: bool,
+    /// Readings held until the time is known.
+    pub clock_held: usize,
 }
 
 impl StatusReport {
-    /// Healthy: connected and every sensor reading.
+    /// Healthy: connected, the time trusted, and every sensor reading.
     pub fn healthy(&self) -> bool {
-        self.connected && self.sensors.iter().all(|s| s.error.is_none())
+        self.connected && self.clock_trusted && self.sensors.iter().all(|s| s.error.is_none())
     }
 }
 
@@ -136,7 +140,9 @@ impl Sources {
                 .as_ref()
                 .and_then(|c| serde_json::to_value(c).ok()),
             clock_offset_ms: self.clock.offset_ms(),
-            clock_synced: self.clock.synced(),
+            clock: self.clock.state().to_string(),
+            clock_trusted: self.clock.state() != crate::clock::ClockState::Untrusted,
+            clock_held: self.clock.held(),
         }
     }
 }

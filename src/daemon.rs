@@ -12,7 +12,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::control_socket;
 use crate::rpc::{Dispatcher, SystemAction};
-use crate::sensor::{self, SensorRuntime};
+use crate::sensor::SensorRuntime;
 use crate::session::{LinkState, Session, SessionSettings};
 use crate::state::StateFile;
 use crate::status_board::StatusBoard;
@@ -137,11 +137,13 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         flush: flush.clone(),
         report_interval: ri_rx.clone(),
     };
-    let mut sensor_tasks: Vec<(String, tokio::task::JoinHandle<()>)> = config
-        .sensors
-        .iter()
-        .map(|s| (s.id.clone(), sensor::spawn(s.clone(), rt.clone())))
-        .collect();
+    // One task per file sensor, serial port and Modbus bus, by key, so that
+    // a reload can restart only what changed.
+    let mut sensor_tasks: Vec<(String, tokio::task::JoinHandle<()>)> =
+        crate::reload::task_specs(&config)
+            .into_iter()
+            .map(|t| (t.key(), t.spawn(rt.clone())))
+            .collect();
 
     let actuators = Actuators::new(&config.actuators);
     let actuator_states = actuators.state_view();
@@ -278,17 +280,23 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
                             tracing::warn!(setting = what, "{what} changed: it takes effect at the next restart (systemctl restart thingplus-gw)");
                         }
                         // Stopped tasks lose nothing: every reading they took
-                        // is already in the buffer.
-                        sensor_tasks.retain(|(id, t)| {
-                            let stop = plan.stop.contains(id);
+                        // is already in the buffer. They are awaited so that
+                        // a serial port or bus is closed before it is reopened.
+                        let mut stopped = Vec::new();
+                        sensor_tasks.retain_mut(|(key, t)| {
+                            let stop = plan.stop.contains(key);
                             if stop {
                                 t.abort();
+                                stopped.push(std::mem::replace(t, tokio::spawn(async {})));
                             }
                             !stop
                         });
+                        for t in stopped {
+                            let _ = t.await;
+                        }
                         board.set_sensors(new.sensors.iter().map(|s| s.id.clone()));
-                        for s in &plan.start {
-                            sensor_tasks.push((s.id.clone(), sensor::spawn(s.clone(), rt.clone())));
+                        for t in &plan.start {
+                            sensor_tasks.push((t.key(), t.spawn(rt.clone())));
                         }
                         if plan.actuators_changed {
                             actuators.reconfigure(&new.actuators);

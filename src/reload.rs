@@ -3,15 +3,84 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, SensorConfig};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ModbusBusConfig, SensorConfig, SensorSource, SerialPortConfig};
+use crate::sensor::{self, SensorRuntime};
+
+/// One sampling task and everything it is built from: a file sensor, or a
+/// serial port or Modbus bus with the sensors it serves. A task is
+/// restarted on reload only when its spec changed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskSpec {
+    File(SensorConfig),
+    Serial(SerialPortConfig, Vec<SensorConfig>),
+    Modbus(ModbusBusConfig, Vec<SensorConfig>),
+}
+
+impl TaskSpec {
+    /// Names the task among the daemon's: "sensor:ID", "serial:NAME", "modbus:NAME".
+    pub fn key(&self) -> String {
+        match self {
+            TaskSpec::File(s) => format!("sensor:{}", s.id),
+            TaskSpec::Serial(p, _) => format!("serial:{}", p.name),
+            TaskSpec::Modbus(b, _) => format!("modbus:{}", b.name),
+        }
+    }
+
+    pub fn spawn(&self, rt: SensorRuntime) -> JoinHandle<()> {
+        match self {
+            TaskSpec::File(s) => sensor::spawn(s.clone(), rt),
+            TaskSpec::Serial(p, s) => sensor::serial::spawn_port(p.clone(), s.clone(), rt).0,
+            TaskSpec::Modbus(b, s) => sensor::modbus::spawn_bus(b.clone(), s.clone(), rt).0,
+        }
+    }
+}
+
+/// The tasks a configuration runs (as `sensor::spawn_all` starts them):
+/// ports and buses without sensors are not opened.
+pub fn task_specs(config: &Config) -> Vec<TaskSpec> {
+    let mut specs: Vec<TaskSpec> = config
+        .sensors
+        .iter()
+        .filter(|s| matches!(s.source, SensorSource::File { .. }))
+        .map(|s| TaskSpec::File(s.clone()))
+        .collect();
+    for port in &config.serial {
+        let sensors: Vec<SensorConfig> = config
+            .sensors
+            .iter()
+            .filter(
+                |s| matches!(&s.source, SensorSource::Serial { port: p, .. } if *p == port.name),
+            )
+            .cloned()
+            .collect();
+        if !sensors.is_empty() {
+            specs.push(TaskSpec::Serial(port.clone(), sensors));
+        }
+    }
+    for bus in &config.modbus {
+        let sensors: Vec<SensorConfig> = config
+            .sensors
+            .iter()
+            .filter(|s| matches!(&s.source, SensorSource::Modbus(p) if p.bus == bus.name))
+            .cloned()
+            .collect();
+        if !sensors.is_empty() {
+            specs.push(TaskSpec::Modbus(bus.clone(), sensors));
+        }
+    }
+    specs
+}
 
 /// The changes to carry out, and what only a restart can change.
 #[derive(Debug, Default)]
 pub struct ReloadPlan {
-    /// Sensors to stop: removed, or changed (then also in `start`).
+    /// Tasks to stop, by [`TaskSpec::key`]: gone, or changed (then also in `start`).
     pub stop: Vec<String>,
-    /// Sensors to start: new, or changed.
-    pub start: Vec<SensorConfig>,
+    /// Tasks to start: new, or changed.
+    pub start: Vec<TaskSpec>,
+    /// Sensors added, removed and changed (for the log).
     pub added: usize,
     pub removed: usize,
     pub changed: usize,
@@ -67,26 +136,29 @@ impl ReloadPlan {
 
 pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     let mut p = ReloadPlan::default();
+    let (old_tasks, new_tasks) = (task_specs(old), task_specs(new));
+    for o in &old_tasks {
+        if !new_tasks.contains(o) {
+            p.stop.push(o.key());
+        }
+    }
+    for n in &new_tasks {
+        if !old_tasks.contains(n) {
+            p.start.push(n.clone());
+        }
+    }
     for o in &old.sensors {
         match new.sensors.iter().find(|n| n.id == o.id) {
-            None => {
-                p.stop.push(o.id.clone());
-                p.removed += 1;
-            }
-            Some(n) if n != o => {
-                p.stop.push(o.id.clone());
-                p.start.push(n.clone());
-                p.changed += 1;
-            }
+            None => p.removed += 1,
+            Some(n) if n != o => p.changed += 1,
             Some(_) => {}
         }
     }
-    for n in &new.sensors {
-        if !old.sensors.iter().any(|o| o.id == n.id) {
-            p.start.push(n.clone());
-            p.added += 1;
-        }
-    }
+    p.added = new
+        .sensors
+        .iter()
+        .filter(|n| !old.sensors.iter().any(|o| o.id == n.id))
+        .count();
     p.actuators_changed = old.actuators != new.actuators;
     if old.gateway.report_interval != new.gateway.report_interval {
         p.report_interval = Some(new.gateway.report_interval);
@@ -138,9 +210,9 @@ mod tests {
             "{B2}[[sensor]]\nid = \"c\"\ntype = \"humidity\"\npath = \"/c\"\n"
         ));
         let p = plan(&old, &new);
-        assert_eq!(p.stop, vec!["a".to_string(), "b".to_string()]);
-        let started: Vec<_> = p.start.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(started, vec!["b", "c"]);
+        assert_eq!(p.stop, vec!["sensor:a".to_string(), "sensor:b".to_string()]);
+        let started: Vec<_> = p.start.iter().map(|s| s.key()).collect();
+        assert_eq!(started, vec!["sensor:b", "sensor:c"]);
         assert_eq!((p.added, p.removed, p.changed), (1, 1, 1));
         assert!(!p.reconnect);
     }
@@ -168,5 +240,36 @@ mod tests {
             &cfg("[buffer]\nmax_size = \"2MiB\"\n[rpc]\nallow_reboot = true\n"),
         );
         assert_eq!(p.need_restart, vec!["[buffer]", "[rpc]"]);
+    }
+
+    #[test]
+    fn a_serial_port_restarts_only_when_it_or_its_sensors_change() {
+        let port = "[serial.gps]\ndevice = \"/dev/ttyACM0\"\nbaud = 9600\nformat = \"nmea\"\n";
+        let loc = "[[sensor]]\nid = \"loc\"\ntype = \"location\"\nserial = \"gps\"\nfield = \"location\"\n";
+        let old = cfg(&format!("{A}{loc}{port}"));
+        let p = plan(&old, &cfg(&format!("{A}{loc}{port}")));
+        assert!(p.is_empty(), "{p:?}");
+        // A file sensor added next to it: the port task goes on.
+        let p = plan(&old, &cfg(&format!("{A}{B}{loc}{port}")));
+        assert_eq!(
+            p.start.iter().map(|t| t.key()).collect::<Vec<_>>(),
+            vec!["sensor:b"]
+        );
+        assert!(p.stop.is_empty());
+        // The port's speed changed: its task restarts, the file sensor's does not.
+        let p = plan(
+            &old,
+            &cfg(&format!("{A}{loc}{}", port.replace("9600", "4800"))),
+        );
+        assert_eq!(p.stop, vec!["serial:gps".to_string()]);
+        assert_eq!(
+            p.start.iter().map(|t| t.key()).collect::<Vec<_>>(),
+            vec!["serial:gps"]
+        );
+        // Its only sensor removed: the port is closed, not reopened.
+        let p = plan(&old, &cfg(&format!("{A}{port}")));
+        assert_eq!(p.stop, vec!["serial:gps".to_string()]);
+        assert!(p.start.is_empty());
+        assert_eq!(p.removed, 1);
     }
 }

@@ -31,8 +31,10 @@ use crate::thingplus::{encode_status, pack_values, Status, Topics};
 const READ_BATCH: usize = 4096;
 /// A connection that lasted this long resets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(60);
-/// Largest request accepted from the server.
-pub const MAX_INCOMING_PACKET: usize = 256 * 1024;
+/// Largest packet read from the broker. Requests above
+/// `rpc::MAX_REQUEST_BYTES` still get a JSON-RPC error; only packets above
+/// this drop the connection (rumqttc cannot skip them).
+pub const MAX_INCOMING_PACKET: usize = 1024 * 1024;
 
 /// The state of the link, for status reports and sd-notify.
 #[derive(Clone, Debug, Default, PartialEq)]

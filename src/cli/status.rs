@@ -94,11 +94,13 @@ pub fn render(r: &StatusReport) -> String {
         }
     }
     let _ = writeln!(o, "report every {} s", r.report_interval_ms as f64 / 1000.0);
-    let clock = if r.clock_synced {
-        format!("synced by the server, offset {} ms", r.clock_offset_ms)
-    } else {
-        "system clock, no timeSync received yet".to_string()
-    };
+    let mut clock = r.clock.clone();
+    if r.clock_offset_ms != 0 {
+        clock += &format!(", offset {} ms", r.clock_offset_ms);
+    }
+    if r.clock_held > 0 {
+        clock += &format!(", {} readings held until the time is known", r.clock_held);
+    }
     let _ = writeln!(o, "clock        {clock}");
     if let Some(c) = &r.last_command {
         let err = c["error"]
