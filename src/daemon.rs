@@ -388,7 +388,6 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     }
 
     control_task.abort();
-    let _ = std::fs::remove_file(control_socket::default_path());
     notifier.stopping();
     // Stop sampling first, so what is delivered below is everything there is.
     for (_, t) in &sensor_tasks {
