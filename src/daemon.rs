@@ -7,7 +7,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::actuator::Actuators;
-use crate::buffer::{Buffer, MemoryStore};
+use crate::buffer::Buffer;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::rpc::{Dispatcher, SystemAction};
@@ -94,10 +94,8 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         _ => gw.report_interval,
     };
 
-    let buffer = Buffer::start(
-        MemoryStore::new(config.buffer.max_size),
-        config.buffer.fsync,
-    );
+    let buffer = Buffer::open(&config.buffer, config.mqtt.max_message_size)
+        .map_err(|e| StartError::Other(e.to_string()))?;
     let clock = Arc::new(Clock::new());
     let board = Arc::new(StatusBoard::new(
         config.sensors.iter().map(|s| s.id.clone()),

@@ -171,7 +171,7 @@ impl Dispatcher {
             )));
         }
         let ms = millis_param(p.get("reportInterval"), "reportInterval")?;
-        if !(ms >= 1.0 && ms <= MAX_REPORT_INTERVAL_MS) {
+        if !(1.0..=MAX_REPORT_INTERVAL_MS).contains(&ms) {
             return Err(RpcError::invalid_params(
                 "\"reportInterval\" must be a positive number of milliseconds (at most one day)",
             ));

@@ -453,14 +453,13 @@ impl Session {
                 tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 return Some(tick);
             }
-            Event::Incoming(Packet::SubAck(ack)) => {
+            Event::Incoming(Packet::SubAck(ack))
                 if ack
                     .return_codes
                     .iter()
-                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                {
-                    tracing::error!(topic = %self.topics.request, "the broker refused the subscription to requests: commands from Thing+ will not arrive");
-                }
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure)) =>
+            {
+                tracing::error!(topic = %self.topics.request, "the broker refused the subscription to requests: commands from Thing+ will not arrive");
             }
             Event::Incoming(Packet::Publish(p)) => {
                 if p.topic == self.topics.request {

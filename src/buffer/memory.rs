@@ -8,6 +8,7 @@ use super::{BufferStats, Store, StoreResult, Stored};
 use crate::sensor::{Reading, Value};
 
 /// A bounded in-memory queue.
+#[derive(Clone, Debug)]
 pub struct MemoryStore {
     queue: VecDeque<Stored>,
     next_seq: u64,
