@@ -22,6 +22,11 @@ enum Command {
     Run,
     /// Validate the configuration and print what it resolves to.
     Check,
+    /// Inspect the on-disk buffer, or export its readings to rescue them.
+    Buffer {
+        #[command(subcommand)]
+        command: cli::buffer::BufferCommand,
+    },
     /// Print the gateway id (works before an APIKEY is configured).
     Id {
         /// Take the MAC of this network interface.
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
     match args.command {
         Command::Run => cli::run::run(&args.config),
         Command::Check => cli::check::run(&args.config),
+        Command::Buffer { command } => cli::buffer::run(&args.config, command),
         Command::Id { interface } => cli::id::run(&args.config, interface.as_deref()),
         #[cfg(feature = "demo")]
         Command::Demo { duration } => cli::demo::run(duration),

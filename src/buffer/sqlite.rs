@@ -1112,6 +1112,9 @@ pub struct ExportSummary {
 /// are skipped and reported, so that as much as possible is rescued.
 pub fn export(path: &Path, out: &mut dyn io::Write) -> Result<ExportSummary, String> {
     let conn = open_read_only(path)?;
+    // Lets SQLite read a file shorter than its header says (truncated), as
+    // far as it goes; nothing is written.
+    let _ = conn.execute_batch("PRAGMA writable_schema=ON");
     let names: HashMap<i64, String> = conn
         .prepare("SELECT id, name FROM sensors")
         .and_then(|mut st| {
@@ -1119,8 +1122,16 @@ pub fn export(path: &Path, out: &mut dyn io::Write) -> Result<ExportSummary, Str
                 .collect::<rusqlite::Result<HashMap<_, _>>>()
         })
         .map_err(|e| format!("{}: cannot read the sensor names: {e}", path.display()))?;
+    // The last seq: from the table, or (its end damaged) from the counter.
     let last: i64 = conn
         .query_row("SELECT ifnull(max(seq), 0) FROM readings", [], |r| r.get(0))
+        .or_else(|_| {
+            conn.query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'readings'",
+                [],
+                |r| r.get(0),
+            )
+        })
         .map_err(|e| format!("{}: cannot read the readings: {e}", path.display()))?;
     let mut summary = ExportSummary::default();
     let mut from: i64 = 0;
@@ -1167,7 +1178,10 @@ pub fn export(path: &Path, out: &mut dyn io::Write) -> Result<ExportSummary, Str
             Err(_) => {
                 // Jump over the damage, further each time it goes on.
                 let end = from.saturating_add(skip).min(last + 1);
-                summary.skipped.push(from as u64..end as u64);
+                match summary.skipped.last_mut() {
+                    Some(r) if r.end == from as u64 => r.end = end as u64,
+                    _ => summary.skipped.push(from as u64..end as u64),
+                }
                 from = end;
                 skip = skip.saturating_mul(2);
             }
