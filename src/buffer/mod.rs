@@ -5,6 +5,7 @@
 //! keeping; [`Buffer`] runs one on its own thread so that neither disk I/O
 //! nor locking ever happens on the async runtime.
 
+pub mod codec;
 pub mod memory;
 #[cfg(test)]
 mod proptests;

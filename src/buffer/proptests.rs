@@ -20,6 +20,8 @@ const SENSORS: [&str; 4] = ["gw-temp-0", "gw-hum-0", "gw-\"q\"-é", "gw-loc-0"];
 enum Op {
     /// (sensor index, time step, value)
     Append(Vec<(usize, u16, Value)>),
+    /// Many numbers at once (to fill several chunks).
+    AppendMany(u16),
     Commit,
     Sync,
     Read {
@@ -58,11 +60,12 @@ fn value() -> impl Strategy<Value = Value> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => prop::collection::vec((0..SENSORS.len(), 1..5000u16, value()), 0..40).prop_map(Op::Append),
+        1 => (0..3000u16).prop_map(Op::AppendMany),
         2 => Just(Op::Commit),
         1 => Just(Op::Sync),
-        3 => (0..300u16, 0..200u16).prop_map(|(from, max)| Op::Read { from, max }),
-        3 => (0..80u16).prop_map(Op::AckFront),
-        1 => (0..200u16, 0..60u16).prop_map(|(back, len)| Op::AckRange { back, len }),
+        3 => (0..3000u16, 0..2000u16).prop_map(|(from, max)| Op::Read { from, max }),
+        3 => (0..1500u16).prop_map(Op::AckFront),
+        1 => (0..3000u16, 0..1000u16).prop_map(|(back, len)| Op::AckRange { back, len }),
         1 => Just(Op::Reopen),
         1 => Just(Op::Crash),
     ]
@@ -176,6 +179,18 @@ impl Harness {
                 self.store().append(readings.clone()).unwrap();
                 self.model.append(readings).unwrap();
             }
+            Op::AppendMany(n) => {
+                let readings: Vec<Reading> = (0..usize::from(n))
+                    .map(|i| {
+                        let s = i % 3;
+                        let t = self.clock.entry(s).or_insert(1_700_000_000_000);
+                        *t += 10;
+                        Reading::new(SENSORS[s], *t, Value::Number(i as f64 * 0.5))
+                    })
+                    .collect();
+                self.store().append(readings.clone()).unwrap();
+                self.model.append(readings).unwrap();
+            }
             Op::Commit => {
                 self.store().commit().unwrap();
                 self.committed_now();
@@ -253,7 +268,12 @@ fn check_order(rs: &[Stored]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 2000, .. ProptestConfig::default() })]
+    // PROPTEST_CASES=1000 for a longer run.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        max_shrink_iters: 2000,
+        .. ProptestConfig::default()
+    })]
 
     #[test]
     fn sqlite_store_behaves_like_the_model(fsync in fsync(), ops in prop::collection::vec(op(), 1..60)) {

@@ -126,8 +126,8 @@ pub fn describe(db: &Path, dir: Option<&Path>, r: &Inspection, now_ms: i64) -> S
         format_size(r.wal_bytes)
     );
     let opt = |v: Option<u64>| v.map_or("unreadable".to_string(), |n| n.to_string());
-    let _ = writeln!(o, "rows             {}", opt(r.rows));
-    let _ = writeln!(o, "pending readings {} (one reading per row)", opt(r.rows));
+    let _ = writeln!(o, "rows             {} (batches of readings)", opt(r.rows));
+    let _ = writeln!(o, "pending readings {}", opt(r.pending));
     let age = |t: i64| {
         let secs = (now_ms - t).max(0) as u64 / 1000;
         format!(
