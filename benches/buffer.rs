@@ -2,13 +2,16 @@
 //!
 //! Run: `cargo bench --no-default-features --bench buffer`
 //! (about a minute; needs /usr/sbin/mosquitto, or MOSQUITTO=/path/to/it).
-//! `BENCH_READINGS` changes the number of readings (default 1000000).
+//! `BENCH_READINGS` changes the number of readings (default 1000000);
+//! `BENCH_PREFILL_ONLY=<dir>` only writes a buffer directory holding them (to
+//! profile the daemon by hand).
 //!
 //! 1. Appends per second through the `Buffer` handle over the SQLite store,
 //!    at fsync "1s" and "always", against plain SQLite inserts of the same
 //!    readings, one transaction per batch of 1000 (WAL, synchronous NORMAL and
-//!    FULL). For the record, also a layout with compact batch rows (1000
-//!    readings per BLOB row), which the store does not use.
+//!    FULL). Then the database side of a drain (read 4096, delete, commit)
+//!    for one row per reading in plain SQLite against the store's batch rows:
+//!    the measurement behind the choice of batch rows.
 //! 2. Drain of a backlog of BENCH_READINGS readings by the daemon binary
 //!    through a local Mosquitto, against a plain rumqttc publisher sending the
 //!    same messages; rates are measured by the same subscriber.
@@ -34,6 +37,7 @@ use thingplus_gw::thingplus::{pack_values, parse_values};
 const BIN: &str = env!("CARGO_BIN_EXE_thingplus-gw");
 const GW: &str = "gwbench";
 const MAX_MESSAGE: usize = 64 << 10;
+const RUNS: usize = 3;
 
 fn readings(n: usize) -> Vec<Reading> {
     let sensors: Vec<Arc<str>> = (0..4)
@@ -84,26 +88,86 @@ fn plain_sqlite(rs: &[Reading], synchronous: &str) -> Duration {
     start.elapsed()
 }
 
-fn batch_rows(rs: &[Reading]) -> Duration {
+/// A backlog kept one row per reading in plain SQLite, drained the way the
+/// session drains: read 4096 in seq order, delete them, commit.
+fn plain_rows_drain(rs: &[Reading]) -> Duration {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Connection::open(tmp.path().join("batch.db")).unwrap();
+    let c = Connection::open(tmp.path().join("rows.db")).unwrap();
     c.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
-         CREATE TABLE b(first_seq INTEGER PRIMARY KEY, n INTEGER NOT NULL, data BLOB NOT NULL);",
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-1024;
+         CREATE TABLE r(seq INTEGER PRIMARY KEY, sensor INTEGER NOT NULL, t INTEGER NOT NULL, v);",
+    )
+    .unwrap();
+    let mut names: Vec<Arc<str>> = Vec::new();
+    {
+        let tx = c.unchecked_transaction().unwrap();
+        let mut st = tx
+            .prepare("INSERT INTO r(seq, sensor, t, v) VALUES (?1, ?2, ?3, ?4)")
+            .unwrap();
+        for (i, r) in rs.iter().enumerate() {
+            let id = match names.iter().position(|n| *n == r.sensor_id) {
+                Some(p) => p,
+                None => {
+                    names.push(r.sensor_id.clone());
+                    names.len() - 1
+                }
+            };
+            let Value::Number(v) = r.value else {
+                unreachable!()
+            };
+            st.execute(params![i as i64 + 1, id as i64, r.time_ms, v])
+                .unwrap();
+        }
+        drop(st);
+        tx.commit().unwrap();
+    }
+    let start = Instant::now();
+    let mut from = 0i64;
+    loop {
+        let tx = c.unchecked_transaction().unwrap();
+        let batch: Vec<(i64, Reading)> = tx
+            .prepare_cached(
+                "SELECT seq, sensor, t, v FROM r WHERE seq >= ?1 ORDER BY seq LIMIT 4096",
+            )
+            .unwrap()
+            .query_map([from], |row| {
+                Ok((
+                    row.get(0)?,
+                    Reading {
+                        sensor_id: names[row.get::<_, i64>(1)? as usize].clone(),
+                        time_ms: row.get(2)?,
+                        value: Value::Number(row.get(3)?),
+                    },
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let Some((last, _)) = batch.last() else { break };
+        from = last + 1;
+        tx.execute("DELETE FROM r WHERE seq < ?1", [from]).unwrap();
+        tx.commit().unwrap();
+    }
+    start.elapsed()
+}
+
+/// The same through the store: read 4096, acknowledge them, commit.
+fn store_drain(rs: &[Reading]) -> Duration {
+    let tmp = tempfile::tempdir().unwrap();
+    prefill(tmp.path(), rs);
+    let mut store = SqliteStore::open(
+        tmp.path(),
+        SqliteOptions::unbounded(Fsync::Period(Duration::from_secs(1))),
     )
     .unwrap();
     let start = Instant::now();
-    let mut seq = 0i64;
-    for chunk in rs.chunks(1000) {
-        let tx = c.unchecked_transaction().unwrap();
-        let (data, n) = pack_values(chunk, usize::MAX);
-        tx.execute(
-            "INSERT INTO b(first_seq, n, data) VALUES (?1, ?2, ?3)",
-            params![seq + 1, n as i64, data.as_bytes()],
-        )
-        .unwrap();
-        seq += n as i64;
-        tx.commit().unwrap();
+    let mut from = 0;
+    loop {
+        let batch = store.read(from, 4096).unwrap();
+        let Some(last) = batch.last() else { break };
+        from = last.seq + 1;
+        store.ack(batch[0].seq..from).unwrap();
+        store.commit().unwrap();
     }
     start.elapsed()
 }
@@ -218,12 +282,15 @@ struct Seen {
     backlog: usize,
     messages: usize,
     statuses_during: usize,
-    fresh: Vec<(i64, bool)>,
+    /// Readings of the fresh sensor that arrived before the end of the backlog (wrong order) and after it.
+    fresh_before: usize,
+    fresh_after: usize,
 }
 
 /// Subscribes to the values and status topics; returns once subscribed, with
-/// a receiver of the result when `target` backlog readings have arrived.
-fn subscriber(port: u16, target: usize) -> mpsc::Receiver<Seen> {
+/// a receiver of the result once `target` backlog readings have arrived (and,
+/// with `wait_fresh`, a reading of the fresh sensor after them).
+fn subscriber(port: u16, target: usize, wait_fresh: bool) -> mpsc::Receiver<Seen> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -248,7 +315,12 @@ fn subscriber(port: u16, target: usize) -> mpsc::Receiver<Seen> {
             let mut subacks = 0;
             let mut ready = Some(ready_tx);
             loop {
-                match el.poll().await {
+                let ev = match tokio::time::timeout(Duration::from_secs(5), el.poll()).await {
+                    Ok(ev) => ev,
+                    Err(_) if seen.done.is_some() => break, // no fresh reading came
+                    Err(_) => continue,
+                };
+                match ev {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         subacks += 1;
                         if subacks == 2 {
@@ -267,25 +339,31 @@ fn subscriber(port: u16, target: usize) -> mpsc::Receiver<Seen> {
                         let now = Instant::now();
                         seen.first.get_or_insert(now);
                         seen.messages += 1;
-                        for r in parse_values(&p.payload).unwrap() {
-                            if r.sensor_id.contains("-fresh-") {
-                                seen.fresh.push((r.time_ms, seen.done.is_some()));
-                            } else {
-                                seen.backlog += 1;
-                                if seen.backlog == target {
-                                    seen.done = Some(now);
-                                }
-                            }
+                        // A fresh reading may share the backlog's last message;
+                        // in an earlier one it would be out of order.
+                        let readings = parse_values(&p.payload).unwrap();
+                        let fresh = readings
+                            .iter()
+                            .filter(|r| r.sensor_id.contains("-fresh-"))
+                            .count();
+                        seen.backlog += readings.len() - fresh;
+                        if seen.done.is_none() && seen.backlog >= target {
+                            seen.done = Some(now);
                         }
                         if seen.done.is_some() {
-                            let _ = done_tx.send(seen);
-                            return;
+                            seen.fresh_after += fresh;
+                        } else {
+                            seen.fresh_before += fresh;
+                        }
+                        if seen.done.is_some() && (!wait_fresh || seen.fresh_after > 0) {
+                            break;
                         }
                     }
                     Ok(_) => {}
                     Err(e) => panic!("subscriber: {e}"),
                 }
             }
+            let _ = done_tx.send(seen);
         });
     });
     ready_rx
@@ -336,7 +414,7 @@ fn daemon_config(dir: &Path, buffer: &Path, port: u16) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[gateway]\nid = \"{GW}\"\napikey = \"k\"\nstate_dir = \"{state}\"\nreport_interval = \"1s\"\n\
+            "[gateway]\nid = \"{GW}\"\napikey = \"k\"\nstate_dir = \"{state}\"\nreport_interval = \"100ms\"\n\
              [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\ntls = false\n\
              [buffer]\ndir = \"{buffer}\"\n\
              [[sensor]]\nid = \"{GW}-fresh-0\"\ntype = \"number\"\npath = \"{fresh}\"\ninterval = \"10ms\"\n",
@@ -416,6 +494,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let rs = readings(n);
+    if let Ok(dir) = std::env::var("BENCH_PREFILL_ONLY") {
+        // For profiling by hand: a buffer directory with the backlog, then stop.
+        prefill(Path::new(&dir), &rs);
+        return;
+    }
     println!("# thingplus-gw buffer benchmarks ({n} readings)\n");
 
     println!("## Appends\n");
@@ -457,18 +540,32 @@ fn main() {
         let r = rate(n, ours(&rs, fsync, per));
         println!("| {label} | {r:.0} | {:.2} |", r / base);
     }
-    let batch = rate(n, batch_rows(&rs));
+
+    println!("\n## Reading and deleting a {n}-reading backlog (the database side of a drain)\n");
+    println!("| what | readings/s | vs one row per reading |");
+    println!("|---|---:|---:|");
+    let rows = rate(n, plain_rows_drain(&rs));
+    let chunks = rate(n, store_drain(&rs));
     println!(
-        "| (layout not used) 1000 readings per BLOB row, synchronous=NORMAL | {batch:.0} | {:.2} |",
-        batch / plain_normal
+        "| plain SQLite, one row per reading: SELECT 4096 + DELETE, commit | {rows:.0} | 1.00 |"
+    );
+    println!(
+        "| the store (batch rows): read 4096 + ack, commit | {chunks:.0} | {:.2} |",
+        chunks / rows
     );
 
-    println!("\n## Drain of a {n}-reading backlog through Mosquitto\n");
+    println!("\n## Drain of a {n}-reading backlog through Mosquitto (median of {RUNS} runs)\n");
     let broker = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
+    let template = tmp.path().join("template");
+    prefill(&template, &rs);
     let buffer_dir = tmp.path().join("buffer");
-    prefill(&buffer_dir, &rs);
     let empty_dir = tmp.path().join("empty");
+    let fresh_copy = |to: &Path| {
+        let _ = std::fs::remove_dir_all(to);
+        std::fs::create_dir_all(to).unwrap();
+        std::fs::copy(template.join("buffer.db"), to.join("buffer.db")).unwrap();
+    };
 
     // RSS first, with the broker unreachable so that nothing drains.
     let offline = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -477,26 +574,12 @@ fn main() {
     let d = Daemon::start(&daemon_config(tmp.path(), &empty_dir, offline_port));
     let rss_empty = d.rss_over(Duration::from_secs(2));
     d.stop();
+    fresh_copy(&buffer_dir);
     let d = Daemon::start(&daemon_config(tmp.path(), &buffer_dir, offline_port));
     let rss_full = d.rss_over(Duration::from_secs(2));
     d.stop();
 
-    // The daemon drains.
-    let done = subscriber(broker.port, n);
-    let d = Daemon::start(&daemon_config(tmp.path(), &buffer_dir, broker.port));
-    let seen = done
-        .recv_timeout(Duration::from_secs(300))
-        .expect("drained");
-    let hwm_drain = d.status("VmHWM:");
-    let after = Instant::now();
-    // Fresh readings sampled during the drain follow it.
-    while Instant::now() - after < Duration::from_millis(1500) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    d.stop();
-    let daemon_time = seen.done.unwrap() - seen.first.unwrap();
-
-    // The same messages from a plain publisher.
+    // The same messages, for the plain publisher.
     let mut messages = Vec::new();
     let mut rest: &[Reading] = &rs;
     while !rest.is_empty() {
@@ -505,27 +588,53 @@ fn main() {
         rest = &rest[k..];
     }
     let count = messages.len();
-    let done = subscriber(broker.port, n);
-    plain_publisher(broker.port, messages);
-    let plain = done
-        .recv_timeout(Duration::from_secs(300))
-        .expect("plain publisher delivered");
-    let plain_time = plain.done.unwrap() - plain.first.unwrap();
 
+    let mut plain_rates = Vec::new();
+    let mut daemon_rates = Vec::new();
+    let mut hwm_drain = 0;
+    let mut last = Seen::default();
+    for _ in 0..RUNS {
+        let done = subscriber(broker.port, n, false);
+        plain_publisher(broker.port, messages.clone());
+        let plain = done
+            .recv_timeout(Duration::from_secs(300))
+            .expect("plain publisher delivered");
+        plain_rates.push(rate(n, plain.done.unwrap() - plain.first.unwrap()));
+
+        fresh_copy(&buffer_dir);
+        let done = subscriber(broker.port, n, true);
+        let d = Daemon::start(&daemon_config(tmp.path(), &buffer_dir, broker.port));
+        let seen = done
+            .recv_timeout(Duration::from_secs(300))
+            .expect("drained");
+        hwm_drain = hwm_drain.max(d.status("VmHWM:"));
+        d.stop();
+        daemon_rates.push(rate(n, seen.done.unwrap() - seen.first.unwrap()));
+        last = seen;
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let pr = median(&mut plain_rates);
+    let dr = median(&mut daemon_rates);
     println!("| what | readings/s | messages | vs plain publisher |");
     println!("|---|---:|---:|---:|");
-    let pr = rate(n, plain_time);
     println!("| plain rumqttc publisher (QoS 1, inflight 100) | {pr:.0} | {count} | 1.00 |");
-    let dr = rate(n, daemon_time);
     println!(
         "| thingplus-gw draining its buffer (QoS 1, max_inflight 8) | {dr:.0} | {} | {:.2} |",
-        seen.messages,
+        last.messages,
         dr / pr
     );
     println!(
-        "\nDuring the drain ({:.1} s): {} status messages arrived; the fresh sensor (10 ms) went on sampling.",
-        daemon_time.as_secs_f64(),
-        seen.statuses_during
+        "\nAll runs, readings/s: plain {:?}; daemon {:?}.",
+        plain_rates.iter().map(|r| *r as u64).collect::<Vec<_>>(),
+        daemon_rates.iter().map(|r| *r as u64).collect::<Vec<_>>()
+    );
+    println!(
+        "Last run: {} status messages (report interval 100 ms) arrived during the drain; \
+         the fresh sensor (sampled every 10 ms) had {} readings delivered after the backlog and {} before it (must be 0).",
+        last.statuses_during, last.fresh_after, last.fresh_before
     );
 
     println!("\n## Daemon memory\n");

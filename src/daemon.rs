@@ -66,6 +66,11 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    // First, so that a SIGTERM during start-up is a clean stop, not a kill.
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| StartError::Other(e.to_string()))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| StartError::Other(e.to_string()))?;
     let gw = &config.gateway;
 
     let tls = if config.mqtt.tls {
@@ -156,10 +161,6 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         "thingplus-gw {} started", env!("CARGO_PKG_VERSION")
     );
 
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| StartError::Other(e.to_string()))?;
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(|e| StartError::Other(e.to_string()))?;
     let mut exit = Exit::Stopped;
     let mut session_done = false;
     loop {

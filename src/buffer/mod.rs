@@ -175,9 +175,15 @@ impl Buffer {
     }
 
     pub async fn read(&self, from: u64, max: usize) -> StoreResult<Vec<Stored>> {
+        self.request_read(from, max).await
+    }
+
+    /// Asks for a read at once and returns its answer to await later: the
+    /// buffer thread reads the next batch while the caller packs this one.
+    pub fn request_read(&self, from: u64, max: usize) -> ReadRequest {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Read { from, max, reply })?;
-        rx.await.map_err(|_| gone())?
+        let sent = self.send(Command::Read { from, max, reply });
+        ReadRequest(sent.map(|()| rx))
     }
 
     pub fn ack(&self, range: Range<u64>) {
@@ -199,6 +205,25 @@ impl Buffer {
 
     fn send(&self, c: Command) -> StoreResult<()> {
         self.tx.send(c).map_err(|_| gone())
+    }
+}
+
+/// A read asked with [`Buffer::request_read`]. Dropping it discards the answer.
+pub struct ReadRequest(StoreResult<oneshot::Receiver<StoreResult<Vec<Stored>>>>);
+
+impl std::future::Future for ReadRequest {
+    type Output = StoreResult<Vec<Stored>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.0 {
+            Ok(rx) => std::pin::Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.map_err(|_| gone())?),
+            Err(e) => std::task::Poll::Ready(Err(StoreError::Failed(e.to_string()))),
+        }
     }
 }
 

@@ -145,7 +145,7 @@ struct Loaded {
     next_seq: u64,
     pending: u64,
     sensors: HashMap<Arc<str>, SensorEntry>,
-    names: HashMap<i64, Arc<str>>,
+    names: IdMap<Arc<str>>,
     dropped_total: u64,
     page_size: u64,
 }
@@ -179,7 +179,7 @@ pub struct SqliteStore {
     pending: u64,
     tail: VecDeque<TailEntry>,
     sensors: HashMap<Arc<str>, SensorEntry>,
-    names: HashMap<i64, Arc<str>>,
+    names: IdMap<Arc<str>>,
     dirty_sensors: Vec<i64>,
     encoder: Encoder,
     page_size: u64,
@@ -205,6 +205,27 @@ fn is_corrupt(e: &rusqlite::Error) -> bool {
 fn to_i64(x: u64) -> i64 {
     x.min(i64::MAX as u64) as i64
 }
+
+/// Hashes sensor ids (small integers) with one multiplication: decoding a
+/// backlog looks one up per reading.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_i64(&mut self, v: i64) {
+        self.0 = (v as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<i64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// A chunk row.
 struct ChunkRow {
@@ -408,19 +429,28 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn name_of(&self, sensor: i64) -> Arc<str> {
-        match self.names.get(&sensor) {
-            Some(n) => n.clone(),
-            None => Arc::from(format!("unknown-sensor-{sensor}")),
-        }
-    }
-
     fn try_read(&mut self, from: u64, max: usize) -> rusqlite::Result<Vec<Stored>> {
         let mut out = Vec::with_capacity(max.min(4096));
         let mut damaged = Vec::new();
         if max == 0 {
             return Ok(out);
         }
+        // Sensor names for this batch only: another thread drops these
+        // readings, and a shared reference count would bounce between cores.
+        let mut local: Vec<(i64, Arc<str>)> = Vec::new();
+        let mut name = |names: &IdMap<Arc<str>>, sensor: i64| -> Arc<str> {
+            if let Some((_, n)) = local.iter().find(|(id, _)| *id == sensor) {
+                return n.clone();
+            }
+            let n: Arc<str> = match names.get(&sensor) {
+                Some(n) => Arc::from(&**n),
+                None => Arc::from(format!("unknown-sensor-{sensor}")),
+            };
+            if local.len() < 64 {
+                local.push((sensor, n.clone()));
+            }
+            n
+        };
         {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT last_seq, n, data FROM chunks WHERE last_seq >= ?1 ORDER BY last_seq",
@@ -450,7 +480,7 @@ impl SqliteStore {
                     out.push(Stored {
                         seq: rec.seq,
                         reading: Reading {
-                            sensor_id: self.name_of(rec.sensor),
+                            sensor_id: name(&self.names, rec.sensor),
                             time_ms: rec.t,
                             value: rec.value.to_value(),
                         },
@@ -965,11 +995,11 @@ fn classify(e: rusqlite::Error) -> LoadError {
     }
 }
 
-type SensorMaps = (HashMap<Arc<str>, SensorEntry>, HashMap<i64, Arc<str>>);
+type SensorMaps = (HashMap<Arc<str>, SensorEntry>, IdMap<Arc<str>>);
 
 fn load_sensors(conn: &Connection) -> rusqlite::Result<SensorMaps> {
     let mut sensors = HashMap::new();
-    let mut names = HashMap::new();
+    let mut names = IdMap::default();
     let mut stmt = conn.prepare("SELECT id, name, last_t FROM sensors")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
