@@ -4,7 +4,7 @@
 //! (unknown keys and wrong types are errors with a position), then
 //! [`Config::from_raw`] checks what serde cannot and resolves defaults.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
@@ -86,6 +86,18 @@ struct RawConfig {
     rpc: RawRpc,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    serial: BTreeMap<String, RawSerialPort>,
+    #[serde(default)]
+    modbus: BTreeMap<String, RawModbusBus>,
+    #[serde(default)]
+    api: RawApi,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    url: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -142,6 +154,53 @@ struct RawSensor {
     interval: Option<Spanned<HumanDuration>>,
     event: Option<bool>,
     value_type: Option<Spanned<String>>,
+    // Serial sensors.
+    serial: Option<Spanned<String>>,
+    field: Option<Spanned<String>>,
+    // Modbus sensors.
+    modbus: Option<Spanned<String>>,
+    unit: Option<Spanned<u8>>,
+    function: Option<Spanned<String>>,
+    address: Option<Spanned<u16>>,
+    data_type: Option<Spanned<String>>,
+    word_order: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawSerialPort {
+    device: PathBuf,
+    baud: Option<Spanned<u32>>,
+    data_bits: Option<Spanned<u8>>,
+    parity: Option<Spanned<String>>,
+    stop_bits: Option<Spanned<u8>>,
+    flow_control: Option<Spanned<String>>,
+    format: Spanned<String>,
+    columns: Option<Spanned<Vec<String>>>,
+    delimiter: Option<Spanned<String>>,
+    regex: Option<Spanned<String>>,
+    request: Option<Spanned<String>>,
+    interval: Option<Spanned<HumanDuration>>,
+    reply_timeout: Option<Spanned<HumanDuration>>,
+    max_line: Option<Spanned<ByteSize>>,
+    reopen_min: Option<Spanned<HumanDuration>>,
+    reopen_max: Option<Spanned<HumanDuration>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawModbusBus {
+    device: PathBuf,
+    baud: Option<Spanned<u32>>,
+    data_bits: Option<Spanned<u8>>,
+    parity: Option<Spanned<String>>,
+    stop_bits: Option<Spanned<u8>>,
+    flow_control: Option<Spanned<String>>,
+    timeout: Option<Spanned<HumanDuration>>,
+    batch: Option<bool>,
+    max_gap: Option<Spanned<u16>>,
+    reopen_min: Option<Spanned<HumanDuration>>,
+    reopen_max: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -150,7 +209,14 @@ struct RawActuator {
     id: Spanned<String>,
     #[serde(rename = "type")]
     actuator_type: Spanned<String>,
-    path: PathBuf,
+    path: Option<PathBuf>,
+    gpio_chip: Option<PathBuf>,
+    line: Option<u32>,
+    active_low: Option<bool>,
+    command: Option<Spanned<Vec<String>>>,
+    timeout: Option<HumanDuration>,
+    on_shutdown: Option<Spanned<String>>,
+    thingplus_type: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -160,6 +226,8 @@ struct RawRpc {
     allow_poweroff: Option<bool>,
     allow_restart: Option<bool>,
     sw_update_command: Option<Vec<String>>,
+    reboot_command: Option<Vec<String>>,
+    poweroff_command: Option<Vec<String>>,
     set_system_clock: Option<bool>,
 }
 
@@ -181,7 +249,13 @@ pub struct Config {
     pub sensors: Vec<SensorConfig>,
     pub actuators: Vec<ActuatorConfig>,
     pub rpc: RpcConfig,
+    /// Named serial ports (`[serial.NAME]`), by name.
+    pub serial: Vec<SerialPortConfig>,
+    /// Named Modbus RTU buses (`[modbus.NAME]`), by name.
+    pub modbus: Vec<ModbusBusConfig>,
     pub log_level: Option<String>,
+    /// `[api] url`: the Thing+ REST API, for `register`; default from the broker host.
+    pub api_url: Option<String>,
     /// Things worth telling the operator that do not stop the daemon.
     pub warnings: Vec<String>,
 }
@@ -261,6 +335,237 @@ pub enum ValueType {
 pub enum SensorSource {
     /// A text file (sysfs or any): read whole, optional regex whose first group is the raw value.
     File { path: PathBuf, regex: Option<Regex> },
+    /// A field of the records a named serial port (`[serial.NAME]`) produces.
+    Serial { port: String, field: String },
+    /// A point read from a device on a named Modbus RTU bus (`[modbus.NAME]`).
+    Modbus(ModbusPoint),
+}
+
+/// Serial line settings shared by line ports and Modbus buses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineSettings {
+    pub baud: u32,
+    /// 5..=8
+    pub data_bits: u8,
+    pub parity: Parity,
+    /// 1 or 2
+    pub stop_bits: u8,
+    pub flow_control: FlowControl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowControl {
+    None,
+    Software,
+    Hardware,
+}
+
+impl fmt::Display for LineSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = match self.parity {
+            Parity::None => 'N',
+            Parity::Even => 'E',
+            Parity::Odd => 'O',
+        };
+        write!(f, "{} {}{}{}", self.baud, self.data_bits, p, self.stop_bits)?;
+        match self.flow_control {
+            FlowControl::None => Ok(()),
+            FlowControl::Software => f.write_str(" xon/xoff"),
+            FlowControl::Hardware => f.write_str(" rts/cts"),
+        }
+    }
+}
+
+/// How the lines of a serial port turn into fields.
+#[derive(Debug, Clone)]
+pub enum SerialFormat {
+    /// NMEA 0183 GGA and RMC sentences.
+    Nmea,
+    /// Delimited values, one record per line; `columns` name the cells.
+    Csv {
+        columns: Vec<String>,
+        delimiter: char,
+    },
+    /// One JSON object per line; fields by key or dotted path.
+    Json,
+    /// A regex with named groups; each group is a field.
+    Regex(Regex),
+}
+
+impl PartialEq for SerialFormat {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (SerialFormat::Nmea, SerialFormat::Nmea) | (SerialFormat::Json, SerialFormat::Json) => {
+                true
+            }
+            (
+                SerialFormat::Csv {
+                    columns: a,
+                    delimiter: da,
+                },
+                SerialFormat::Csv {
+                    columns: b,
+                    delimiter: db,
+                },
+            ) => a == b && da == db,
+            (SerialFormat::Regex(a), SerialFormat::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+impl SerialFormat {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SerialFormat::Nmea => "nmea",
+            SerialFormat::Csv { .. } => "csv",
+            SerialFormat::Json => "json",
+            SerialFormat::Regex(_) => "regex",
+        }
+    }
+}
+
+/// The fields an NMEA port produces.
+pub const NMEA_FIELDS: &[&str] = &[
+    "location",
+    "altitude",
+    "speed",
+    "course",
+    "satellites",
+    "fix",
+    "fix_quality",
+    "hdop",
+];
+
+/// A named serial port that prints lines (`[serial.NAME]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialPortConfig {
+    pub name: String,
+    pub device: PathBuf,
+    pub line: LineSettings,
+    pub format: SerialFormat,
+    /// Written every `interval` for instruments that answer only when asked.
+    pub request: Option<Vec<u8>>,
+    /// Request period; `None`: the report interval. Only with `request`.
+    pub interval: Option<Duration>,
+    pub reply_timeout: Duration,
+    /// Longest line kept; longer lines are dropped whole.
+    pub max_line: usize,
+    pub reopen_min: Duration,
+    pub reopen_max: Duration,
+}
+
+/// A named Modbus RTU bus (`[modbus.NAME]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusBusConfig {
+    pub name: String,
+    pub device: PathBuf,
+    pub line: LineSettings,
+    /// Longest wait for one reply.
+    pub timeout: Duration,
+    /// Read neighbouring points of one device in one request.
+    pub batch: bool,
+    /// Unused registers (or coils) a batched read may span between two points.
+    pub max_gap: u16,
+    pub reopen_min: Duration,
+    pub reopen_max: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ModbusFunction {
+    /// Read coils (0x01).
+    Coil,
+    /// Read discrete inputs (0x02).
+    Discrete,
+    /// Read holding registers (0x03).
+    Holding,
+    /// Read input registers (0x04).
+    Input,
+}
+
+impl ModbusFunction {
+    pub fn name(self) -> &'static str {
+        match self {
+            ModbusFunction::Coil => "coil",
+            ModbusFunction::Discrete => "discrete",
+            ModbusFunction::Holding => "holding",
+            ModbusFunction::Input => "input",
+        }
+    }
+    /// Whether the function reads bits rather than 16-bit registers.
+    pub fn is_bits(self) -> bool {
+        matches!(self, ModbusFunction::Coil | ModbusFunction::Discrete)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModbusDataType {
+    /// A coil or discrete input: 0 or 1.
+    Bool,
+    U16,
+    I16,
+    U32,
+    I32,
+    F32,
+}
+
+impl ModbusDataType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ModbusDataType::Bool => "bool",
+            ModbusDataType::U16 => "u16",
+            ModbusDataType::I16 => "i16",
+            ModbusDataType::U32 => "u32",
+            ModbusDataType::I32 => "i32",
+            ModbusDataType::F32 => "f32",
+        }
+    }
+    /// Registers (or bits) the type occupies.
+    pub fn width(self) -> u16 {
+        match self {
+            ModbusDataType::Bool | ModbusDataType::U16 | ModbusDataType::I16 => 1,
+            ModbusDataType::U32 | ModbusDataType::I32 | ModbusDataType::F32 => 2,
+        }
+    }
+}
+
+/// Order of the two registers of a 32-bit value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WordOrder {
+    /// High word first (at the lower address): "ABCD".
+    Big,
+    /// Low word first: "CDAB".
+    Little,
+}
+
+/// One value read from a Modbus device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModbusPoint {
+    /// The `[modbus.NAME]` bus.
+    pub bus: String,
+    pub unit: u8,
+    pub function: ModbusFunction,
+    pub address: u16,
+    pub data_type: ModbusDataType,
+    pub word_order: WordOrder,
+}
+
+impl SensorSource {
+    /// The serial port or Modbus bus a sensor reads from, if any.
+    pub fn port_name(&self) -> Option<&str> {
+        match self {
+            SensorSource::File { .. } => None,
+            SensorSource::Serial { port, .. } => Some(port),
+            SensorSource::Modbus(p) => Some(&p.bus),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -284,6 +589,12 @@ impl PartialEq for SensorConfig {
                 SensorSource::File { path: a, regex: ra },
                 SensorSource::File { path: b, regex: rb },
             ) => a == b && ra.as_ref().map(Regex::as_str) == rb.as_ref().map(Regex::as_str),
+            (
+                SensorSource::Serial { port: a, field: fa },
+                SensorSource::Serial { port: b, field: fb },
+            ) => a == b && fa == fb,
+            (SensorSource::Modbus(a), SensorSource::Modbus(b)) => a == b,
+            _ => false,
         };
         src_eq
             && self.id == other.id
@@ -300,13 +611,51 @@ impl PartialEq for SensorConfig {
 pub enum ActuatorType {
     /// A sysfs LED directory (`brightness`, `trigger`, `max_brightness`).
     Led,
+    /// An on/off output: a GPIO line or a value file.
+    PowerSwitch,
+    /// A program run with the command and options as arguments.
+    Exec,
+}
+
+/// How an actuator is driven.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActuatorDriver {
+    Led {
+        path: PathBuf,
+    },
+    /// A file taking "1"/"0" (a sysfs GPIO `value`, a relay driver's attribute).
+    ValueFile {
+        path: PathBuf,
+        active_low: bool,
+    },
+    /// A line of a GPIO character device (`/dev/gpiochipN`).
+    GpioLine {
+        chip: PathBuf,
+        line: u32,
+        active_low: bool,
+    },
+    /// `command... <cmd> <options as JSON>`, no shell, killed after `timeout`.
+    Exec {
+        command: Vec<String>,
+        timeout: Duration,
+    },
+}
+
+/// The state an actuator is left in when the daemon stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnShutdown {
+    Leave,
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActuatorConfig {
     pub id: String,
     pub actuator_type: ActuatorType,
-    pub path: PathBuf,
+    pub driver: ActuatorDriver,
+    pub on_shutdown: OnShutdown,
+    /// The Thing+ type used by `register` ("led", "powerSwitch", ...).
+    pub thingplus_type: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -315,6 +664,10 @@ pub struct RpcConfig {
     pub allow_poweroff: bool,
     pub allow_restart: bool,
     pub sw_update_command: Option<Vec<String>>,
+    /// What `reboot` runs once answered; default `systemctl reboot`.
+    pub reboot_command: Vec<String>,
+    /// What `poweroff` runs once answered; default `systemctl poweroff`.
+    pub poweroff_command: Vec<String>,
     pub set_system_clock: bool,
 }
 
@@ -455,14 +808,7 @@ impl Config {
                 let key = std::fs::read_to_string(&p).map_err(|e| {
                     ctx.err_at(f.span(), format!("cannot read apikey_file {}: {e}", p.display()))
                 })?;
-                if let Ok(meta) = std::fs::metadata(&p) {
-                    if meta.permissions().mode() & 0o004 != 0 {
-                        warnings.push(format!(
-                            "apikey_file {} is readable by every user: chmod 640 it (owner root, group thingplus-gw)",
-                            p.display()
-                        ));
-                    }
-                }
+                warnings.extend(secret_file_warning(&p, "apikey_file"));
                 key.trim().to_string()
             }
             (None, None) => {
@@ -524,6 +870,35 @@ impl Config {
         let mqtt = mqtt_from_raw(raw.mqtt, ctx, &mut warnings)?;
         let buffer = buffer_from_raw(raw.buffer, &state_dir, ctx)?;
 
+        // Serial ports and Modbus buses, before the sensors that name them.
+        let mut serial = Vec::new();
+        for (name, p) in raw.serial {
+            serial.push(serial_from_raw(name, p, ctx)?);
+        }
+        let mut modbus = Vec::new();
+        for (name, b) in raw.modbus {
+            modbus.push(modbus_from_raw(name, b, ctx)?);
+        }
+        // A device is opened exclusively by one port or bus.
+        let mut devices: Vec<(&Path, String)> = Vec::new();
+        let tables = serial
+            .iter()
+            .map(|p| (p.device.as_path(), format!("[serial.{}]", p.name)))
+            .chain(
+                modbus
+                    .iter()
+                    .map(|b| (b.device.as_path(), format!("[modbus.{}]", b.name))),
+            );
+        for (dev, table) in tables {
+            if let Some((_, first)) = devices.iter().find(|(d, _)| *d == dev) {
+                return Err(ctx.err(format!(
+                    "{table} and {first} both use the device {}: a device is opened by one port or bus only (put every Modbus device of one line on one bus)",
+                    dev.display()
+                )));
+            }
+            devices.push((dev, table));
+        }
+
         // Sensors.
         let mut seen = HashSet::new();
         let mut sensors = Vec::new();
@@ -538,26 +913,7 @@ impl Config {
             if !seen.insert(sid.clone()) {
                 return Err(ctx.err_at(s.id.span(), format!("duplicate sensor id \"{sid}\"")));
             }
-            let Some(path) = s.path else {
-                return Err(ctx.err_at(
-                    s.id.span(),
-                    format!("sensor \"{sid}\" has no source: set path = \"/sys/...\""),
-                ));
-            };
-            let regex = match &s.regex {
-                Some(r) => {
-                    let re = Regex::new(r.get_ref())
-                        .map_err(|e| ctx.err_at(r.span(), format!("invalid regex: {e}")))?;
-                    if re.captures_len() < 2 {
-                        return Err(ctx.err_at(
-                            r.span(),
-                            "the regex needs a capture group: its first group is the raw value, as in 't=(-?\\d+)'",
-                        ));
-                    }
-                    Some(re)
-                }
-                None => None,
-            };
+            let source = sensor_source(&s, &sid, &serial, &modbus, ctx)?;
             let value_type = match &s.value_type {
                 None => default_value_type(&s.sensor_type),
                 Some(v) => match v.get_ref().as_str() {
@@ -579,22 +935,56 @@ impl Config {
                 Some(i) => Some(i.get_ref().0),
                 None => None,
             };
+            if let (Some(i), SensorSource::Serial { port, .. }) = (&s.interval, &source) {
+                if serial
+                    .iter()
+                    .any(|p| &p.name == port && p.request.is_some())
+                {
+                    return Err(ctx.err_at(
+                        i.span(),
+                        format!("serial port \"{port}\" is polled with a request: its sensors are read at each reply; set interval in [serial.{port}] instead"),
+                    ));
+                }
+            }
             let event = s.event.unwrap_or_else(|| is_event_type(&s.sensor_type));
+            // Event sensors must notice a change quickly even with a long report interval.
+            // Serial lines push their changes as they come, so only polled sources need this.
+            let polled_event = event && !matches!(source, SensorSource::Serial { .. });
             sensors.push(SensorConfig {
                 id: sid,
                 sensor_type: s.sensor_type,
-                source: SensorSource::File { path, regex },
+                source,
                 value_type,
                 scale: s.scale.unwrap_or(1.0),
                 offset: s.offset.unwrap_or(0.0),
-                // Event sensors must notice a change quickly even with a long report interval.
-                interval: interval.or(if event {
+                interval: interval.or(if polled_event {
                     Some(Duration::from_secs(1))
                 } else {
                     None
                 }),
                 event,
             });
+        }
+        for p in &serial {
+            if !sensors.iter().any(|s| {
+                s.source.port_name() == Some(&p.name)
+                    && matches!(s.source, SensorSource::Serial { .. })
+            }) {
+                warnings.push(format!(
+                    "[serial.{}] has no sensor: it is not opened",
+                    p.name
+                ));
+            }
+        }
+        for b in &modbus {
+            if !sensors.iter().any(|s| {
+                s.source.port_name() == Some(&b.name) && matches!(s.source, SensorSource::Modbus(_))
+            }) {
+                warnings.push(format!(
+                    "[modbus.{}] has no sensor: it is not opened",
+                    b.name
+                ));
+            }
         }
 
         let mut actuators = Vec::new();
@@ -610,27 +1000,124 @@ impl Config {
             if !seen_act.insert(aid.clone()) || seen.contains(&aid) {
                 return Err(ctx.err_at(a.id.span(), format!("duplicate id \"{aid}\"")));
             }
-            let actuator_type = match a.actuator_type.get_ref().as_str() {
-                "led" => ActuatorType::Led,
+            let need_path = |what: &str| {
+                a.path.clone().ok_or_else(|| {
+                    ctx.err_at(
+                        a.id.span(),
+                        format!("actuator \"{aid}\" needs path = \"...\" ({what})"),
+                    )
+                })
+            };
+            let active_low = a.active_low.unwrap_or(false);
+            let (actuator_type, driver) = match a.actuator_type.get_ref().as_str() {
+                "led" => (
+                    ActuatorType::Led,
+                    ActuatorDriver::Led {
+                        path: need_path("a sysfs LED directory such as /sys/class/leds/led0")?,
+                    },
+                ),
+                "powerSwitch" => match (&a.gpio_chip, a.line, &a.path) {
+                    (Some(chip), Some(line), None) => (
+                        ActuatorType::PowerSwitch,
+                        ActuatorDriver::GpioLine { chip: chip.clone(), line, active_low },
+                    ),
+                    (None, None, Some(path)) => (
+                        ActuatorType::PowerSwitch,
+                        ActuatorDriver::ValueFile { path: path.clone(), active_low },
+                    ),
+                    _ => {
+                        return Err(ctx.err_at(
+                            a.id.span(),
+                            format!("powerSwitch \"{aid}\" needs either gpio_chip = \"/dev/gpiochip0\" with line = N, or path = \"...\" (a value file), not both"),
+                        ))
+                    }
+                },
+                "exec" => {
+                    let Some(command) = &a.command else {
+                        return Err(ctx.err_at(
+                            a.id.span(),
+                            format!("exec actuator \"{aid}\" needs command = [\"/path/to/program\", \"arg\", ...]"),
+                        ));
+                    };
+                    if command.get_ref().is_empty() || !Path::new(&command.get_ref()[0]).is_absolute() {
+                        return Err(ctx.err_at(
+                            command.span(),
+                            "command must start with the absolute path of a program (it runs without a shell)",
+                        ));
+                    }
+                    (
+                        ActuatorType::Exec,
+                        ActuatorDriver::Exec {
+                            command: command.get_ref().clone(),
+                            timeout: a.timeout.map_or(Duration::from_secs(30), |t| t.0),
+                        },
+                    )
+                }
                 other => {
                     return Err(ctx.err_at(
                         a.actuator_type.span(),
-                        format!("unknown actuator type \"{other}\": expected \"led\""),
+                        format!("unknown actuator type \"{other}\": expected \"led\", \"powerSwitch\" or \"exec\""),
                     ))
                 }
             };
+            let on_shutdown = match &a.on_shutdown {
+                None => OnShutdown::Leave,
+                Some(s) => match s.get_ref().as_str() {
+                    "leave" => OnShutdown::Leave,
+                    "off" => OnShutdown::Off,
+                    other => {
+                        return Err(ctx.err_at(
+                            s.span(),
+                            format!(
+                                "invalid on_shutdown \"{other}\": expected \"leave\" or \"off\""
+                            ),
+                        ))
+                    }
+                },
+            };
+            let thingplus_type = a.thingplus_type.clone().unwrap_or_else(|| {
+                match actuator_type {
+                    ActuatorType::Led => "led",
+                    ActuatorType::PowerSwitch | ActuatorType::Exec => "powerSwitch",
+                }
+                .to_string()
+            });
             actuators.push(ActuatorConfig {
                 id: aid,
                 actuator_type,
-                path: a.path,
+                driver,
+                on_shutdown,
+                thingplus_type,
             });
         }
 
+        let api_url = match raw.api.url {
+            Some(u)
+                if !(u.get_ref().starts_with("https://") || u.get_ref().starts_with("http://")) =>
+            {
+                return Err(ctx.err_at(
+                    u.span(),
+                    "[api] url must start with https:// (or http:// for a local test server)",
+                ))
+            }
+            Some(u) => Some(u.into_inner()),
+            None => None,
+        };
         let rpc = RpcConfig {
             allow_reboot: raw.rpc.allow_reboot.unwrap_or(false),
             allow_poweroff: raw.rpc.allow_poweroff.unwrap_or(false),
             allow_restart: raw.rpc.allow_restart.unwrap_or(true),
             sw_update_command: raw.rpc.sw_update_command,
+            reboot_command: raw
+                .rpc
+                .reboot_command
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| vec!["systemctl".into(), "reboot".into()]),
+            poweroff_command: raw
+                .rpc
+                .poweroff_command
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| vec!["systemctl".into(), "poweroff".into()]),
             set_system_clock: raw.rpc.set_system_clock.unwrap_or(false),
         };
 
@@ -642,7 +1129,10 @@ impl Config {
             sensors,
             actuators,
             rpc,
+            serial,
+            modbus,
             log_level: raw.log.level,
+            api_url,
             warnings,
         })
     }
@@ -651,6 +1141,30 @@ impl Config {
     pub fn status_validity_secs(&self, report_interval: Duration) -> i64 {
         let d = self.gateway.status_validity.unwrap_or(report_interval * 2);
         d.as_secs_f64().ceil() as i64
+    }
+}
+
+/// A warning when a file holding a secret can be read by others than its
+/// owner and the daemon's own group.
+pub fn secret_file_warning(path: &Path, what: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.mode();
+    // SAFETY: getegid has no preconditions.
+    let our_group = unsafe { libc::getegid() };
+    if mode & 0o004 != 0 {
+        Some(format!(
+            "{what} {} is readable by every user: chmod 640 it (owner root, group thingplus-gw)",
+            path.display()
+        ))
+    } else if mode & 0o040 != 0 && meta.gid() != our_group {
+        Some(format!(
+            "{what} {} is readable by group {} which is not the service's group: chgrp thingplus-gw it, or chmod 600",
+            path.display(),
+            meta.gid()
+        ))
+    } else {
+        None
     }
 }
 
@@ -698,6 +1212,9 @@ fn mqtt_from_raw(
     }
     if m.client_cert.is_some() != m.client_key.is_some() {
         return Err(ctx.err("[mqtt] client_cert and client_key go together: set both or neither"));
+    }
+    if let Some(key) = &m.client_key {
+        warnings.extend(secret_file_warning(key, "[mqtt] client_key"));
     }
     let reconnect_min = m
         .reconnect_min
@@ -766,6 +1283,527 @@ pub fn is_loopback_host(host: &str) -> bool {
             .parse::<std::net::IpAddr>()
             .map(|ip| ip.is_loopback())
             .unwrap_or(false)
+}
+
+/// Rejects a key that belongs to another kind of sensor source.
+fn only_with<T>(
+    v: &Option<Spanned<T>>,
+    key: &str,
+    needs: &str,
+    ctx: &Ctx,
+) -> Result<(), ConfigError> {
+    match v {
+        Some(v) => Err(ctx.err_at(v.span(), format!("{key} applies only to {needs}"))),
+        None => Ok(()),
+    }
+}
+
+fn sensor_source(
+    s: &RawSensor,
+    sid: &str,
+    serial: &[SerialPortConfig],
+    modbus: &[ModbusBusConfig],
+    ctx: &Ctx,
+) -> Result<SensorSource, ConfigError> {
+    let n = usize::from(s.path.is_some())
+        + usize::from(s.serial.is_some())
+        + usize::from(s.modbus.is_some());
+    if n == 0 {
+        return Err(ctx.err_at(
+            s.id.span(),
+            format!("sensor \"{sid}\" has no source: set path = \"/sys/...\", serial = \"PORT\" or modbus = \"BUS\""),
+        ));
+    }
+    if n > 1 {
+        let span = s
+            .modbus
+            .as_ref()
+            .or(s.serial.as_ref())
+            .map_or(s.id.span(), |x| x.span());
+        return Err(ctx.err_at(
+            span,
+            format!("sensor \"{sid}\" has more than one source: set only one of path, serial and modbus"),
+        ));
+    }
+    if s.path.is_none() {
+        only_with(
+            &s.regex,
+            "regex",
+            "file sensors (path = ...); a serial port's regex goes in its [serial.NAME] table",
+            ctx,
+        )?;
+    }
+    if s.serial.is_none() {
+        only_with(&s.field, "field", "serial sensors (serial = \"PORT\")", ctx)?;
+    }
+    if s.modbus.is_none() {
+        let needs = "Modbus sensors (modbus = \"BUS\")";
+        only_with(&s.unit, "unit", needs, ctx)?;
+        only_with(&s.function, "function", needs, ctx)?;
+        only_with(&s.address, "address", needs, ctx)?;
+        only_with(&s.data_type, "data_type", needs, ctx)?;
+        only_with(&s.word_order, "word_order", needs, ctx)?;
+    }
+
+    if let Some(path) = &s.path {
+        let regex = match &s.regex {
+            Some(r) => {
+                let re = Regex::new(r.get_ref())
+                    .map_err(|e| ctx.err_at(r.span(), format!("invalid regex: {e}")))?;
+                if re.captures_len() < 2 {
+                    return Err(ctx.err_at(
+                        r.span(),
+                        "the regex needs a capture group: its first group is the raw value, as in 't=(-?\\d+)'",
+                    ));
+                }
+                Some(re)
+            }
+            None => None,
+        };
+        return Ok(SensorSource::File {
+            path: path.clone(),
+            regex,
+        });
+    }
+
+    if let Some(port) = &s.serial {
+        let name = port.get_ref();
+        let Some(p) = serial.iter().find(|p| &p.name == name) else {
+            let known: Vec<&str> = serial.iter().map(|p| p.name.as_str()).collect();
+            return Err(ctx.err_at(
+                port.span(),
+                format!(
+                    "no serial port \"{name}\" is defined: add a [serial.{name}] table{}",
+                    if known.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" or use one of: {}", known.join(", "))
+                    }
+                ),
+            ));
+        };
+        let Some(field) = &s.field else {
+            return Err(ctx.err_at(
+                port.span(),
+                format!("sensor \"{sid}\" reads serial port \"{name}\": set field = \"...\" to pick what it reports"),
+            ));
+        };
+        let f = field.get_ref();
+        let known: Option<Vec<&str>> = match &p.format {
+            SerialFormat::Nmea => Some(NMEA_FIELDS.to_vec()),
+            SerialFormat::Csv { columns, .. } => Some(columns.iter().map(String::as_str).collect()),
+            SerialFormat::Regex(re) => Some(re.capture_names().flatten().collect()),
+            SerialFormat::Json => None,
+        };
+        if f.is_empty() || known.as_ref().is_some_and(|k| !k.contains(&f.as_str())) {
+            return Err(ctx.err_at(
+                field.span(),
+                format!(
+                    "serial port \"{name}\" (format {}) has no field \"{f}\"{}",
+                    p.format.name(),
+                    match known {
+                        Some(k) => format!(": expected one of {}", k.join(", ")),
+                        None => ": give a key or a dotted path such as \"wind.speed\"".into(),
+                    }
+                ),
+            ));
+        }
+        return Ok(SensorSource::Serial {
+            port: name.clone(),
+            field: f.clone(),
+        });
+    }
+
+    let Some(bus) = &s.modbus else {
+        unreachable!("exactly one source is set");
+    };
+    let name = bus.get_ref();
+    if !modbus.iter().any(|b| &b.name == name) {
+        let known: Vec<&str> = modbus.iter().map(|b| b.name.as_str()).collect();
+        return Err(ctx.err_at(
+            bus.span(),
+            format!(
+                "no Modbus bus \"{name}\" is defined: add a [modbus.{name}] table{}",
+                if known.is_empty() {
+                    String::new()
+                } else {
+                    format!(" or use one of: {}", known.join(", "))
+                }
+            ),
+        ));
+    }
+    let unit = match &s.unit {
+        Some(u) if !(1..=247).contains(u.get_ref()) => {
+            return Err(ctx.err_at(u.span(), "unit must be a device address between 1 and 247"))
+        }
+        Some(u) => *u.get_ref(),
+        None => 1,
+    };
+    let function = match &s.function {
+        None => ModbusFunction::Holding,
+        Some(f) => match f.get_ref().as_str() {
+            "holding" => ModbusFunction::Holding,
+            "input" => ModbusFunction::Input,
+            "coil" => ModbusFunction::Coil,
+            "discrete" => ModbusFunction::Discrete,
+            other => {
+                return Err(ctx.err_at(
+                    f.span(),
+                    format!("invalid function \"{other}\": expected \"holding\", \"input\", \"coil\" or \"discrete\""),
+                ))
+            }
+        },
+    };
+    let Some(address) = &s.address else {
+        return Err(ctx.err_at(
+            bus.span(),
+            format!("Modbus sensor \"{sid}\" needs address = N (the register or coil number, 0-based as on the wire)"),
+        ));
+    };
+    let data_type = match &s.data_type {
+        None if function.is_bits() => ModbusDataType::Bool,
+        None => ModbusDataType::U16,
+        Some(d) => {
+            let t = match d.get_ref().as_str() {
+                "bool" => ModbusDataType::Bool,
+                "u16" => ModbusDataType::U16,
+                "i16" => ModbusDataType::I16,
+                "u32" => ModbusDataType::U32,
+                "i32" => ModbusDataType::I32,
+                "f32" => ModbusDataType::F32,
+                other => {
+                    return Err(ctx.err_at(
+                        d.span(),
+                        format!("invalid data_type \"{other}\": expected \"u16\", \"i16\", \"u32\", \"i32\", \"f32\" (registers) or \"bool\" (coils)"),
+                    ))
+                }
+            };
+            if function.is_bits() != (t == ModbusDataType::Bool) {
+                return Err(ctx.err_at(
+                    d.span(),
+                    if function.is_bits() {
+                        format!("function \"{}\" reads single bits: data_type must be \"bool\" (or left out)", function.name())
+                    } else {
+                        format!("function \"{}\" reads registers: data_type \"bool\" needs function \"coil\" or \"discrete\"", function.name())
+                    },
+                ));
+            }
+            t
+        }
+    };
+    let word_order = match &s.word_order {
+        None => WordOrder::Big,
+        Some(w) => match w.get_ref().as_str() {
+            "big" => WordOrder::Big,
+            "little" => WordOrder::Little,
+            other => {
+                return Err(ctx.err_at(
+                    w.span(),
+                    format!("invalid word_order \"{other}\": expected \"big\" (high word first) or \"little\" (low word first)"),
+                ))
+            }
+        },
+    };
+    if u32::from(*address.get_ref()) + u32::from(data_type.width()) > 65536 {
+        return Err(ctx.err_at(
+            address.span(),
+            format!(
+                "a {} at address {} runs past register 65535",
+                data_type.name(),
+                address.get_ref()
+            ),
+        ));
+    }
+    Ok(SensorSource::Modbus(ModbusPoint {
+        bus: name.clone(),
+        unit,
+        function,
+        address: *address.get_ref(),
+        data_type,
+        word_order,
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn line_settings(
+    baud: &Option<Spanned<u32>>,
+    data_bits: &Option<Spanned<u8>>,
+    parity: &Option<Spanned<String>>,
+    stop_bits: &Option<Spanned<u8>>,
+    flow_control: &Option<Spanned<String>>,
+    default_baud: u32,
+    default_parity: Parity,
+    ctx: &Ctx,
+) -> Result<LineSettings, ConfigError> {
+    let baud = match baud {
+        Some(b) if *b.get_ref() == 0 => {
+            return Err(ctx.err_at(b.span(), "baud must be greater than zero, such as 9600"))
+        }
+        Some(b) => *b.get_ref(),
+        None => default_baud,
+    };
+    let data_bits = match data_bits {
+        Some(d) if !(5..=8).contains(d.get_ref()) => {
+            return Err(ctx.err_at(d.span(), "data_bits must be 5, 6, 7 or 8"))
+        }
+        Some(d) => *d.get_ref(),
+        None => 8,
+    };
+    let stop_bits = match stop_bits {
+        Some(d) if !(1..=2).contains(d.get_ref()) => {
+            return Err(ctx.err_at(d.span(), "stop_bits must be 1 or 2"))
+        }
+        Some(d) => *d.get_ref(),
+        None => 1,
+    };
+    let parity = match parity {
+        None => default_parity,
+        Some(p) => match p.get_ref().as_str() {
+            "none" => Parity::None,
+            "even" => Parity::Even,
+            "odd" => Parity::Odd,
+            other => {
+                return Err(ctx.err_at(
+                    p.span(),
+                    format!("invalid parity \"{other}\": expected \"none\", \"even\" or \"odd\""),
+                ))
+            }
+        },
+    };
+    let flow_control = match flow_control {
+        None => FlowControl::None,
+        Some(p) => match p.get_ref().as_str() {
+            "none" => FlowControl::None,
+            "software" => FlowControl::Software,
+            "hardware" => FlowControl::Hardware,
+            other => {
+                return Err(ctx.err_at(
+                    p.span(),
+                    format!("invalid flow_control \"{other}\": expected \"none\", \"software\" (XON/XOFF) or \"hardware\" (RTS/CTS)"),
+                ))
+            }
+        },
+    };
+    Ok(LineSettings {
+        baud,
+        data_bits,
+        parity,
+        stop_bits,
+        flow_control,
+    })
+}
+
+/// A positive duration, or the default.
+fn positive(
+    d: &Option<Spanned<HumanDuration>>,
+    key: &str,
+    default: Duration,
+    ctx: &Ctx,
+) -> Result<Duration, ConfigError> {
+    match d {
+        Some(d) if d.get_ref().0.is_zero() => {
+            Err(ctx.err_at(d.span(), format!("{key} must be greater than zero")))
+        }
+        Some(d) => Ok(d.get_ref().0),
+        None => Ok(default),
+    }
+}
+
+fn reopen_backoff(
+    min: &Option<Spanned<HumanDuration>>,
+    max: &Option<Spanned<HumanDuration>>,
+    ctx: &Ctx,
+) -> Result<(Duration, Duration), ConfigError> {
+    let lo = positive(min, "reopen_min", Duration::from_secs(1), ctx)?;
+    let hi = positive(max, "reopen_max", Duration::from_secs(30).max(lo), ctx)?;
+    if hi < lo {
+        let span = max.as_ref().map_or(0..0, |s| s.span());
+        return Err(ctx.err_at(span, "reopen_max must not be smaller than reopen_min"));
+    }
+    Ok((lo, hi))
+}
+
+fn serial_from_raw(
+    name: String,
+    p: RawSerialPort,
+    ctx: &Ctx,
+) -> Result<SerialPortConfig, ConfigError> {
+    let line = line_settings(
+        &p.baud,
+        &p.data_bits,
+        &p.parity,
+        &p.stop_bits,
+        &p.flow_control,
+        9600,
+        Parity::None,
+        ctx,
+    )?;
+    let fmt = p.format.get_ref().as_str();
+    if fmt != "csv" {
+        only_with(&p.columns, "columns", "format = \"csv\"", ctx)?;
+        only_with(&p.delimiter, "delimiter", "format = \"csv\"", ctx)?;
+    }
+    if fmt != "regex" {
+        only_with(&p.regex, "regex", "format = \"regex\"", ctx)?;
+    }
+    let format = match fmt {
+        "nmea" => SerialFormat::Nmea,
+        "json" => SerialFormat::Json,
+        "csv" => {
+            let Some(columns) = &p.columns else {
+                return Err(ctx.err_at(
+                    p.format.span(),
+                    "format = \"csv\" needs columns = [\"name\", ...], one name per value on a line (\"_\" skips a column)",
+                ));
+            };
+            let named: Vec<&String> = columns
+                .get_ref()
+                .iter()
+                .filter(|c| !c.is_empty() && *c != "_")
+                .collect();
+            if named.is_empty() {
+                return Err(ctx.err_at(columns.span(), "columns must name at least one column"));
+            }
+            let mut uniq = HashSet::new();
+            if let Some(d) = named.iter().find(|c| !uniq.insert(**c)) {
+                return Err(ctx.err_at(columns.span(), format!("column \"{d}\" is named twice")));
+            }
+            let delimiter =
+                match &p.delimiter {
+                    None => ',',
+                    Some(d) => {
+                        let mut chars = d.get_ref().chars();
+                        match (chars.next(), chars.next()) {
+                            (Some(c), None) if c != '"' && c != '\n' && c != '\r' => c,
+                            _ => return Err(ctx.err_at(
+                                d.span(),
+                                "delimiter must be one character, such as \",\", \";\" or \"\\t\"",
+                            )),
+                        }
+                    }
+                };
+            SerialFormat::Csv {
+                columns: columns.get_ref().clone(),
+                delimiter,
+            }
+        }
+        "regex" => {
+            let Some(r) = &p.regex else {
+                return Err(ctx.err_at(
+                    p.format.span(),
+                    "format = \"regex\" needs regex = '...' with named groups, such as 'T=(?<temp>-?[0-9.]+)'",
+                ));
+            };
+            let re = Regex::new(r.get_ref())
+                .map_err(|e| ctx.err_at(r.span(), format!("invalid regex: {e}")))?;
+            if re.capture_names().flatten().next().is_none() {
+                return Err(ctx.err_at(
+                    r.span(),
+                    "the regex needs named groups, one per field, such as 'T=(?<temp>-?[0-9.]+)'",
+                ));
+            }
+            SerialFormat::Regex(re)
+        }
+        other => {
+            return Err(ctx.err_at(
+                p.format.span(),
+                format!(
+                    "invalid format \"{other}\": expected \"nmea\", \"csv\", \"json\" or \"regex\""
+                ),
+            ))
+        }
+    };
+    if p.request.is_none() {
+        only_with(
+            &p.interval,
+            "interval",
+            "ports with a request (each sensor of a streaming port has its own interval)",
+            ctx,
+        )?;
+        only_with(
+            &p.reply_timeout,
+            "reply_timeout",
+            "ports with a request",
+            ctx,
+        )?;
+    }
+    let request = match &p.request {
+        Some(r) if r.get_ref().is_empty() => {
+            return Err(ctx.err_at(r.span(), "request must not be empty"))
+        }
+        Some(r) => Some(r.get_ref().as_bytes().to_vec()),
+        None => None,
+    };
+    let interval = match &p.interval {
+        Some(i) if i.get_ref().0.is_zero() => {
+            return Err(ctx.err_at(i.span(), "interval must be greater than zero"))
+        }
+        Some(i) => Some(i.get_ref().0),
+        None => None,
+    };
+    let reply_timeout = positive(
+        &p.reply_timeout,
+        "reply_timeout",
+        Duration::from_secs(1),
+        ctx,
+    )?;
+    let max_line = match &p.max_line {
+        Some(m) if !(16..=(1 << 20)).contains(&m.get_ref().0) => {
+            return Err(ctx.err_at(m.span(), "max_line must be between 16 and 1MiB"))
+        }
+        Some(m) => m.get_ref().0 as usize,
+        None => 8 << 10,
+    };
+    let (reopen_min, reopen_max) = reopen_backoff(&p.reopen_min, &p.reopen_max, ctx)?;
+    Ok(SerialPortConfig {
+        name,
+        device: p.device,
+        line,
+        format,
+        request,
+        interval,
+        reply_timeout,
+        max_line,
+        reopen_min,
+        reopen_max,
+    })
+}
+
+fn modbus_from_raw(
+    name: String,
+    b: RawModbusBus,
+    ctx: &Ctx,
+) -> Result<ModbusBusConfig, ConfigError> {
+    // The Modbus serial line specification makes even parity the default.
+    let line = line_settings(
+        &b.baud,
+        &b.data_bits,
+        &b.parity,
+        &b.stop_bits,
+        &b.flow_control,
+        9600,
+        Parity::Even,
+        ctx,
+    )?;
+    let timeout = positive(&b.timeout, "timeout", Duration::from_secs(1), ctx)?;
+    let max_gap = match &b.max_gap {
+        Some(g) if *g.get_ref() > 100 => {
+            return Err(ctx.err_at(g.span(), "max_gap must be between 0 and 100"))
+        }
+        Some(g) => *g.get_ref(),
+        None => 0,
+    };
+    let (reopen_min, reopen_max) = reopen_backoff(&b.reopen_min, &b.reopen_max, ctx)?;
+    Ok(ModbusBusConfig {
+        name,
+        device: b.device,
+        line,
+        timeout,
+        batch: b.batch.unwrap_or(true),
+        max_gap,
+        reopen_min,
+        reopen_max,
+    })
 }
 
 fn buffer_from_raw(b: RawBuffer, state_dir: &Path, ctx: &Ctx) -> Result<BufferConfig, ConfigError> {
@@ -965,6 +2003,25 @@ mod tests {
     }
 
     #[test]
+    fn key_readable_by_another_group_warns() {
+        use std::os::unix::fs::chown;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("client.key");
+        std::fs::write(&key, "k").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // Our own group may read it: that is how the service reads its keys.
+        assert_eq!(secret_file_warning(&key, "k"), None);
+        // Another group may not (the tests run as root, so chown works).
+        if chown(&key, None, Some(12345)).is_ok() {
+            assert!(secret_file_warning(&key, "k")
+                .unwrap()
+                .contains("group 12345"));
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(secret_file_warning(&key, "k"), None);
+    }
+
+    #[test]
     fn world_readable_config_with_apikey_warns() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("c.toml");
@@ -980,9 +2037,286 @@ mod tests {
         assert!(Config::load(&cfg).unwrap().warnings.is_empty());
     }
 
+    const PORTS: &str = r#"
+[serial.gps]
+device = "/dev/ttyACM0"
+format = "nmea"
+
+[serial.ws]
+device = "/dev/ttyUSB0"
+baud = 19200
+parity = "even"
+stop_bits = 2
+format = "csv"
+columns = ["time", "temp", "_", "hum"]
+delimiter = ";"
+
+[serial.meter]
+device = "/dev/ttyUSB1"
+format = "regex"
+regex = 'P=(?<power>[0-9.]+)'
+request = "READ\r\n"
+interval = "5s"
+reply_timeout = "500ms"
+
+[modbus.plc]
+device = "/dev/ttyUSB2"
+baud = 19200
+timeout = "200ms"
+"#;
+
+    #[test]
+    fn serial_ports_modbus_buses_and_their_sensors() {
+        let text = format!(
+            "{MIN}{PORTS}\n[[sensor]]\nid = \"loc\"\ntype = \"location\"\nserial = \"gps\"\nfield = \"location\"\n\n[[sensor]]\nid = \"t\"\ntype = \"temperature\"\nserial = \"ws\"\nfield = \"temp\"\ninterval = \"10s\"\n\n[[sensor]]\nid = \"p\"\ntype = \"power\"\nserial = \"meter\"\nfield = \"power\"\n\n[[sensor]]\nid = \"e\"\ntype = \"energy\"\nmodbus = \"plc\"\nunit = 3\nfunction = \"input\"\naddress = 100\ndata_type = \"f32\"\nword_order = \"little\"\nscale = 0.1\n\n[[sensor]]\nid = \"door\"\ntype = \"onoff\"\nmodbus = \"plc\"\nfunction = \"coil\"\naddress = 0\n"
+        );
+        let c = parse(&text).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.serial.len(), 3);
+        let gps = c.serial.iter().find(|p| p.name == "gps").unwrap();
+        assert_eq!(gps.format, SerialFormat::Nmea);
+        assert_eq!(gps.line.to_string(), "9600 8N1");
+        assert_eq!(gps.max_line, 8192);
+        assert_eq!(gps.reopen_min, Duration::from_secs(1));
+        assert_eq!(gps.reopen_max, Duration::from_secs(30));
+        let ws = c.serial.iter().find(|p| p.name == "ws").unwrap();
+        assert_eq!(ws.line.to_string(), "19200 8E2");
+        assert_eq!(
+            ws.format,
+            SerialFormat::Csv {
+                columns: vec!["time".into(), "temp".into(), "_".into(), "hum".into()],
+                delimiter: ';'
+            }
+        );
+        let meter = c.serial.iter().find(|p| p.name == "meter").unwrap();
+        assert_eq!(meter.request.as_deref(), Some(&b"READ\r\n"[..]));
+        assert_eq!(meter.interval, Some(Duration::from_secs(5)));
+        assert_eq!(meter.reply_timeout, Duration::from_millis(500));
+        let plc = &c.modbus[0];
+        assert_eq!(plc.line.to_string(), "19200 8E1");
+        assert_eq!(plc.timeout, Duration::from_millis(200));
+        assert!(plc.batch);
+        assert_eq!(plc.max_gap, 0);
+
+        assert!(
+            matches!(&c.sensors[0].source, SensorSource::Serial { port, field } if port == "gps" && field == "location")
+        );
+        assert_eq!(c.sensors[1].interval, Some(Duration::from_secs(10)));
+        assert!(
+            matches!(&c.sensors[3].source, SensorSource::Modbus(p) if *p == ModbusPoint {
+                bus: "plc".into(),
+                unit: 3,
+                function: ModbusFunction::Input,
+                address: 100,
+                data_type: ModbusDataType::F32,
+                word_order: WordOrder::Little,
+            })
+        );
+        let SensorSource::Modbus(door) = &c.sensors[4].source else {
+            panic!()
+        };
+        assert_eq!((door.unit, door.data_type), (1, ModbusDataType::Bool));
+        // A polled event sensor keeps its 1 s sampling; the description mentions every port.
+        assert_eq!(c.sensors[4].interval, Some(Duration::from_secs(1)));
+        let d = crate::cli::check::describe(&c);
+        assert!(d.contains("serial gps field location"), "{d}");
+        assert!(
+            d.contains("modbus plc unit 3 input 100 f32 (low word first)"),
+            "{d}"
+        );
+        assert!(d.contains("request \"READ\\r\\n\" every 5s"), "{d}");
+    }
+
+    fn sensor_err(port_keys: &str, sensor_keys: &str) -> ConfigError {
+        let text = format!(
+            "{MIN}{PORTS}{port_keys}\n[[sensor]]\nid = \"s\"\ntype = \"number\"\n{sensor_keys}"
+        );
+        parse(&text).unwrap_err()
+    }
+
+    #[test]
+    fn serial_and_modbus_sensor_errors_point_at_the_line() {
+        let sensor_line = MIN.lines().count() + PORTS.lines().count() + 5;
+        let e = sensor_err("", "serial = \"gsp\"\nfield = \"fix\"\n");
+        assert!(e.message.contains("no serial port \"gsp\""), "{e}");
+        assert!(e.message.contains("gps, meter, ws"), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(sensor_line), "{e}");
+        let e = sensor_err("", "modbus = \"plc2\"\naddress = 1\n");
+        assert!(e.message.contains("no Modbus bus \"plc2\""), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(sensor_line), "{e}");
+        let e = sensor_err("", "serial = \"gps\"\nfield = \"heading\"\n");
+        assert!(e.message.contains("expected one of location"), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(sensor_line + 1), "{e}");
+        let e = sensor_err("", "serial = \"ws\"\nfield = \"pressure\"\n");
+        assert!(e.message.contains("no field \"pressure\""), "{e}");
+        let e = sensor_err("", "serial = \"gps\"\n");
+        assert!(e.message.contains("set field"), "{e}");
+        let e = sensor_err("", "path = \"/a\"\nserial = \"gps\"\nfield = \"fix\"\n");
+        assert!(e.message.contains("more than one source"), "{e}");
+        let e = sensor_err("", "path = \"/a\"\nfield = \"fix\"\n");
+        assert!(e.message.contains("field applies only to serial"), "{e}");
+        let e = sensor_err("", "path = \"/a\"\naddress = 3\n");
+        assert!(e.message.contains("address applies only to Modbus"), "{e}");
+        let e = sensor_err(
+            "",
+            "serial = \"meter\"\nfield = \"power\"\ninterval = \"1s\"\n",
+        );
+        assert!(e.message.contains("polled with a request"), "{e}");
+        let e = sensor_err("", "modbus = \"plc\"\n");
+        assert!(e.message.contains("needs address"), "{e}");
+        let e = sensor_err("", "modbus = \"plc\"\naddress = 1\nunit = 0\n");
+        assert!(e.message.contains("between 1 and 247"), "{e}");
+        let e = sensor_err("", "modbus = \"plc\"\naddress = 1\ndata_type = \"bool\"\n");
+        assert!(e.message.contains("needs function \"coil\""), "{e}");
+        let e = sensor_err(
+            "",
+            "modbus = \"plc\"\naddress = 1\nfunction = \"discrete\"\ndata_type = \"u16\"\n",
+        );
+        assert!(e.message.contains("must be \"bool\""), "{e}");
+        let e = sensor_err(
+            "",
+            "modbus = \"plc\"\naddress = 65535\ndata_type = \"u32\"\n",
+        );
+        assert!(e.message.contains("runs past"), "{e}");
+        let e = sensor_err(
+            "",
+            "modbus = \"plc\"\naddress = 1\nword_order = \"middle\"\n",
+        );
+        assert!(e.message.contains("invalid word_order"), "{e}");
+    }
+
+    #[test]
+    fn serial_port_errors() {
+        let port = |keys: &str| {
+            parse(&format!("{MIN}[serial.x]\ndevice = \"/dev/x\"\n{keys}")).unwrap_err()
+        };
+        let e = port("format = \"xml\"\n");
+        assert!(e.message.contains("invalid format"), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(6), "{e}");
+        assert!(port("format = \"csv\"\n").message.contains("needs columns"));
+        assert!(port("format = \"csv\"\ncolumns = [\"a\", \"a\"]\n")
+            .message
+            .contains("named twice"));
+        assert!(
+            port("format = \"csv\"\ncolumns = [\"a\"]\ndelimiter = \";;\"\n")
+                .message
+                .contains("one character")
+        );
+        assert!(port("format = \"nmea\"\ncolumns = [\"a\"]\n")
+            .message
+            .contains("columns applies only to format"));
+        assert!(port("format = \"regex\"\nregex = 'a(b)'\n")
+            .message
+            .contains("named groups"));
+        assert!(port("format = \"nmea\"\ninterval = \"1s\"\n")
+            .message
+            .contains("ports with a request"));
+        assert!(port("format = \"nmea\"\nparity = \"mark\"\n")
+            .message
+            .contains("invalid parity"));
+        assert!(port("format = \"nmea\"\ndata_bits = 9\n")
+            .message
+            .contains("data_bits"));
+        assert!(port("format = \"nmea\"\nstop_bits = 3\n")
+            .message
+            .contains("stop_bits"));
+        assert!(port("format = \"nmea\"\nmax_line = \"2MiB\"\n")
+            .message
+            .contains("max_line"));
+        assert!(
+            port("format = \"nmea\"\nreopen_min = \"10s\"\nreopen_max = \"1s\"\n")
+                .message
+                .contains("reopen_max")
+        );
+        assert!(port("format = \"nmea\"\nbogus = 1\n")
+            .message
+            .contains("unknown field `bogus`"));
+        assert!(port("baud = 9600\n")
+            .message
+            .contains("missing field `format`"));
+        // One device, one owner.
+        let e = parse(&format!(
+            "{MIN}[serial.a]\ndevice = \"/dev/x\"\nformat = \"json\"\n[modbus.b]\ndevice = \"/dev/x\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("[modbus.b] and [serial.a] both use the device /dev/x"),
+            "{e}"
+        );
+        // A port nobody reads is only a warning.
+        let c = parse(&format!(
+            "{MIN}[serial.x]\ndevice = \"/dev/x\"\nformat = \"json\"\n"
+        ))
+        .unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("[serial.x] has no sensor")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
     #[test]
     fn line_col_is_one_based() {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The shipped reference configuration stays loadable.
+    #[test]
+    fn reference_config_parses() {
+        let text = include_str!("../config/thingplus-gw.toml")
+            .replace(
+                "apikey_file = \"/etc/thingplus-gw/apikey\"",
+                "apikey = \"k\"",
+            )
+            .replace("id = \"auto\"", "id = \"example\"");
+        let c = Config::parse(&text, Path::new("config/thingplus-gw.toml")).unwrap();
+        assert_eq!(c.gateway.report_interval, Duration::from_secs(60));
+        assert!(c.rpc.allow_restart && !c.rpc.allow_reboot);
+    }
+
+    /// The commented serial/Modbus and actuator examples are valid once uncommented.
+    #[test]
+    fn reference_examples_parse_when_uncommented() {
+        let text = include_str!("../config/thingplus-gw.toml");
+        let start = text.find("# ---- Serial line instruments").unwrap();
+        let end = text.find("[rpc]").unwrap();
+        let block: String = text[start..end]
+            .lines()
+            .map(|l| {
+                let u = l
+                    .strip_prefix("# ")
+                    .or_else(|| l.strip_prefix('#'))
+                    .unwrap_or(l);
+                // Prose stays a comment: only tables and `key = value` lines are TOML.
+                let is_toml = u.starts_with('[')
+                    || u.starts_with('#')
+                    || u.trim().is_empty()
+                    || u.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    });
+                if is_toml {
+                    u.to_string()
+                } else {
+                    format!("# {u}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        // The actuator examples share ids with nothing; the [api] table is already there.
+        let block = block.replace("[api]", "[api_commented]");
+        let block = &block[..block.find("[api_commented]").unwrap_or(block.len())];
+        let cfg = format!("[gateway]\nid = \"gw\"\napikey = \"k\"\n{block}");
+        let c = Config::parse(&cfg, Path::new("example")).unwrap_or_else(|e| panic!("{e}\n{cfg}"));
+        assert_eq!(c.sensors.len(), 3);
+        assert_eq!(c.actuators.len(), 4);
     }
 }

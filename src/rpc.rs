@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, watch};
 
-use crate::actuator::Actuators;
+use crate::actuator::{Actuators, Reply};
 use crate::clock::{self, Clock};
 use crate::config::{RpcConfig, SERVICE_MIN_REPORT_INTERVAL};
 use crate::state::{PersistedState, StateFile};
@@ -31,7 +31,25 @@ pub struct Dispatcher {
     pub report_interval: watch::Sender<Duration>,
     pub rpc: RpcConfig,
     pub actions: mpsc::UnboundedSender<SystemAction>,
+    /// The last request received, for `thingplus-gw status`.
+    pub last_command: Arc<std::sync::Mutex<Option<LastCommand>>>,
     sw_update: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The last request the server sent, and how it went.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastCommand {
+    pub method: String,
+    pub id: Json,
+    pub at_ms: i64,
+    /// `None` when carried out; the error message otherwise.
+    pub error: Option<String>,
+}
+
+/// A response payload: ready now, or when a program finishes (exec actuators).
+pub enum Response {
+    Now(Vec<u8>),
+    Later(tokio::task::JoinHandle<Vec<u8>>),
 }
 
 /// Longest report interval accepted from the server: one day.
@@ -53,56 +71,56 @@ impl Dispatcher {
             report_interval,
             rpc,
             actions,
+            last_command: Default::default(),
             sw_update: None,
         }
     }
 
     /// Handles one request payload and returns the response payload.
-    pub fn handle(&mut self, payload: &[u8]) -> Vec<u8> {
+    pub fn handle(&mut self, payload: &[u8]) -> Response {
         let req = match parse_request(payload) {
             Ok(r) => r,
             Err(bad) => {
                 tracing::warn!(code = bad.error.code, error = %bad.error.message, "rejected a malformed request");
-                return encode_error(&bad.id, &bad.error);
+                return Response::Now(encode_error(&bad.id, &bad.error));
             }
         };
-        let method = req.method.clone();
         match self.call(&req) {
-            Ok(result) => {
-                tracing::info!(method = %method, id = %req.id, "request carried out");
-                encode_result(&req.id, result)
+            Reply::Now(result) => {
+                self.record(&req, &result);
+                Response::Now(finish(&req, result))
             }
-            Err(e) => {
-                tracing::warn!(method = %method, id = %req.id, code = e.code, error = %e.message, "request refused");
-                encode_error(&req.id, &e)
+            Reply::Later(task) => {
+                self.record(&req, &Ok(Json::String("started".into())));
+                Response::Later(tokio::spawn(async move {
+                    let result = task
+                        .await
+                        .unwrap_or_else(|_| Err(RpcError::server("cancelled by a newer command")));
+                    finish(&req, result)
+                }))
             }
         }
     }
 
-    fn call(&mut self, req: &Request) -> Result<Json, RpcError> {
-        match req.method.as_str() {
+    fn record(&self, req: &Request, result: &Result<Json, RpcError>) {
+        *self.last_command.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastCommand {
+            method: req.method.clone(),
+            id: req.id.clone(),
+            at_ms: clock::system_now_ms(),
+            error: result.as_ref().err().map(|e| e.message.clone()),
+        });
+    }
+
+    fn call(&mut self, req: &Request) -> Reply {
+        if req.method == "controlActuator" {
+            return match actuator_params(&req.params) {
+                Ok((id, cmd, options)) => self.actuators.control(&id, &cmd, &options),
+                Err(e) => Reply::Now(Err(e)),
+            };
+        }
+        Reply::Now(match req.method.as_str() {
             "timeSync" => self.time_sync(req),
             "setProperty" => self.set_property(req),
-            "controlActuator" => {
-                let p = params_object(&req.params)?;
-                let id = p.get("id").and_then(Json::as_str).ok_or_else(|| {
-                    RpcError::invalid_params("\"params.id\" (the actuator id) is required")
-                })?;
-                let cmd = p
-                    .get("cmd")
-                    .and_then(Json::as_str)
-                    .ok_or_else(|| RpcError::invalid_params("\"params.cmd\" is required"))?;
-                let options = match p.get("options") {
-                    None | Some(Json::Null) => serde_json::Map::new(),
-                    Some(Json::Object(o)) => o.clone(),
-                    Some(_) => {
-                        return Err(RpcError::invalid_params(
-                            "\"params.options\" must be an object",
-                        ))
-                    }
-                };
-                self.actuators.control(id, cmd, &options)
-            }
             "swInfo" => Ok(json!({
                 "name": env!("CARGO_PKG_NAME"),
                 "version": env!("CARGO_PKG_VERSION"),
@@ -131,7 +149,7 @@ impl Dispatcher {
             other => Err(RpcError::method_not_found(format!(
                 "unknown method \"{other}\""
             ))),
-        }
+        })
     }
 
     fn time_sync(&mut self, req: &Request) -> Result<Json, RpcError> {
@@ -247,10 +265,49 @@ impl Dispatcher {
     }
 }
 
+/// Logs the outcome and encodes the response.
+fn finish(req: &Request, result: Result<Json, RpcError>) -> Vec<u8> {
+    match result {
+        Ok(result) => {
+            tracing::info!(method = %req.method, id = %req.id, "request carried out");
+            encode_result(&req.id, result)
+        }
+        Err(e) => {
+            tracing::warn!(method = %req.method, id = %req.id, code = e.code, error = %e.message, "request refused");
+            encode_error(&req.id, &e)
+        }
+    }
+}
+
+/// `{"id": actuator, "cmd": command, "options": {...}}`
+fn actuator_params(
+    params: &Json,
+) -> Result<(String, String, serde_json::Map<String, Json>), RpcError> {
+    let p = params_object(params)?;
+    let id = p
+        .get("id")
+        .and_then(Json::as_str)
+        .ok_or_else(|| RpcError::invalid_params("\"params.id\" (the actuator id) is required"))?;
+    let cmd = p
+        .get("cmd")
+        .and_then(Json::as_str)
+        .ok_or_else(|| RpcError::invalid_params("\"params.cmd\" is required"))?;
+    let options = match p.get("options") {
+        None | Some(Json::Null) => serde_json::Map::new(),
+        Some(Json::Object(o)) => o.clone(),
+        Some(_) => {
+            return Err(RpcError::invalid_params(
+                "\"params.options\" must be an object",
+            ))
+        }
+    };
+    Ok((id.to_string(), cmd.to_string(), options))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ActuatorConfig, ActuatorType};
+    use crate::config::{ActuatorConfig, ActuatorDriver, ActuatorType, OnShutdown};
 
     fn dispatcher(
         dir: &std::path::Path,
@@ -268,7 +325,9 @@ mod tests {
         let acts = Actuators::new(&[ActuatorConfig {
             id: "led0".into(),
             actuator_type: ActuatorType::Led,
-            path: led,
+            driver: ActuatorDriver::Led { path: led },
+            on_shutdown: OnShutdown::Leave,
+            thingplus_type: "led".into(),
         }]);
         let (tx, rx) = watch::channel(Duration::from_secs(60));
         let (atx, arx) = mpsc::unbounded_channel();
@@ -277,6 +336,8 @@ mod tests {
             allow_poweroff: false,
             allow_restart: true,
             sw_update_command: None,
+            reboot_command: vec!["true".into()],
+            poweroff_command: vec!["true".into()],
             set_system_clock: false,
         };
         (
@@ -294,7 +355,10 @@ mod tests {
     }
 
     fn call(d: &mut Dispatcher, req: &str) -> Json {
-        serde_json::from_slice(&d.handle(req.as_bytes())).unwrap()
+        match d.handle(req.as_bytes()) {
+            Response::Now(b) => serde_json::from_slice(&b).unwrap(),
+            Response::Later(_) => panic!("expected an immediate answer"),
+        }
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use tokio::time::{interval_at, MissedTickBehavior};
 use crate::buffer::{Buffer, ReadRequest, Stored};
 use crate::clock::system_now_ms;
 use crate::config::{MqttConfig, Secret};
-use crate::rpc::Dispatcher;
+use crate::rpc::{Dispatcher, Response};
 use crate::status_board::StatusBoard;
 use crate::thingplus::{encode_status, pack_values, Status, Topics};
 
@@ -31,8 +31,10 @@ use crate::thingplus::{encode_status, pack_values, Status, Topics};
 const READ_BATCH: usize = 4096;
 /// A connection that lasted this long resets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(60);
-/// Largest request accepted from the server.
-pub const MAX_INCOMING_PACKET: usize = 256 * 1024;
+/// Largest packet read from the broker. Requests above
+/// `rpc::MAX_REQUEST_BYTES` still get a JSON-RPC error; only packets above
+/// this drop the connection (rumqttc cannot skip them).
+pub const MAX_INCOMING_PACKET: usize = 1024 * 1024;
 
 /// The state of the link, for status reports and sd-notify.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -135,9 +137,33 @@ pub fn classify(e: &ConnectionError, gateway_id: &str, broker: &str) -> Failure 
             Unreachable,
             format!("cannot reach the broker {broker}: no answer in time: check the network and [mqtt] host and port"),
         ),
-        other => (Lost, format!("connection to {broker} lost: {other}")),
+        other => match tls_alert(other) {
+            // TLS 1.3 reports a refused client certificate after the handshake.
+            Some(alert) => (
+                Tls,
+                format!("TLS with {broker} failed: {alert}: check [mqtt] client_cert and client_key, ca_file, the host name and the system clock"),
+            ),
+            None => (Lost, format!("connection to {broker} lost: {other}")),
+        },
     };
     Failure { kind, message }
+}
+
+/// A rustls error somewhere in the error's chain.
+fn tls_alert(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t.to_string());
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(t.to_string());
+            }
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// The per-connection bookkeeping.
@@ -159,6 +185,8 @@ struct Conn {
     off_sent: bool,
     off_acked: bool,
     disconnect_sent: bool,
+    /// Where responses computed later (exec actuators) are sent.
+    deferred: mpsc::UnboundedSender<Vec<u8>>,
 }
 
 /// Aborts the event-loop task when the connection is dropped.
@@ -198,8 +226,19 @@ impl Session {
         o
     }
 
-    /// Runs until shutdown is requested and the session has said goodbye.
+    /// Runs until shutdown is requested and the session has said goodbye,
+    /// then leaves the actuators as configured.
     pub async fn run(mut self) {
+        let (deferred_tx, mut deferred_rx) = mpsc::unbounded_channel();
+        self.run_connections(deferred_tx, &mut deferred_rx).await;
+        self.dispatcher.actuators.shutdown();
+    }
+
+    async fn run_connections(
+        &mut self,
+        deferred_tx: mpsc::UnboundedSender<Vec<u8>>,
+        deferred_rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    ) {
         let broker = self.broker();
         let mut failures: u32 = 0;
         let mut last_kind: Option<FailureKind> = None;
@@ -226,7 +265,7 @@ impl Session {
             }
             first = false;
             tracing::debug!(broker = %broker, "connecting");
-            match self.connection().await {
+            match self.connection(deferred_tx.clone(), deferred_rx).await {
                 Outcome::Shutdown => return,
                 Outcome::Lost {
                     connected_for,
@@ -299,7 +338,11 @@ impl Session {
     }
 
     /// One connection, from connect to loss or goodbye.
-    async fn connection(&mut self) -> Outcome {
+    async fn connection(
+        &mut self,
+        deferred: mpsc::UnboundedSender<Vec<u8>>,
+        deferred_rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    ) -> Outcome {
         let (client, eventloop) = AsyncClient::new(self.options(), 128);
         let mut eventloop: EventLoop = eventloop;
         let mut net = eventloop.network_options();
@@ -329,6 +372,7 @@ impl Session {
             off_sent: false,
             off_acked: false,
             disconnect_sent: false,
+            deferred,
         };
         let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         let mut status_tick = interval_at(far, Duration::from_secs(86_400));
@@ -361,6 +405,10 @@ impl Session {
                     conn.want_drain = true;
                 }
                 _ = self.flush.notified(), if conn.connected_at.is_some() => conn.want_drain = true,
+                Some(response) = deferred_rx.recv(), if conn.connected_at.is_some() => {
+                    let topic = self.topics.response.clone();
+                    self.publish(&mut conn, &topic, false, response, Tag::Other);
+                }
                 changed = self.report_interval.changed() => {
                     if changed.is_ok() && conn.connected_at.is_some() {
                         let period = *self.report_interval.borrow();
@@ -468,9 +516,21 @@ impl Session {
             }
             Event::Incoming(Packet::Publish(p)) => {
                 if p.topic == self.topics.request {
-                    let response = self.dispatcher.handle(&p.payload);
-                    let topic = self.topics.response.clone();
-                    self.publish(conn, &topic, false, response, Tag::Other);
+                    match self.dispatcher.handle(&p.payload) {
+                        Response::Now(response) => {
+                            let topic = self.topics.response.clone();
+                            self.publish(conn, &topic, false, response, Tag::Other);
+                        }
+                        Response::Later(task) => {
+                            // Answered when the program finishes, on whatever connection is up then.
+                            let tx = conn.deferred.clone();
+                            tokio::spawn(async move {
+                                if let Ok(response) = task.await {
+                                    let _ = tx.send(response);
+                                }
+                            });
+                        }
+                    }
                 } else {
                     tracing::debug!(topic = %p.topic, "ignoring a message on an unexpected topic");
                 }

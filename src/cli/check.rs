@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::{Config, Fsync, SensorSource};
+use crate::config::{ActuatorDriver, Config, Fsync, SensorSource, WordOrder};
 use crate::units::format_duration;
 
 use super::EXIT_CONFIG;
@@ -21,6 +21,13 @@ pub fn run(config_path: &Path) -> ExitCode {
             print!("{}", describe(&c));
             for w in &c.warnings {
                 eprintln!("warning: {w}");
+            }
+            for s in &c.sensors {
+                if let Some(w) =
+                    crate::register::id_convention_warning(&s.id, &c.gateway.id, &s.sensor_type)
+                {
+                    eprintln!("warning: {w}");
+                }
             }
             ExitCode::SUCCESS
         }
@@ -79,29 +86,123 @@ pub fn describe(c: &Config) -> String {
     );
     let _ = writeln!(o, "sensors          {}", c.sensors.len());
     for s in &c.sensors {
-        let SensorSource::File { path, .. } = &s.source;
-        let interval = s
-            .interval
-            .map_or("report interval".to_string(), format_duration);
+        let source = match &s.source {
+            SensorSource::File { path, .. } => path.display().to_string(),
+            SensorSource::Serial { port, field } => format!("serial {port} field {field}"),
+            SensorSource::Modbus(p) => format!(
+                "modbus {} unit {} {} {} {}{}",
+                p.bus,
+                p.unit,
+                p.function.name(),
+                p.address,
+                p.data_type.name(),
+                if p.data_type.width() > 1 && p.word_order == WordOrder::Little {
+                    " (low word first)"
+                } else {
+                    ""
+                }
+            ),
+        };
+        let polled_port = match &s.source {
+            SensorSource::Serial { port, .. } => c
+                .serial
+                .iter()
+                .find(|p| &p.name == port)
+                .filter(|p| p.request.is_some())
+                .map(|p| p.interval),
+            _ => None,
+        };
+        let when = match polled_port {
+            Some(i) => format!(
+                "at each reply (request every {})",
+                i.map_or("report interval".to_string(), format_duration)
+            ),
+            None => format!(
+                "every {}",
+                s.interval
+                    .map_or("report interval".to_string(), format_duration)
+            ),
+        };
         let _ = writeln!(
             o,
-            "  {:<36} {:<12} {} every {}{}",
+            "  {:<36} {:<12} {} {}{}",
             s.id,
             s.sensor_type,
-            path.display(),
-            interval,
+            source,
+            when,
             if s.event { ", sent on change" } else { "" }
         );
     }
+    if !c.serial.is_empty() {
+        let _ = writeln!(o, "serial ports     {}", c.serial.len());
+        for p in &c.serial {
+            let _ = writeln!(
+                o,
+                "  {:<36} {} {} format {}{}",
+                p.name,
+                p.device.display(),
+                p.line,
+                p.format.name(),
+                match &p.request {
+                    Some(r) => format!(
+                        ", request {:?} every {} (reply within {})",
+                        String::from_utf8_lossy(r),
+                        p.interval
+                            .map_or("report interval".to_string(), format_duration),
+                        format_duration(p.reply_timeout)
+                    ),
+                    None => String::new(),
+                }
+            );
+        }
+    }
+    if !c.modbus.is_empty() {
+        let _ = writeln!(o, "modbus buses     {}", c.modbus.len());
+        for b in &c.modbus {
+            let _ = writeln!(
+                o,
+                "  {:<36} {} {} timeout {}{}",
+                b.name,
+                b.device.display(),
+                b.line,
+                format_duration(b.timeout),
+                if b.batch {
+                    format!(", batched reads (max gap {})", b.max_gap)
+                } else {
+                    ", one read per sensor".to_string()
+                }
+            );
+        }
+    }
     let _ = writeln!(o, "actuators        {}", c.actuators.len());
     for a in &c.actuators {
-        let _ = writeln!(
-            o,
-            "  {:<36} {:?} {}",
-            a.id,
-            a.actuator_type,
-            a.path.display()
-        );
+        let how = match &a.driver {
+            ActuatorDriver::Led { path } => format!("LED {}", path.display()),
+            ActuatorDriver::ValueFile { path, active_low } => {
+                format!(
+                    "value file {}{}",
+                    path.display(),
+                    if *active_low { ", active low" } else { "" }
+                )
+            }
+            ActuatorDriver::GpioLine {
+                chip,
+                line,
+                active_low,
+            } => format!(
+                "{} line {line}{}",
+                chip.display(),
+                if *active_low { ", active low" } else { "" }
+            ),
+            ActuatorDriver::Exec { command, timeout } => {
+                format!(
+                    "runs {} (timeout {})",
+                    command.join(" "),
+                    format_duration(*timeout)
+                )
+            }
+        };
+        let _ = writeln!(o, "  {:<36} {:<12} {how}", a.id, a.thingplus_type);
     }
     o
 }

@@ -44,18 +44,30 @@ pub fn parse(
             let n: f64 = raw
                 .parse()
                 .map_err(|_| format!("not a number: {}", excerpt(raw)))?;
-            let v = n * scale + offset;
-            if !v.is_finite() {
-                return Err(format!("not a finite number: {}", excerpt(raw)));
-            }
-            Ok(Value::Number(if value_type == ValueType::Integer {
-                v.round()
-            } else {
-                // Drop binary noise such as 45.300000000000004 from raw * 0.001.
-                round_sig(v)
-            }))
+            number_value(n, value_type, scale, offset)
+                .map_err(|_| format!("not a finite number: {}", excerpt(raw)))
         }
     }
+}
+
+/// A raw number as a value: `raw * scale + offset`, rounded for integer
+/// types, as text for text types. Shared by every source that reads numbers.
+pub fn number_value(
+    raw: f64,
+    value_type: ValueType,
+    scale: f64,
+    offset: f64,
+) -> Result<Value, String> {
+    let v = raw * scale + offset;
+    if !v.is_finite() {
+        return Err(format!("not a finite number: {raw}"));
+    }
+    Ok(match value_type {
+        ValueType::Integer => Value::Number(v.round()),
+        // Drop binary noise such as 45.300000000000004 from raw * 0.001.
+        ValueType::Number => Value::Number(round_sig(v)),
+        ValueType::Text => Value::Text(Value::Number(round_sig(v)).to_json_string()),
+    })
 }
 
 /// Rounds to 12 significant digits.

@@ -1,6 +1,8 @@
 //! Sensors: where readings come from, and the task that samples each one.
 
 pub mod file;
+pub mod modbus;
+pub mod serial;
 pub mod value;
 
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::buffer::Buffer;
 use crate::clock::Clock;
-use crate::config::{SensorConfig, SensorSource};
+use crate::config::{Config, SensorConfig, SensorSource};
 use crate::status_board::StatusBoard;
 
 pub use value::{Reading, Value};
@@ -28,7 +30,45 @@ pub struct SensorRuntime {
     pub report_interval: watch::Receiver<Duration>,
 }
 
-/// Starts the sampling task of one sensor.
+/// Starts every sensor of a configuration: one task per file sensor, one
+/// per serial port and one per Modbus bus (they own their device and serve
+/// all the sensors on it). Ports and buses without sensors are not opened.
+pub fn spawn_all(config: &Config, rt: SensorRuntime) -> Vec<JoinHandle<()>> {
+    let mut tasks: Vec<JoinHandle<()>> = config
+        .sensors
+        .iter()
+        .filter(|s| matches!(s.source, SensorSource::File { .. }))
+        .map(|s| spawn(s.clone(), rt.clone()))
+        .collect();
+    for port in &config.serial {
+        let sensors: Vec<SensorConfig> = config
+            .sensors
+            .iter()
+            .filter(
+                |s| matches!(&s.source, SensorSource::Serial { port: p, .. } if *p == port.name),
+            )
+            .cloned()
+            .collect();
+        if !sensors.is_empty() {
+            tasks.push(serial::spawn_port(port.clone(), sensors, rt.clone()).0);
+        }
+    }
+    for bus in &config.modbus {
+        let sensors: Vec<SensorConfig> = config
+            .sensors
+            .iter()
+            .filter(|s| matches!(&s.source, SensorSource::Modbus(p) if p.bus == bus.name))
+            .cloned()
+            .collect();
+        if !sensors.is_empty() {
+            tasks.push(modbus::spawn_bus(bus.clone(), sensors, rt.clone()).0);
+        }
+    }
+    tasks
+}
+
+/// Starts the sampling task of one file sensor (serial and Modbus sensors
+/// are served by their port's task: see [`spawn_all`]).
 pub fn spawn(cfg: SensorConfig, rt: SensorRuntime) -> JoinHandle<()> {
     tokio::spawn(sample_loop(cfg, rt))
 }
@@ -36,6 +76,13 @@ pub fn spawn(cfg: SensorConfig, rt: SensorRuntime) -> JoinHandle<()> {
 fn read_once(cfg: &SensorConfig) -> Result<Value, String> {
     match &cfg.source {
         SensorSource::File { path, regex } => file::read(path, regex.as_ref(), cfg),
+        SensorSource::Serial { port, .. } => Err(format!(
+            "serial port \"{port}\" is read by its port task, not sampled on its own"
+        )),
+        SensorSource::Modbus(p) => Err(format!(
+            "Modbus bus \"{}\" is read by its bus task, not sampled on its own",
+            p.bus
+        )),
     }
 }
 
@@ -65,12 +112,12 @@ async fn sample_loop(cfg: SensorConfig, mut rt: SensorRuntime) {
     }
 }
 
-/// Turns sample results into readings: time order, change detection for
-/// event sensors, and error logging once per change of state.
+/// Turns sample results into readings: change detection for event
+/// sensors, times from the clock (strictly increasing per sensor, held
+/// while the time is untrusted), and error logging once per change of state.
 pub struct Sampler {
     sensor_id: Arc<str>,
     event: bool,
-    last_time_ms: i64,
     last_event_value: Option<Value>,
     last_error: Option<String>,
 }
@@ -80,7 +127,6 @@ impl Sampler {
         Sampler {
             sensor_id,
             event,
-            last_time_ms: i64::MIN,
             last_event_value: None,
             last_error: None,
         }
@@ -90,25 +136,27 @@ impl Sampler {
         let id = &*self.sensor_id;
         match result {
             Ok(value) => {
-                // Strictly increasing per sensor, even if the clock steps back:
-                // Thing+ drops values older than the newest it has.
-                let t = rt.clock.now_ms().max(self.last_time_ms.saturating_add(1));
-                self.last_time_ms = t;
-                rt.board.record_value(id, t, &value);
                 if let Some(e) = self.last_error.take() {
                     tracing::info!(sensor_id = id, previous_error = %e, "sensor recovered");
                 }
                 if self.event {
                     if self.last_event_value.as_ref() == Some(&value) {
+                        rt.board.record_value(id, rt.clock.now_ms(), &value);
                         return;
                     }
                     self.last_event_value = Some(value.clone());
-                    rt.buffer
-                        .append(vec![Reading::new(self.sensor_id.clone(), t, value)]);
+                }
+                let readings = rt.clock.stamp(&self.sensor_id, value.clone());
+                let t = readings
+                    .last()
+                    .map_or_else(|| rt.clock.now_ms(), |r| r.time_ms);
+                rt.board.record_value(id, t, &value);
+                if readings.is_empty() {
+                    return; // held until the time is known
+                }
+                rt.buffer.append(readings);
+                if self.event {
                     rt.flush.notify_one();
-                } else {
-                    rt.buffer
-                        .append(vec![Reading::new(self.sensor_id.clone(), t, value)]);
                 }
             }
             Err(e) => {

@@ -49,8 +49,65 @@ pub struct BadRequest {
     pub error: RpcError,
 }
 
+/// Largest request accepted (bytes); a larger one gets -32600.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Deepest nesting of arrays and objects in a request.
+pub const MAX_REQUEST_DEPTH: usize = 32;
+/// Most values (array items and object members, at any depth) in a request.
+pub const MAX_REQUEST_ELEMENTS: usize = 1024;
+
+/// Checks size, nesting and element count before any parsing, so hostile
+/// input costs no more than one pass over the bytes.
+fn check_limits(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "request of {} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes",
+            bytes.len()
+        ));
+    }
+    let (mut depth, mut elements, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                elements += 1;
+                if depth > MAX_REQUEST_DEPTH {
+                    return Err(format!(
+                        "request nests deeper than {MAX_REQUEST_DEPTH} levels"
+                    ));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' => {
+                elements += 1;
+                if elements > MAX_REQUEST_ELEMENTS {
+                    return Err(format!(
+                        "request has more than {MAX_REQUEST_ELEMENTS} values"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Decodes a request payload.
 pub fn parse_request(bytes: &[u8]) -> Result<Request, BadRequest> {
+    check_limits(bytes).map_err(|m| BadRequest {
+        id: Json::Null,
+        error: RpcError::new(INVALID_REQUEST, m),
+    })?;
     let v: Json = serde_json::from_slice(bytes).map_err(|e| BadRequest {
         id: Json::Null,
         error: RpcError::new(PARSE_ERROR, format!("unparsable JSON: {e}")),
@@ -147,6 +204,36 @@ mod tests {
         assert_eq!(e.id, json!("5"));
         let e = parse_request(br#"[1]"#).unwrap_err();
         assert_eq!(e.error.code, INVALID_REQUEST);
+    }
+
+    #[test]
+    fn limits_are_enforced_before_parsing() {
+        let big = format!(
+            r#"{{"id":"1","method":"x","params":{{"s":"{}"}}}}"#,
+            "a".repeat(MAX_REQUEST_BYTES)
+        );
+        let e = parse_request(big.as_bytes()).unwrap_err();
+        assert_eq!(e.error.code, INVALID_REQUEST);
+        assert!(e.error.message.contains("exceeds the limit"));
+        let deep = format!(
+            r#"{{"id":"1","method":"x","params":{}{}}}"#,
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        let e = parse_request(deep.as_bytes()).unwrap_err();
+        assert!(e.error.message.contains("nests deeper"), "{:?}", e);
+        let many = format!(
+            r#"{{"id":"1","method":"x","params":[{}]}}"#,
+            vec!["1"; 2000].join(",")
+        );
+        let e = parse_request(many.as_bytes()).unwrap_err();
+        assert!(e.error.message.contains("more than"), "{:?}", e);
+        // Brackets and commas inside strings do not count.
+        let ok = format!(
+            r#"{{"id":"1","method":"x","params":{{"s":"{}"}}}}"#,
+            "[,\\\"".repeat(100)
+        );
+        assert!(parse_request(ok.as_bytes()).is_ok());
     }
 
     #[test]

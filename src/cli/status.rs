@@ -1,0 +1,143 @@
+//! `thingplus-gw status`: ask the running daemon how it is. Exit 0 when
+//! healthy, 1 when running but unhealthy (offline, or a sensor failing),
+//! 2 when the daemon cannot be reached: usable as a health check.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::control_socket::{query, StatusReport};
+
+pub const EXIT_UNHEALTHY: u8 = 1;
+pub const EXIT_UNREACHABLE: u8 = 2;
+
+pub fn run(socket: &Path, json: bool) -> ExitCode {
+    let report = match query(socket, Duration::from_secs(10)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "cannot reach the daemon at {}: {e} (is thingplus-gw running? `systemctl status thingplus-gw`; are you root or in the thingplus-gw group?)",
+                socket.display()
+            );
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render(&report));
+    }
+    if report.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_UNHEALTHY)
+    }
+}
+
+fn ago(now: i64, t: i64) -> String {
+    let s = (now - t).max(0) / 1000;
+    match s {
+        0..=59 => format!("{s} s ago"),
+        60..=3599 => format!("{} min ago", s / 60),
+        _ => format!("{} h {} min ago", s / 3600, s / 60 % 60),
+    }
+}
+
+/// The human form of a report.
+pub fn render(r: &StatusReport) -> String {
+    let mut o = String::new();
+    let now = r.now_ms;
+    let _ = writeln!(o, "thingplus-gw {} gateway {}", r.version, r.gateway_id);
+    if r.connected {
+        let _ = writeln!(
+            o,
+            "connection   connected to {} since {}",
+            r.broker,
+            ago(now, r.since_ms)
+        );
+    } else {
+        let since = if r.since_ms > 0 {
+            format!(" since {}", ago(now, r.since_ms))
+        } else {
+            String::new()
+        };
+        let retry = r
+            .retry_at_ms
+            .map(|t| format!(", next attempt in {} s", ((t - now).max(0) + 999) / 1000))
+            .unwrap_or_default();
+        let _ = writeln!(o, "connection   OFFLINE{since}{retry} ({})", r.broker);
+        if let Some(e) = &r.last_error {
+            let _ = writeln!(o, "last error   {e}");
+        }
+    }
+    let last = r
+        .last_delivery_ms
+        .map_or("never".to_string(), |t| ago(now, t));
+    let _ = writeln!(o, "delivered    {} readings, last {last}", r.delivered);
+    match &r.backlog {
+        Some(b) => {
+            let oldest = b
+                .oldest_ms
+                .map_or(String::new(), |t| format!(", oldest {}", ago(now, t)));
+            let _ = writeln!(
+                o,
+                "backlog      {} readings, {} bytes{oldest}; {} dropped",
+                b.pending, b.bytes, b.dropped
+            );
+        }
+        None => {
+            let _ = writeln!(o, "backlog      unknown (buffer not answering)");
+        }
+    }
+    let _ = writeln!(o, "report every {} s", r.report_interval_ms as f64 / 1000.0);
+    let mut clock = r.clock.clone();
+    if r.clock_offset_ms != 0 {
+        clock += &format!(", offset {} ms", r.clock_offset_ms);
+    }
+    if r.clock_held > 0 {
+        clock += &format!(", {} readings held until the time is known", r.clock_held);
+    }
+    let _ = writeln!(o, "clock        {clock}");
+    if let Some(c) = &r.last_command {
+        let err = c["error"]
+            .as_str()
+            .map_or("ok".to_string(), |e| format!("refused: {e}"));
+        let at = c["at_ms"].as_i64().map_or(String::new(), |t| ago(now, t));
+        let _ = writeln!(
+            o,
+            "last command {} ({}) {at}: {err}",
+            c["method"].as_str().unwrap_or("?"),
+            c["id"]
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<36} {:<6} {:>14}  {:<12} error",
+        "sensor", "status", "value", "updated"
+    );
+    for s in &r.sensors {
+        let value = s.value.as_ref().map_or("-".to_string(), |v| v.to_string());
+        let when = s.time_ms.map_or("-".to_string(), |t| ago(now, t));
+        let status = s.status.split(':').next().unwrap_or("");
+        let _ = writeln!(
+            o,
+            "{:<36} {:<6} {:>14}  {:<12} {}",
+            s.id,
+            status,
+            value,
+            when,
+            s.error.as_deref().unwrap_or("")
+        );
+    }
+    if !r.actuators.is_empty() {
+        let _ = writeln!(o, "\n{:<36} state", "actuator");
+        for (id, state) in &r.actuators {
+            let _ = writeln!(o, "{id:<36} {state}");
+        }
+    }
+    o
+}

@@ -1,0 +1,253 @@
+//! Actuators and remote commands through the real daemon and broker:
+//! power switches on value files, exec actuators with a real script, the
+//! state left at shutdown, restart/reboot/swUpdate enabled and disabled.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn control(cloud: &mut Cloud, id: &str, act: &str, cmd: &str, options: Value) -> Value {
+    cloud.request(
+        id,
+        json!({"method":"controlActuator","params":{"id": act, "cmd": cmd, "options": options}}),
+    )
+}
+
+#[test]
+fn power_switch_on_a_value_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let mut cloud = Cloud::connect(broker.port);
+    let value = dir.path().join("value");
+    let inverted = dir.path().join("inverted");
+    std::fs::write(&value, "0").unwrap();
+    std::fs::write(&inverted, "1").unwrap();
+    let extra = format!(
+        "[[actuator]]\nid = \"relay\"\ntype = \"powerSwitch\"\npath = \"{}\"\non_shutdown = \"off\"\n\n[[actuator]]\nid = \"inv\"\ntype = \"powerSwitch\"\npath = \"{}\"\nactive_low = true\n",
+        value.display(),
+        inverted.display()
+    );
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &config_text(dir.path(), broker.port, "", &extra),
+    );
+    cloud.next_on(&format!("v/a/g/{GW}/mqtt/status"));
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+
+    assert_eq!(
+        control(&mut cloud, "1", "relay", "on", json!({}))["result"],
+        json!("")
+    );
+    assert_eq!(read(&value), "1");
+    assert_eq!(
+        control(&mut cloud, "2", "inv", "on", json!({}))["result"],
+        json!("")
+    );
+    assert_eq!(read(&inverted), "0", "active low: on drives the line low");
+
+    // A timed "on" that a newer command replaces never fires: only the
+    // newer one's end is logged, although the first was due much earlier.
+    control(&mut cloud, "3", "relay", "on", json!({"duration": 300}));
+    control(&mut cloud, "4", "relay", "on", json!({}));
+    control(&mut cloud, "5", "relay", "on", json!({"duration": 1500}));
+    d.wait_log("timed command ended: off");
+    assert_eq!(d.count_log("timed command ended: off"), 1);
+    assert_eq!(read(&value), "0");
+
+    // Software blinking toggles the output, then ends off.
+    control(
+        &mut cloud,
+        "6",
+        "relay",
+        "blink",
+        json!({"interval": 100, "duration": 1000}),
+    );
+    d.wait_log_n("timed command ended: off", 2);
+    assert_eq!(read(&value), "0");
+
+    let r = control(&mut cloud, "7", "relay", "dim", json!({}));
+    assert_eq!(r["error"]["code"], json!(-32602));
+    let r = control(&mut cloud, "8", "relay", "on", json!({"duration": "soon"}));
+    assert_eq!(r["error"]["code"], json!(-32602));
+
+    // on_shutdown = "off" for the relay; the inverted one is left as it is.
+    control(&mut cloud, "9", "relay", "on", json!({}));
+    assert_eq!(read(&value), "1");
+    assert_eq!(d.terminate().code(), Some(0));
+    assert_eq!(read(&value), "0");
+    assert_eq!(read(&inverted), "0");
+}
+
+#[test]
+fn exec_actuator_runs_a_program_with_a_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let mut cloud = Cloud::connect(broker.port);
+    let log = dir.path().join("calls");
+    let prog = script(
+        dir.path(),
+        "fan",
+        &format!(
+            "echo \"$@\" >> {log}\ncase \"$3\" in\n  fail) echo 'relay stuck' >&2; exit 3;;\n  slow) exec sleep 30;;\nesac\necho done",
+            log = log.display()
+        ),
+    );
+    let extra = format!(
+        "[[actuator]]\nid = \"fan\"\ntype = \"exec\"\ncommand = [\"{}\", \"--unit\", \"2\"]\ntimeout = \"1s\"\n",
+        prog.display()
+    );
+    let d = Daemon::spawn(
+        dir.path(),
+        &config_text(dir.path(), broker.port, "", &extra),
+    );
+    cloud.next_on(&format!("v/a/g/{GW}/mqtt/status"));
+
+    let r = control(&mut cloud, "1", "fan", "on", json!({"speed": 3}));
+    assert_eq!(r, json!({"id":"1","result":""}));
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "--unit 2 on {\"speed\":3}\n"
+    );
+    d.wait_log("actuator program succeeded");
+
+    let r = control(&mut cloud, "2", "fan", "fail", json!({}));
+    assert_eq!(r["error"]["code"], json!(-32000));
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("exit status: 3") && msg.contains("relay stuck"),
+        "{msg}"
+    );
+
+    let r = control(&mut cloud, "3", "fan", "slow", json!({}));
+    assert_eq!(r["error"]["code"], json!(-32000));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 1 s"),
+        "{r}"
+    );
+}
+
+#[test]
+fn unusable_gpio_line_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let mut cloud = Cloud::connect(broker.port);
+    let extra = "[[actuator]]\nid = \"pump\"\ntype = \"powerSwitch\"\ngpio_chip = \"/dev/gpiochip-missing\"\nline = 4\n";
+    let d = Daemon::spawn(dir.path(), &config_text(dir.path(), broker.port, "", extra));
+    d.wait_log("actuator unusable");
+    cloud.next_on(&format!("v/a/g/{GW}/mqtt/status"));
+    let r = control(&mut cloud, "1", "pump", "on", json!({}));
+    assert_eq!(r["error"]["code"], json!(-32000));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/dev/gpiochip-missing"),
+        "{r}"
+    );
+}
+
+#[test]
+fn restart_answers_then_exits_for_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let mut cloud = Cloud::connect(broker.port);
+    let mut d = Daemon::spawn(dir.path(), &config_text(dir.path(), broker.port, "", ""));
+    cloud.next_on(&format!("v/a/g/{GW}/mqtt/status"));
+    let r = cloud.request("r", json!({"method":"restart"}));
+    assert_eq!(r, json!({"id":"r","result":""}));
+    // 75 (EX_TEMPFAIL): the unit's Restart= starts it again.
+    assert_eq!(d.wait_exit().code(), Some(75));
+    assert_eq!(
+        cloud.next_on(&format!("v/a/g/{GW}/mqtt/status")).text(),
+        "off"
+    );
+
+    // Disabled: refused with the reason, and the daemon stays.
+    let cfg = config_text(
+        dir.path(),
+        broker.port,
+        "",
+        "[rpc]\nallow_restart = false\n",
+    );
+    let mut d = Daemon::spawn(dir.path(), &cfg);
+    cloud.next_on(&format!("v/a/g/{GW}/mqtt/status"));
+    let r = cloud.request("r2", json!({"method":"restart"}));
+    assert_eq!(r["error"]["code"], json!(-32601));
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("allow_restart"));
+    assert!(d.child.try_wait().unwrap().is_none());
+}
+
+#[test]
+fn reboot_poweroff_and_sw_update_when_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let mut cloud = Cloud::connect(broker.port);
+    let marks = dir.path().join("marks");
+    let reboot = script(
+        dir.path(),
+        "reboot",
+        &format!("echo reboot >> {}", marks.display()),
+    );
+    let gate = dir.path().join("gate");
+    let update = script(
+        dir.path(),
+        "update",
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.05; done\necho updated",
+            gate.display()
+        ),
+    );
+    let extra = format!(
+        "[rpc]\nallow_reboot = true\nreboot_command = [\"{}\"]\nsw_update_command = [\"{}\"]\n",
+        reboot.display(),
+        update.display()
+    );
+    let d = Daemon::spawn(
+        dir.path(),
+        &config_text(dir.path(), broker.port, "", &extra),
+    );
+    cloud.next_on(&format!("v/a/g/{GW}/mqtt/status"));
+
+    assert_eq!(
+        cloud.request("b", json!({"method":"reboot"}))["result"],
+        json!("")
+    );
+    d.wait_log("Reboot requested by the server");
+    let r = cloud.request("p", json!({"method":"poweroff"}));
+    assert_eq!(r["error"]["code"], json!(-32601), "poweroff stays disabled");
+
+    assert_eq!(
+        cloud.request("u1", json!({"method":"swUpdate"}))["result"],
+        json!("started")
+    );
+    let r = cloud.request("u2", json!({"method":"swUpdate"}));
+    assert_eq!(r["error"]["code"], json!(-32000));
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("already running"));
+    std::fs::write(&gate, "").unwrap();
+    d.wait_log("software update finished");
+    assert_eq!(
+        cloud.request("u3", json!({"method":"swUpdate"}))["result"],
+        json!("started")
+    );
+    assert_eq!(std::fs::read_to_string(&marks).unwrap(), "reboot\n");
+}

@@ -1,0 +1,112 @@
+//! `discover` against a fixture sysfs tree built like the real one: its TOML
+//! loads with `check` and runs, values arriving at the broker.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::Path;
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+#[test]
+fn discovered_config_checks_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sysfs = dir.path().join("sys");
+    copy_tree(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sysfs")),
+        &sysfs,
+    );
+    let dev = dir.path().join("dev");
+    std::fs::create_dir_all(dev.join("serial/by-id")).unwrap();
+    std::os::unix::fs::symlink(
+        "../../ttyUSB0",
+        dev.join("serial/by-id/usb-FTDI_FT232R_A12345-if00-port0"),
+    )
+    .unwrap();
+
+    let (st, toml_out, err) = run_cli(&[
+        "discover",
+        "--sysfs-root",
+        sysfs.to_str().unwrap(),
+        "--dev-root",
+        dev.to_str().unwrap(),
+    ]);
+    assert!(st.success(), "{err}");
+    // The table for people.
+    for needle in [
+        "hwmon coretemp Package id 0",
+        "45 °C",
+        "thermal thermal_zone1 acpitz",
+        "iio bme280 in_pressure",
+        "95 kPa",
+        "1-Wire 28-0316a2795aff",
+        "23.125 °C",
+        "LED led0",
+        "GPIO chip gpiochip0 INT34C5:00 32",
+        "serial device",
+        "usb-FTDI_FT232R_A12345-if00-port0",
+    ] {
+        assert!(toml_out.contains(needle), "missing {needle:?}:\n{toml_out}");
+    }
+
+    // Pasted under a [gateway] section, it is a valid configuration.
+    let broker = Mosquitto::start(dir.path());
+    let cfg = config_text(dir.path(), broker.port, "", &toml_out);
+    let cfg_path = dir.path().join("discovered.toml");
+    std::fs::write(&cfg_path, &cfg).unwrap();
+    let (st, out, err) = run_cli(&["check", "--config", cfg_path.to_str().unwrap()]);
+    assert!(st.success(), "{err}");
+    assert!(out.contains("sensors          12"), "{out}");
+    assert!(out.contains("actuators        2"), "{out}");
+
+    // And it runs: every discovered sensor reports, with the right scaling.
+    let mut cloud = Cloud::connect(broker.port);
+    let _d = Daemon::spawn(dir.path(), &cfg);
+    let status = cloud.next("a status with all 12 sensors on", |m| {
+        m.topic == format!("v/a/g/{GW}/status") && m.text().matches(",on,").count() == 12
+    });
+    assert!(status.text().starts_with("on,"));
+    for (id, want) in [
+        ("temperature-0", json!(45)),
+        ("temperature-3", json!(27.8)),
+        ("temperature-5", json!(23.125)),
+        ("pressure-0", json!(95)),
+        ("voltage-1", json!(12.4)),
+        ("battery-0", json!(87)),
+    ] {
+        let id = format!("{GW}-{id}");
+        cloud.wait_values(&id, &id, |v| !v.is_empty());
+        assert_eq!(cloud.values_of(&id)[0].1, want, "{id}");
+    }
+    // The discovered LED is driven.
+    let r = cloud.request(
+        "1",
+        json!({"method":"controlActuator","params":{"id": format!("{GW}-led-1"), "cmd":"on"}}),
+    );
+    assert_eq!(r["result"], json!(""), "{r}");
+    assert_eq!(
+        std::fs::read_to_string(sysfs.join("class/leds/led1/brightness")).unwrap(),
+        "1"
+    );
+}
+
+#[test]
+fn discover_on_an_empty_tree_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, out, err) = run_cli(&["discover", "--sysfs-root", dir.path().to_str().unwrap()]);
+    assert!(st.success());
+    assert!(out.contains("0 sensor(s)"), "{out}");
+    assert!(err.contains("nothing found"), "{err}");
+}
