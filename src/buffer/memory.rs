@@ -29,6 +29,21 @@ impl MemoryStore {
     }
 }
 
+#[cfg(test)]
+impl MemoryStore {
+    /// A model holding exactly `queue`, whose next append gets `next_seq` (tests).
+    pub(crate) fn from_parts(queue: Vec<Stored>, next_seq: u64) -> Self {
+        let bytes = queue.iter().map(|s| reading_size(&s.reading)).sum();
+        MemoryStore {
+            queue: queue.into(),
+            next_seq,
+            bytes,
+            max_bytes: u64::MAX,
+            dropped: 0,
+        }
+    }
+}
+
 /// Approximate memory held by one reading.
 fn reading_size(r: &Reading) -> u64 {
     let v = match &r.value {

@@ -72,6 +72,12 @@ pub trait Store: Send + 'static {
     fn sync(&mut self) -> StoreResult<()> {
         Ok(())
     }
+    /// Makes the acknowledgements so far survive a crash, so that only
+    /// messages in flight are sent again after one. Appends may wait for the
+    /// next `commit`. Called after every burst of commands holding an ack.
+    fn commit_acks(&mut self) -> StoreResult<()> {
+        self.commit()
+    }
     /// Up to `max` readings with `seq >= from`, oldest first.
     fn read(&mut self, from: u64, max: usize) -> StoreResult<Vec<Stored>>;
     /// Removes the readings whose seq is in `range` (acknowledged by the broker).
@@ -332,6 +338,8 @@ fn run(mut store: impl Store, options: BufferOptions, rx: mpsc::Receiver<Command
     );
     let mut disconnected = false;
     let mut closing = None;
+    // Acknowledgements since the last commit.
+    let mut acked = false;
     while !disconnected && closing.is_none() {
         let deadline = [
             dirty_since.map(|t| t + commit_after),
@@ -375,7 +383,7 @@ fn run(mut store: impl Store, options: BufferOptions, rx: mpsc::Receiver<Command
                 }
                 Command::Ack(range) => {
                     ack_log.record("ack", store.ack(range));
-                    dirty_since.get_or_insert_with(Instant::now);
+                    acked = true;
                 }
                 Command::Stats(reply) => {
                     let _ = reply.send(store.stats());
@@ -401,8 +409,14 @@ fn run(mut store: impl Store, options: BufferOptions, rx: mpsc::Receiver<Command
                 commit_log.record("commit", store.commit());
                 dirty_since = None;
                 uncommitted = 0;
+                acked = false;
                 unsynced_since.get_or_insert(now);
             }
+        }
+        if acked {
+            commit_log.record("commit", store.commit_acks());
+            acked = false;
+            unsynced_since.get_or_insert(now);
         }
         if let (Some(since), Some(period)) = (unsynced_since, sync_every) {
             if finishing || now >= since + period {

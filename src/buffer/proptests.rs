@@ -3,7 +3,7 @@
 //! simulated crash (the files copied as they are on disk at that instant,
 //! which is what a SIGKILL leaves).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ enum Op {
     /// Many numbers at once (to fill several chunks).
     AppendMany(u16),
     Commit,
+    /// Make the acknowledgements durable (the buffer does after each burst of acks).
+    CommitAcks,
     Sync,
     Read {
         from: u16,
@@ -62,6 +64,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => prop::collection::vec((0..SENSORS.len(), 1..5000u16, value()), 0..40).prop_map(Op::Append),
         1 => (0..3000u16).prop_map(Op::AppendMany),
         2 => Just(Op::Commit),
+        2 => Just(Op::CommitAcks),
         1 => Just(Op::Sync),
         3 => (0..3000u16, 0..2000u16).prop_map(|(from, max)| Op::Read { from, max }),
         3 => (0..1500u16).prop_map(Op::AckFront),
@@ -98,12 +101,17 @@ struct Harness {
     dir: PathBuf,
     fsync: Fsync,
     store: Option<SqliteStore>,
-    /// The model as the store should be now, and as of the last commit.
+    /// The model as the store should be now.
     model: MemoryStore,
-    committed: MemoryStore,
-    /// Acked seqs: those that may come back after a crash, and those that never may.
-    acked_uncommitted: BTreeSet<u64>,
-    acked_committed: BTreeSet<u64>,
+    /// The seq the next append gets.
+    next_seq: u64,
+    /// Every reading ever appended, by seq.
+    appended: BTreeMap<u64, Reading>,
+    /// Readings with a seq below this were appended before a full commit.
+    committed_next: u64,
+    /// Acknowledged seqs: durably (never to come back), and not yet.
+    durable_acks: BTreeSet<u64>,
+    pending_acks: BTreeSet<u64>,
     clock: HashMap<usize, i64>,
 }
 
@@ -119,9 +127,11 @@ impl Harness {
             fsync,
             store: Some(store),
             model: MemoryStore::new(u64::MAX),
-            committed: MemoryStore::new(u64::MAX),
-            acked_uncommitted: BTreeSet::new(),
-            acked_committed: BTreeSet::new(),
+            next_seq: 1,
+            appended: BTreeMap::new(),
+            committed_next: 1,
+            durable_acks: BTreeSet::new(),
+            pending_acks: BTreeSet::new(),
             clock: HashMap::new(),
         }
     }
@@ -130,10 +140,23 @@ impl Harness {
         self.store.as_mut().unwrap()
     }
 
+    fn acks_durable(&mut self) {
+        self.durable_acks
+            .append(&mut std::mem::take(&mut self.pending_acks));
+    }
+
     fn committed_now(&mut self) {
-        self.committed = self.model.clone();
-        self.acked_committed
-            .append(&mut std::mem::take(&mut self.acked_uncommitted));
+        self.committed_next = self.next_seq;
+        self.acks_durable();
+    }
+
+    fn append(&mut self, readings: Vec<Reading>) {
+        for r in &readings {
+            self.appended.insert(self.next_seq, r.clone());
+            self.next_seq += 1;
+        }
+        self.store().append(readings.clone()).unwrap();
+        self.model.append(readings).unwrap();
     }
 
     fn ack(&mut self, range: std::ops::Range<u64>) {
@@ -145,7 +168,7 @@ impl Harness {
             .map(|s| s.seq)
             .take_while(|s| *s < range.end)
             .collect();
-        self.acked_uncommitted.extend(acked);
+        self.pending_acks.extend(acked);
         self.store().ack(range.clone()).unwrap();
         self.model.ack(range).unwrap();
     }
@@ -157,11 +180,60 @@ impl Harness {
         check_order(&got)?;
         for s in &got {
             prop_assert!(
-                !self.acked_committed.contains(&s.seq) && !self.acked_uncommitted.contains(&s.seq),
+                !self.durable_acks.contains(&s.seq) && !self.pending_acks.contains(&s.seq),
                 "acknowledged seq {} came back",
                 s.seq
             );
         }
+        Ok(())
+    }
+
+    /// After a crash: everything committed and not durably acknowledged is
+    /// there; nothing durably acknowledged is; nothing was never appended.
+    /// Uncommitted readings may or may not have survived.
+    fn check_after_crash(&mut self) -> Result<(), TestCaseError> {
+        let got = self.store().read(0, usize::MAX).unwrap();
+        check_order(&got)?;
+        let present: BTreeMap<u64, &Reading> = got.iter().map(|s| (s.seq, &s.reading)).collect();
+        for (seq, r) in self.appended.range(..self.committed_next) {
+            if self.durable_acks.contains(seq) {
+                prop_assert!(
+                    !present.contains_key(seq),
+                    "durably acknowledged seq {} came back",
+                    seq
+                );
+            } else {
+                prop_assert_eq!(
+                    present.get(seq).copied(),
+                    Some(r),
+                    "committed seq {} lost",
+                    seq
+                );
+            }
+        }
+        for (seq, r) in &present {
+            prop_assert_eq!(
+                self.appended.get(seq),
+                Some(*r),
+                "seq {} never appended so",
+                seq
+            );
+            prop_assert!(!self.durable_acks.contains(seq));
+        }
+        let next = self.store().next_seq();
+        prop_assert!(
+            next >= self.committed_next,
+            "a committed seq would be used again"
+        );
+        prop_assert!(got.last().is_none_or(|s| s.seq < next));
+        // What is there now is the state to go on from.
+        self.model = MemoryStore::from_parts(got, next);
+        self.next_seq = next;
+        self.pending_acks.clear();
+        self.committed_next = next;
+        // Seqs of readings lost in the crash may be given again.
+        self.appended.retain(|seq, _| *seq < next);
+        self.durable_acks.retain(|seq| *seq < next);
         Ok(())
     }
 
@@ -176,8 +248,7 @@ impl Harness {
                         Reading::new(SENSORS[s], *t, v)
                     })
                     .collect();
-                self.store().append(readings.clone()).unwrap();
-                self.model.append(readings).unwrap();
+                self.append(readings);
             }
             Op::AppendMany(n) => {
                 let readings: Vec<Reading> = (0..usize::from(n))
@@ -188,12 +259,15 @@ impl Harness {
                         Reading::new(SENSORS[s], *t, Value::Number(i as f64 * 0.5))
                     })
                     .collect();
-                self.store().append(readings.clone()).unwrap();
-                self.model.append(readings).unwrap();
+                self.append(readings);
             }
             Op::Commit => {
                 self.store().commit().unwrap();
                 self.committed_now();
+            }
+            Op::CommitAcks => {
+                self.store().commit_acks().unwrap();
+                self.acks_durable();
             }
             Op::Sync => {
                 self.store().sync().unwrap();
@@ -211,13 +285,7 @@ impl Harness {
             }
             Op::AckRange { back, len } => {
                 let end = self.model.stats().unwrap().pending; // any number will do as a base
-                let next = self
-                    .model
-                    .read(0, usize::MAX)
-                    .unwrap()
-                    .last()
-                    .map_or(1, |s| s.seq + 1);
-                let start = next.saturating_sub(u64::from(back)).max(1) + end % 3;
+                let start = self.next_seq.saturating_sub(u64::from(back)).max(1) + end % 3;
                 self.ack(start..start + u64::from(len));
             }
             Op::Reopen => {
@@ -237,8 +305,7 @@ impl Harness {
                 self.store = Some(
                     SqliteStore::open(&self.dir, SqliteOptions::unbounded(self.fsync)).unwrap(),
                 );
-                self.model = self.committed.clone();
-                self.acked_uncommitted.clear();
+                self.check_after_crash()?;
             }
         }
         let got = self.store().stats().unwrap();

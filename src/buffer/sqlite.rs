@@ -647,6 +647,23 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Commits the open transaction (acknowledgements, chunks already
+    /// written) and leaves the tail for the next full commit.
+    fn commit_open_tx(&mut self) -> rusqlite::Result<()> {
+        if !self.in_tx {
+            return Ok(());
+        }
+        if self.meta_dirty {
+            self.conn
+                .prepare_cached("INSERT INTO meta(key, value) VALUES ('dropped', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+                .execute(params![to_i64(self.dropped_total)])?;
+        }
+        self.conn.execute_batch("COMMIT")?;
+        self.in_tx = false;
+        self.meta_dirty = false;
+        Ok(())
+    }
+
     fn try_sync(&mut self) -> rusqlite::Result<()> {
         self.finish_tx()?;
         if let Fsync::Period(_) = self.options.fsync {
@@ -926,6 +943,10 @@ impl Store for SqliteStore {
 
     fn sync(&mut self) -> StoreResult<()> {
         self.guarded(|s| s.try_sync())
+    }
+
+    fn commit_acks(&mut self) -> StoreResult<()> {
+        self.guarded(|s| s.commit_open_tx())
     }
 
     fn read(&mut self, from: u64, max: usize) -> StoreResult<Vec<Stored>> {
