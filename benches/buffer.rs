@@ -37,7 +37,7 @@ use thingplus_gw::thingplus::{pack_values, parse_values};
 const BIN: &str = env!("CARGO_BIN_EXE_thingplus-gw");
 const GW: &str = "gwbench";
 const MAX_MESSAGE: usize = 64 << 10;
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 
 fn readings(n: usize) -> Vec<Reading> {
     let sensors: Vec<Arc<str>> = (0..4)

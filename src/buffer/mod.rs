@@ -85,11 +85,9 @@ pub trait Store: Send + 'static {
     fn stats(&mut self) -> StoreResult<BufferStats>;
 }
 
-/// Changes are committed at least this often (without an fsync in the
-/// period and "never" modes), so a crash of the process loses at most this
-/// much; the fsync period is the loss window on a power cut.
-pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
-/// ... or as soon as this many readings are waiting for a commit.
+/// With `fsync = "never"`, appends are committed this often.
+pub const NEVER_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// Appends are also committed as soon as this many readings wait.
 pub const COMMIT_READINGS: usize = 8192;
 
 /// How the buffer thread runs its store.
@@ -318,13 +316,20 @@ impl Oversize {
 }
 
 fn run(mut store: impl Store, options: BufferOptions, rx: mpsc::Receiver<Command>) {
-    // "always" commits after every burst of commands with an fsync each time
-    // (the store is opened with synchronous=FULL); a period commits without
-    // fsync every COMMIT_INTERVAL and syncs once per period; "never" only commits.
+    // When appends are committed and synced:
+    // - "always": after every burst of commands, each commit reaching the
+    //   disk (the store is opened with synchronous=FULL);
+    // - a period: once per period (or every COMMIT_READINGS readings), each
+    //   periodic commit followed by a sync, so the period is the loss window
+    //   for a crash and for a power cut alike;
+    // - "never": every NEVER_COMMIT_INTERVAL, never synced.
+    // Acknowledgements are committed after every burst in all modes (without
+    // an fsync except in "always"), so that after a crash only messages that
+    // were in flight are sent again; a period's sync covers them too.
     let (commit_after, sync_every) = match options.fsync {
         Fsync::Always => (Duration::ZERO, None),
-        Fsync::Period(p) => (p.min(COMMIT_INTERVAL), Some(p)),
-        Fsync::Never => (COMMIT_INTERVAL, None),
+        Fsync::Period(p) => (p, Some(p)),
+        Fsync::Never => (NEVER_COMMIT_INTERVAL, None),
     };
     let mut dirty_since: Option<Instant> = None;
     let mut unsynced_since: Option<Instant> = None;
@@ -410,7 +415,9 @@ fn run(mut store: impl Store, options: BufferOptions, rx: mpsc::Receiver<Command
                 dirty_since = None;
                 uncommitted = 0;
                 acked = false;
-                unsynced_since.get_or_insert(now);
+                // Synced one period after the first change it holds: at once
+                // for the periodic commit.
+                unsynced_since.get_or_insert(since);
             }
         }
         if acked {

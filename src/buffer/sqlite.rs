@@ -30,13 +30,21 @@
 //! writes them as chunks; reads see them at once. Uncommitted readings are
 //! lost in a crash either way, as in an open transaction.
 //!
-//! Durability (`[buffer] fsync`): changes are committed at least every
-//! [`super::COMMIT_INTERVAL`]; what is committed survives a crash of the
-//! process. "always" opens the database with `synchronous=FULL`, so every
-//! commit is on the disk; a period opens it with `synchronous=NORMAL` and
-//! [`Store::sync`] runs a checkpoint once per period, which fsyncs the WAL and
-//! the database; "never" uses `synchronous=OFF` and leaves flushing to the
-//! kernel.
+//! Durability (`[buffer] fsync`, driven by [`super::Buffer`]):
+//! - "always": `synchronous=FULL`; appends and acknowledgements are
+//!   committed after every burst of commands and every commit is fsynced.
+//! - a period (default "1s"): `synchronous=NORMAL`; appends are committed
+//!   once per period (or every [`super::COMMIT_READINGS`] readings) and each
+//!   periodic commit is followed by [`Store::sync`], a checkpoint, which
+//!   fsyncs the WAL and the database. A crash or a power cut loses at most
+//!   the readings appended in the last period.
+//! - "never": `synchronous=OFF`; commits every second, no fsync at all: a
+//!   crash of the daemon loses at most a second, a power cut whatever the
+//!   kernel had not written yet, and may damage the file (it is then moved
+//!   aside at the next start).
+//!
+//! Acknowledgements are committed (without fsync outside "always") after
+//! every burst, so that after a crash only messages in flight are sent again.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
