@@ -20,7 +20,7 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{interval_at, MissedTickBehavior};
 
-use crate::buffer::{Buffer, Stored};
+use crate::buffer::{Buffer, ReadRequest, Stored};
 use crate::clock::system_now_ms;
 use crate::config::{MqttConfig, Secret};
 use crate::rpc::{Dispatcher, Response};
@@ -175,8 +175,11 @@ struct Conn {
     /// Publishes on the wire, by packet id.
     inflight: HashMap<u16, (Tag, Instant)>,
     values_outstanding: usize,
-    prefetch: VecDeque<Stored>,
+    prefetch: Vec<Stored>,
+    /// The seq to read from next.
     cursor: u64,
+    /// A read already asked of the buffer thread (from `cursor`).
+    read_ahead: Option<ReadRequest>,
     want_drain: bool,
     shutdown_deadline: Option<Instant>,
     off_sent: bool,
@@ -361,8 +364,9 @@ impl Session {
             queued: VecDeque::new(),
             inflight: HashMap::new(),
             values_outstanding: 0,
-            prefetch: VecDeque::new(),
+            prefetch: Vec::new(),
             cursor: 0,
+            read_ahead: None,
             want_drain: false,
             shutdown_deadline: None,
             off_sent: false,
@@ -495,6 +499,7 @@ impl Session {
                 // Replay from the oldest unacknowledged reading.
                 conn.cursor = 0;
                 conn.prefetch.clear();
+                conn.read_ahead = None;
                 conn.want_drain = true;
                 let period = *self.report_interval.borrow();
                 let mut tick = interval_at(tokio::time::Instant::now() + period, period);
@@ -564,16 +569,23 @@ impl Session {
         let window = self.settings.mqtt.max_inflight as usize;
         while conn.values_outstanding < window {
             if conn.prefetch.len() < READ_BATCH / 2 {
-                match self
-                    .buffer
-                    .read(conn.cursor, READ_BATCH - conn.prefetch.len())
-                    .await
-                {
+                let request = match conn.read_ahead.take() {
+                    Some(r) => r,
+                    None => self.buffer.request_read(conn.cursor, READ_BATCH),
+                };
+                match request.await {
                     Ok(batch) => {
+                        let full = batch.len() == READ_BATCH;
                         if let Some(last) = batch.last() {
                             conn.cursor = last.seq + 1;
                         }
                         conn.prefetch.extend(batch);
+                        // A long backlog: the buffer thread reads the next
+                        // batch while this one is packed and sent.
+                        if full {
+                            conn.read_ahead =
+                                Some(self.buffer.request_read(conn.cursor, READ_BATCH));
+                        }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot read the buffer");
@@ -585,7 +597,7 @@ impl Session {
                 conn.want_drain = false;
                 return;
             }
-            let slice = conn.prefetch.make_contiguous();
+            let slice = &conn.prefetch[..];
             let (msg, n) = pack_values(slice, max_size);
             let seqs = slice[0].seq..slice[n - 1].seq + 1;
             if msg.len() > max_size {
@@ -608,8 +620,9 @@ impl Session {
                 Tag::Values { seqs, count: n },
             ) {
                 // rumqttc's queue is full: read these again later.
-                conn.cursor = conn.prefetch.front().map_or(conn.cursor, |s| s.seq);
+                conn.cursor = conn.prefetch.first().map_or(conn.cursor, |s| s.seq);
                 conn.prefetch.clear();
+                conn.read_ahead = None;
                 return;
             }
             conn.prefetch.drain(..n);

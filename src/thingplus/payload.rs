@@ -4,7 +4,7 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 
-use crate::sensor::value::write_json_string;
+use crate::sensor::value::{number_json, write_json_string, NumberBuffer};
 use crate::sensor::{Reading, Value};
 
 /// A gateway or sensor status as Thing+ understands it.
@@ -60,22 +60,45 @@ pub fn encode_values<R: Borrow<Reading>>(readings: &[R]) -> String {
 /// caller can decide to drop it; callers check the length.
 pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (String, usize) {
     // Entries in order of first appearance, each with the encoded pairs.
+    // Readings of one sensor usually share their id's allocation, so the
+    // entry is found by pointer first; a map helps once there are many.
+    const SCAN: usize = 16;
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut entries: Vec<(&str, String)> = Vec::new();
+    let find = |entries: &[(&str, String)], index: &HashMap<&str, usize>, id: &str| {
+        if entries.len() > SCAN {
+            return index.get(id).copied();
+        }
+        entries
+            .iter()
+            .position(|(e, _)| std::ptr::eq(e.as_ptr(), id.as_ptr()) && e.len() == id.len())
+            .or_else(|| entries.iter().position(|(e, _)| *e == id))
+    };
     let mut total = 2; // {}
     let mut consumed = 0;
-    let mut pair = String::new();
+    let mut text = String::new();
+    let mut times = itoa::Buffer::new();
+    let mut numbers = NumberBuffer::default();
     for r in readings {
         let r = r.borrow();
-        pair.clear();
-        let _ = write!(pair, "{},", r.time_ms);
-        r.value.write_json(&mut pair);
+        let t = times.format(r.time_ms);
+        let v: &str = match &r.value {
+            Value::Number(n) => number_json(*n, &mut numbers),
+            other => {
+                text.clear();
+                other.write_json(&mut text);
+                &text
+            }
+        };
+        // "t,v"
+        let pair_len = t.len() + 1 + v.len();
         let id: &str = &r.sensor_id;
-        let added = match index.get(id) {
-            Some(_) => pair.len() + 1,
+        let found = find(&entries, &index, id);
+        let added = match found {
+            Some(_) => pair_len + 1,
             None => {
                 // "id":[pair] plus a separating comma when not first.
-                json_string_len(id) + 3 + pair.len() + usize::from(!entries.is_empty())
+                json_string_len(id) + 3 + pair_len + usize::from(!entries.is_empty())
             }
         };
         if total + added > max_bytes && consumed > 0 {
@@ -83,17 +106,27 @@ pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (Str
         }
         total += added;
         consumed += 1;
-        match index.get(id) {
-            Some(&i) => {
+        let body = match found {
+            Some(i) => {
                 let body = &mut entries[i].1;
                 body.push(',');
-                body.push_str(&pair);
+                body
             }
             None => {
-                index.insert(id, entries.len());
-                entries.push((id, pair.clone()));
+                entries.push((id, String::with_capacity(256)));
+                if entries.len() > SCAN {
+                    if index.is_empty() {
+                        index.extend(entries.iter().enumerate().map(|(i, (e, _))| (*e, i)));
+                    } else {
+                        index.insert(id, entries.len() - 1);
+                    }
+                }
+                &mut entries.last_mut().expect("just pushed").1
             }
-        }
+        };
+        body.push_str(t);
+        body.push(',');
+        body.push_str(v);
     }
     let mut out = String::with_capacity(total);
     out.push('{');
@@ -237,6 +270,29 @@ mod tests {
             start += n;
         }
         assert_eq!(seen, rs.len());
+    }
+
+    #[test]
+    fn many_sensors_group_correctly() {
+        // More sensors than the linear scan covers; ids not sharing allocations.
+        let rs: Vec<Reading> = (0..400)
+            .map(|i| r(&format!("s{}", i % 40), i, i as f64))
+            .collect();
+        let msg = encode_values(&rs);
+        let v: serde_json::Value = serde_json::from_str(&msg).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 40);
+        for k in 0..40 {
+            let want: Vec<i64> = (0..10).flat_map(|j| [k + 40 * j, k + 40 * j]).collect();
+            let got: Vec<i64> = v[format!("s{k}")]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect();
+            assert_eq!(got, want);
+        }
+        let back = parse_values(msg.as_bytes()).unwrap();
+        assert_eq!(back.len(), 400);
     }
 
     #[test]
