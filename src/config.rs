@@ -757,10 +757,22 @@ impl Config {
     /// resolve `apikey_file`.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let ctx = Ctx { path, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            path: path.to_path_buf(),
-            position: e.span().map(|s| line_col(text, s.start)),
-            message: e.message().trim_end().to_string(),
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let position = e.span().map(|s| line_col(text, s.start));
+            // An error on the APIKEY's own line may quote the value (an
+            // unquoted key that looks like a number): never show it.
+            let on_apikey_line = position
+                .and_then(|(line, _)| text.lines().nth(line - 1))
+                .is_some_and(text_has_apikey);
+            ConfigError {
+                path: path.to_path_buf(),
+                position,
+                message: if on_apikey_line {
+                    "[gateway] apikey must be text in quotes: apikey = \"...\" (the value is not shown: it is the secret)".to_string()
+                } else {
+                    e.message().trim_end().to_string()
+                },
+            }
         })?;
         Config::from_raw(raw, &ctx)
     }
@@ -2030,6 +2042,31 @@ mod tests {
             .iter()
             .any(|w| w.contains("readable by every user")));
         assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn errors_on_the_apikey_line_do_not_quote_it() {
+        for v in [
+            "123456789012345",
+            "1.5e300",
+            "[\"Xk9-SeCrEt\"]",
+            "\"Xk9-SeCrEt",
+            "Xk9-SeCrEt",
+            "{ k = \"Xk9-SeCrEt\" }",
+        ] {
+            let text = format!("[gateway]\nid = \"gw\"\n  apikey = {v}\n");
+            let e = Config::parse(&text, Path::new("c.toml")).unwrap_err();
+            let shown = e.to_string();
+            assert!(shown.starts_with("c.toml:3:"), "{shown}");
+            assert!(shown.contains("apikey must be text in quotes"), "{shown}");
+            for secret in ["123456789012345", "1.5e300", "Xk9-SeCrEt"] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+        }
+        // Other errors keep their message.
+        let e =
+            Config::parse("[gateway]\nid = 5\napikey = \"k\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.message.contains("invalid type"), "{e}");
     }
 
     #[test]
