@@ -17,14 +17,17 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
-cargo fuzz build --dev -s none
+# FUZZ_TARGET_DIR: another build directory than fuzz/target (measurements).
+opts=(--dev -s none)
+if [ -n "${FUZZ_TARGET_DIR:-}" ]; then opts+=(--target-dir "$FUZZ_TARGET_DIR"); fi
+cargo fuzz build "${opts[@]}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 failed=0
 for t in $(cargo fuzz list); do
   mkdir -p "$work/$t" "artifacts/$t"
   # New inputs go to the scratch corpus, never into the checked-in seeds.
-  if cargo fuzz run --dev -s none "$t" "$work/$t" "seeds/$t" -- \
+  if cargo fuzz run "${opts[@]}" "$t" "$work/$t" "seeds/$t" -- \
       -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=1024 \
       -print_final_stats=1 >"$work/$t.log" 2>&1; then
     runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$work/$t.log" | grep -oE '[0-9]+$' || echo "?")
