@@ -12,10 +12,11 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::control_socket;
 use crate::rpc::{Dispatcher, SystemAction};
-use crate::sensor::{self, SensorRuntime};
+use crate::sensor::SensorRuntime;
 use crate::session::{LinkState, Session, SessionSettings};
 use crate::state::StateFile;
 use crate::status_board::StatusBoard;
+use crate::systemd::{status_line, Health, Notifier};
 use crate::thingplus::Topics;
 use crate::units::format_duration;
 
@@ -62,18 +63,36 @@ impl Default for Control {
     }
 }
 
-/// Runs the daemon until SIGTERM/SIGINT (or `control.stop()`).
-pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
-    for w in &config.warnings {
-        tracing::warn!("{w}");
-    }
-    let gw = &config.gateway;
+/// Set to "1" to let SIGUSR2 wedge the main loop (a blocking call on the
+/// runtime thread, as a deadlock would): the notify tests check that the
+/// watchdog beats stop. Inert unless set.
+pub const TEST_HOOKS_ENV: &str = "THINGPLUS_GW_TEST_HOOKS";
 
+/// What the MQTT session is built from; a reload rebuilds it only when this changes.
+fn session_settings(config: &Config) -> Result<SessionSettings, StartError> {
     let tls = if config.mqtt.tls {
         Some(crate::tls::client_config(&config.mqtt).map_err(StartError::Config)?)
     } else {
         None
     };
+    Ok(SessionSettings {
+        gateway_id: config.gateway.id.clone(),
+        apikey: config.gateway.apikey.clone(),
+        mqtt: config.mqtt.clone(),
+        tls,
+        status_validity: config.gateway.status_validity,
+    })
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (or `control.stop()`).
+pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
+    let mut notifier = Notifier::from_env();
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let gw = &config.gateway;
+
+    let settings = session_settings(&config)?;
 
     if let Err(e) = std::fs::create_dir_all(&gw.state_dir) {
         tracing::error!(path = %gw.state_dir.display(), error = %e, "cannot create the state directory: settings from the server will not survive a restart");
@@ -105,9 +124,11 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     ));
     let flush = Arc::new(Notify::new());
     let (ri_tx, ri_rx) = watch::channel(report_interval);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (mut shutdown_tx, shutdown_rx) = watch::channel(false);
     let (actions_tx, mut actions_rx) = mpsc::unbounded_channel();
     let (link_tx, link_rx) = watch::channel(LinkState::default());
+    let mut link_watch = link_tx.subscribe();
+    let ri_tx_reload = ri_tx.clone();
 
     let rt = SensorRuntime {
         buffer: buffer.clone(),
@@ -116,18 +137,25 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         flush: flush.clone(),
         report_interval: ri_rx.clone(),
     };
-    let sensor_tasks = sensor::spawn_all(&config, rt);
+    // One task per file sensor, serial port and Modbus bus, by key, so that
+    // a reload can restart only what changed.
+    let mut sensor_tasks: Vec<(String, tokio::task::JoinHandle<()>)> =
+        crate::reload::task_specs(&config)
+            .into_iter()
+            .map(|t| (t.key(), t.spawn(rt.clone())))
+            .collect();
 
     let actuators = Actuators::new(&config.actuators);
     let actuator_states = actuators.state_view();
     let dispatcher = Dispatcher::new(
         clock.clone(),
-        actuators,
+        actuators.clone(),
         state_file,
         ri_tx,
         config.rpc.clone(),
-        actions_tx,
+        actions_tx.clone(),
     );
+    let last_command = dispatcher.last_command.clone();
     let control_sources = control_socket::Sources {
         gateway_id: gw.id.clone(),
         broker: format!("{}:{}", config.mqtt.host, config.mqtt.port),
@@ -144,21 +172,15 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         control_sources,
     ));
     let session = Session {
-        settings: SessionSettings {
-            gateway_id: gw.id.clone(),
-            apikey: gw.apikey.clone(),
-            mqtt: config.mqtt.clone(),
-            tls,
-            status_validity: gw.status_validity,
-        },
+        settings,
         topics: Topics::new(&gw.id),
         buffer: buffer.clone(),
-        board,
+        board: board.clone(),
         dispatcher,
-        report_interval: ri_rx,
-        flush,
+        report_interval: ri_rx.clone(),
+        flush: flush.clone(),
         shutdown: shutdown_rx,
-        link: link_tx,
+        link: link_tx.clone(),
     };
     let mut session_task = tokio::spawn(session.run());
 
@@ -176,6 +198,36 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         signal(SignalKind::terminate()).map_err(|e| StartError::Other(e.to_string()))?;
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| StartError::Other(e.to_string()))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| StartError::Other(e.to_string()))?;
+    let mut wedge = match std::env::var(TEST_HOOKS_ENV).as_deref() {
+        Ok("1") => Some(
+            signal(SignalKind::user_defined2()).map_err(|e| StartError::Other(e.to_string()))?,
+        ),
+        _ => None,
+    };
+
+    // Ready: configuration loaded, buffer open, sensors sampling. The cloud
+    // is not waited for: the daemon is useful offline.
+    let mut broker = format!("{}:{}", config.mqtt.host, config.mqtt.port);
+    let mut health = Health::new(notifier.tick_period());
+    let mut reload_error: Option<String> = None;
+    let no_tasks = || std::iter::empty::<(&str, &tokio::task::JoinHandle<()>)>();
+    health.check(&buffer, no_tasks()).await;
+    notifier.ready(&status_now(
+        &health,
+        &link_watch.borrow(),
+        &broker,
+        &reload_error,
+    ));
+    if let Some(w) = notifier.watchdog_timeout() {
+        tracing::debug!(
+            timeout_ms = w.as_millis() as u64,
+            "systemd watchdog enabled"
+        );
+    }
+    let mut tick = tokio::time::interval(notifier.tick_period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut config = config;
     let mut exit = Exit::Stopped;
     let mut session_done = false;
     loop {
@@ -183,6 +235,132 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = control.stop.notified() => { tracing::info!("stop requested: shutting down"); break; }
+            _ = tick.tick() => {
+                let tasks = sensor_tasks
+                    .iter()
+                    .map(|(id, t)| (id.as_str(), t))
+                    .chain(std::iter::once(("mqtt-session", &session_task)));
+                if health.check(&buffer, tasks).await {
+                    notifier.watchdog();
+                }
+                notifier.status(&status_now(&health, &link_watch.borrow(), &broker, &reload_error));
+            }
+            changed = link_watch.changed() => {
+                if changed.is_ok() {
+                    let link = link_watch.borrow_and_update().clone();
+                    notifier.status(&status_now(&health, &link, &broker, &reload_error));
+                }
+            }
+            Some(()) = async { wedge.as_mut()?.recv().await } => {
+                tracing::warn!("test hook: wedging the main loop");
+                std::thread::sleep(Duration::MAX);
+            }
+            _ = sighup.recv() => {
+                notifier.reloading();
+                tracing::info!(path = %config.path.display(), "SIGHUP: reloading the configuration");
+                let loaded = Config::load(&config.path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|new| Ok((session_settings(&new).map_err(|e| e.to_string())?, new)));
+                match loaded {
+                    Err(e) => {
+                        tracing::error!(error = %e, "configuration reload refused: the running configuration stays");
+                        let mut short: String = e.chars().take(200).collect();
+                        if short.len() < e.len() {
+                            short.push('…');
+                        }
+                        reload_error = Some(short);
+                    }
+                    Ok((settings, new)) => {
+                        reload_error = None;
+                        for w in &new.warnings {
+                            tracing::warn!("{w}");
+                        }
+                        let plan = crate::reload::plan(&config, &new);
+                        for what in &plan.need_restart {
+                            tracing::warn!(setting = what, "{what} changed: it takes effect at the next restart (systemctl restart thingplus-gw)");
+                        }
+                        // Stopped tasks lose nothing: every reading they took
+                        // is already in the buffer. They are awaited so that
+                        // a serial port or bus is closed before it is reopened.
+                        let mut stopped = Vec::new();
+                        sensor_tasks.retain_mut(|(key, t)| {
+                            let stop = plan.stop.contains(key);
+                            if stop {
+                                t.abort();
+                                stopped.push(std::mem::replace(t, tokio::spawn(async {})));
+                            }
+                            !stop
+                        });
+                        for t in stopped {
+                            let _ = t.await;
+                        }
+                        board.set_sensors(new.sensors.iter().map(|s| s.id.clone()));
+                        for t in &plan.start {
+                            sensor_tasks.push((t.key(), t.spawn(rt.clone())));
+                        }
+                        if plan.actuators_changed {
+                            actuators.reconfigure(&new.actuators);
+                        }
+                        if let Some(ri) = plan.report_interval {
+                            let saved = StateFile::new(&config.gateway.state_dir).load();
+                            if saved.report_interval_ms.is_some_and(|ms| ms > 0) {
+                                tracing::info!(configured = %format_duration(ri), "report_interval changed in the file, but the one set by the server stays in force");
+                            } else {
+                                ri_tx_reload.send_replace(ri);
+                            }
+                        }
+                        if plan.log_level_changed {
+                            crate::logging::set_level(new.log_level.as_deref());
+                        }
+                        if plan.reconnect {
+                            // The old session says goodbye (what it has in
+                            // flight is acknowledged or stays buffered), then
+                            // the new one connects and replays the buffer.
+                            let (tx, rx) = watch::channel(false);
+                            let _ = std::mem::replace(&mut shutdown_tx, tx).send(true);
+                            let mut dispatcher = Dispatcher::new(
+                                clock.clone(),
+                                actuators.clone(),
+                                StateFile::new(&config.gateway.state_dir),
+                                ri_tx_reload.clone(),
+                                config.rpc.clone(),
+                                actions_tx.clone(),
+                            );
+                            dispatcher.last_command = last_command.clone();
+                            let session = Session {
+                                settings,
+                                topics: Topics::new(&new.gateway.id),
+                                buffer: buffer.clone(),
+                                board: board.clone(),
+                                dispatcher,
+                                report_interval: ri_rx.clone(),
+                                flush: flush.clone(),
+                                shutdown: rx,
+                                link: link_tx.clone(),
+                            };
+                            let old = std::mem::replace(&mut session_task, tokio::spawn(async {}));
+                            session_task = tokio::spawn(async move {
+                                let _ = old.await;
+                                session.run().await;
+                            });
+                            broker = format!("{}:{}", new.mqtt.host, new.mqtt.port);
+                        }
+                        tracing::info!(
+                            sensors = new.sensors.len(),
+                            actuators = new.actuators.len(),
+                            "configuration reloaded: {}", plan.summary()
+                        );
+                        // Restart-only settings keep their running values.
+                        let mut new = new;
+                        new.buffer = config.buffer.clone();
+                        new.gateway.state_dir = config.gateway.state_dir.clone();
+                        new.rpc = config.rpc.clone();
+                        config = new;
+                    }
+                }
+                health.check(&buffer, no_tasks()).await;
+                notifier.ready(&status_now(&health, &link_watch.borrow(), &broker, &reload_error));
+            }
             action = actions_rx.recv() => match action {
                 Some(SystemAction::Restart) => {
                     tracing::info!("restart requested by the server: shutting down to be restarted");
@@ -210,18 +388,32 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     }
 
     control_task.abort();
-    let _ = std::fs::remove_file(control_socket::default_path());
+    notifier.stopping();
     // Stop sampling first, so what is delivered below is everything there is.
-    for t in &sensor_tasks {
+    for (_, t) in &sensor_tasks {
         t.abort();
     }
     let _ = shutdown_tx.send(true);
     if !session_done {
         let _ = session_task.await;
     }
+    // What stays buffered for the next start.
+    let backlog = buffer.stats().await.map(|st| st.pending).ok();
     if let Err(e) = buffer.close().await {
         tracing::error!(error = %e, "cannot close the buffer cleanly");
     }
-    tracing::info!("stopped");
+    match backlog {
+        Some(n) => tracing::info!(backlog = n, "stopped"),
+        None => tracing::info!("stopped"),
+    }
     Ok(exit)
+}
+
+/// The STATUS= line: the link, the backlog, and a refused reload if any.
+fn status_now(health: &Health, link: &LinkState, broker: &str, note: &Option<String>) -> String {
+    let mut s = status_line(link, broker, health.pending, crate::clock::system_now_ms());
+    if let Some(e) = note {
+        s.push_str(&format!("; last reload refused: {e}"));
+    }
+    s
 }

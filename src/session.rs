@@ -143,9 +143,33 @@ pub fn classify(e: &ConnectionError, gateway_id: &str, broker: &str) -> Failure 
             Lost,
             format!("connection to {broker} dropped: it sent a packet of {n} bytes, over the limit of {MAX_INCOMING_PACKET} bytes; reconnecting"),
         ),
-        other => (Lost, format!("connection to {broker} lost: {other}")),
+        other => match tls_alert(other) {
+            // TLS 1.3 reports a refused client certificate after the handshake.
+            Some(alert) => (
+                Tls,
+                format!("TLS with {broker} failed: {alert}: check [mqtt] client_cert and client_key, ca_file, the host name and the system clock"),
+            ),
+            None => (Lost, format!("connection to {broker} lost: {other}")),
+        },
     };
     Failure { kind, message }
+}
+
+/// A rustls error somewhere in the error's chain.
+fn tls_alert(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t.to_string());
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(t.to_string());
+            }
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// The per-connection bookkeeping.

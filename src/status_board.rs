@@ -60,6 +60,26 @@ impl StatusBoard {
         });
     }
 
+    /// Replaces the list of sensors (after a reload), in the new order;
+    /// sensors that stay keep their state, new ones start `off`.
+    pub fn set_sensors<I: IntoIterator<Item = String>>(&self, ids: I) {
+        let mut s = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
+        let old = std::mem::take(&mut *s);
+        *s = ids
+            .into_iter()
+            .map(|id| match old.iter().find(|x| x.id == id) {
+                Some(kept) => kept.clone(),
+                None => SensorState {
+                    id,
+                    status: Status::Off,
+                    last_value: None,
+                    last_time_ms: None,
+                    error: None,
+                },
+            })
+            .collect();
+    }
+
     pub fn snapshot(&self) -> Vec<SensorState> {
         self.sensors
             .lock()
@@ -81,5 +101,10 @@ mod tests {
         assert_eq!(s[0].status, Status::On);
         assert_eq!(s[0].last_time_ms, Some(5));
         assert_eq!(s[1].status, Status::Err(Some("gone".into())));
+        b.set_sensors(["c".to_string(), "a".to_string()]);
+        let s = b.snapshot();
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].id.as_str(), &s[0].status), ("c", &Status::Off));
+        assert_eq!((s[1].id.as_str(), s[1].last_time_ms), ("a", Some(5)));
     }
 }

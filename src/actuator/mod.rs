@@ -33,6 +33,8 @@ enum Device {
 }
 
 struct Entry {
+    /// What it was built from: a reload keeps it when unchanged.
+    config: ActuatorConfig,
     device: Device,
     /// The running timed part of the last command (back to off, software
     /// blinking, a running program); a newer command cancels it.
@@ -49,11 +51,16 @@ pub enum Reply {
 
 /// Shared, live states of the actuators.
 #[derive(Clone, Default)]
-pub struct ActuatorStates(Vec<(String, Arc<Mutex<String>>)>);
+pub struct ActuatorStates(Arc<Mutex<Vec<StateCell>>>);
+
+/// One actuator's id and its live state.
+type StateCell = (String, Arc<Mutex<String>>);
 
 impl ActuatorStates {
     pub fn snapshot(&self) -> Vec<(String, String)> {
         self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(id, s)| (id.clone(), lock(s).clone()))
             .collect()
@@ -64,9 +71,30 @@ fn lock(m: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Every configured actuator, by id.
+/// Every configured actuator, by id. A cheap handle: clones share the same
+/// actuators, so a configuration reload can change them under the running
+/// request dispatcher ([`Actuators::reconfigure`]).
+#[derive(Clone)]
 pub struct Actuators {
+    inner: Arc<Mutex<Set>>,
+}
+
+struct Set {
     entries: HashMap<String, Entry>,
+    /// The live view handed out by `state_view`, kept in step with `entries`.
+    states: ActuatorStates,
+}
+
+impl Set {
+    fn refresh_states(&self) {
+        let mut v: Vec<_> = self
+            .entries
+            .iter()
+            .map(|(id, e)| (id.clone(), e.state.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        *self.states.0.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
 }
 
 impl Actuators {
@@ -103,6 +131,7 @@ impl Actuators {
             entries.insert(
                 c.id.clone(),
                 Entry {
+                    config: c.clone(),
                     device,
                     task: None,
                     state: Arc::new(Mutex::new("unknown".into())),
@@ -110,19 +139,53 @@ impl Actuators {
                 },
             );
         }
-        Actuators { entries }
+        let set = Set {
+            entries,
+            states: ActuatorStates::default(),
+        };
+        set.refresh_states();
+        Actuators {
+            inner: Arc::new(Mutex::new(set)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Set> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a new list of actuators (configuration reload): unchanged ones
+    /// keep their state and any running timed command; removed or changed
+    /// ones stop theirs, and new or changed ones are set up afresh.
+    pub fn reconfigure(&self, configs: &[ActuatorConfig]) {
+        // Old entries go first: a changed GPIO line must be released before
+        // it can be requested again.
+        self.lock().entries.retain(|id, e| {
+            let keep = configs.iter().any(|c| &c.id == id && *c == e.config);
+            if !keep {
+                if let Some(t) = e.task.take() {
+                    t.abort();
+                }
+            }
+            keep
+        });
+        let fresh: Vec<ActuatorConfig> = {
+            let set = self.lock();
+            configs
+                .iter()
+                .filter(|c| !set.entries.contains_key(&c.id))
+                .cloned()
+                .collect()
+        };
+        let built = std::mem::take(&mut Actuators::new(&fresh).lock().entries);
+        let mut set = self.lock();
+        set.entries.extend(built);
+        set.refresh_states();
     }
 
     /// A view of each actuator's state ("on", "off", "blink", "unknown",
     /// "running cmd") that stays current: for the status report.
     pub fn state_view(&self) -> ActuatorStates {
-        let mut v: Vec<_> = self
-            .entries
-            .iter()
-            .map(|(id, e)| (id.clone(), e.state.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        ActuatorStates(v)
+        self.lock().states.clone()
     }
 
     /// Carries out `cmd` on actuator `id`. Must run inside a tokio runtime
@@ -140,7 +203,8 @@ impl Actuators {
         cmd: &str,
         options: &Map<String, Json>,
     ) -> Result<Reply, RpcError> {
-        let Some(entry) = self.entries.get_mut(id) else {
+        let mut set = self.lock();
+        let Some(entry) = set.entries.get_mut(id) else {
             return Err(RpcError::invalid_params(format!(
                 "unknown actuator id \"{id}\""
             )));
@@ -243,7 +307,7 @@ impl Actuators {
 
     /// Leaves each actuator as `on_shutdown` says; stops timed commands.
     pub fn shutdown(&mut self) {
-        for (id, e) in &mut self.entries {
+        for (id, e) in &mut self.lock().entries {
             if let Some(t) = e.task.take() {
                 t.abort();
             }
@@ -300,5 +364,65 @@ fn opt_ms(options: &Map<String, Json>, key: &str) -> Result<Option<u64>, RpcErro
             }
             Ok(Some(n as u64))
         }
+    }
+}
+
+#[cfg(test)]
+mod reconfigure_tests {
+    use super::*;
+    use crate::config::ActuatorType;
+
+    fn switch(id: &str, path: &std::path::Path) -> ActuatorConfig {
+        ActuatorConfig {
+            id: id.into(),
+            actuator_type: ActuatorType::PowerSwitch,
+            driver: ActuatorDriver::ValueFile {
+                path: path.to_path_buf(),
+                active_low: false,
+            },
+            on_shutdown: OnShutdown::Leave,
+            thingplus_type: "powerSwitch".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn reconfigure_keeps_unchanged_adds_and_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pa, pb, pc) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        for p in [&pa, &pb, &pc] {
+            std::fs::write(p, "0").unwrap();
+        }
+        let mut acts = Actuators::new(&[switch("a", &pa), switch("b", &pb)]);
+        let view = acts.state_view();
+        let Reply::Now(r) = acts.control("a", "on", &Map::new()) else {
+            panic!("a switch answers at once")
+        };
+        r.unwrap();
+        assert_eq!(std::fs::read_to_string(&pa).unwrap(), "1");
+
+        // The dispatcher's clone sees the change: a kept (state "on"), b gone, c new.
+        let handle = acts.clone();
+        handle.reconfigure(&[switch("a", &pa), switch("c", &pc)]);
+        assert_eq!(
+            view.snapshot(),
+            vec![("a".into(), "on".into()), ("c".into(), "unknown".into())]
+        );
+        let Reply::Now(r) = acts.control("b", "on", &Map::new()) else {
+            panic!()
+        };
+        assert!(r.is_err(), "b was removed");
+        let Reply::Now(r) = acts.control("c", "on", &Map::new()) else {
+            panic!()
+        };
+        r.unwrap();
+        assert_eq!(std::fs::read_to_string(&pc).unwrap(), "1");
+
+        // A changed actuator is set up afresh.
+        handle.reconfigure(&[switch("a", &pb), switch("c", &pc)]);
+        assert_eq!(view.snapshot()[0], ("a".into(), "unknown".into()));
     }
 }

@@ -1,5 +1,6 @@
 //! The commands of the `thingplus-gw` binary.
 
+pub mod args;
 pub mod check;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -14,6 +14,9 @@ pub fn run(config_path: &Path) -> ExitCode {
         Err(e) => {
             crate::logging::init(None);
             tracing::error!("configuration error: {e}");
+            // Shown by `systemctl status` next to the exit code 78.
+            let status = format!("configuration error: {e}");
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
             return ExitCode::from(EXIT_CONFIG);
         }
     };
