@@ -384,7 +384,7 @@ fn count_readings(payload: &[u8], classify: bool) -> (usize, usize) {
         return (readings.len(), fresh);
     }
     let commas = payload.iter().filter(|b| **b == b',').count();
-    ((commas + 1) / 2, 0)
+    (commas.div_ceil(2), 0)
 }
 
 fn plain_publisher(port: u16, messages: Vec<String>, inflight: u16) {

@@ -5,5 +5,5 @@ pub mod payload;
 pub mod rpc;
 pub mod topics;
 
-pub use payload::{encode_status, encode_values, pack_values, parse_values, Status};
+pub use payload::{encode_status, encode_values, pack_values, parse_values, Packer, Status};
 pub use topics::Topics;
