@@ -98,29 +98,11 @@ pub fn encode_values<R: Borrow<Reading>>(readings: &[R]) -> String {
 /// reading that alone exceeds the limit is returned alone (consumed = 1) so the
 /// caller can decide to drop it; callers check the length.
 pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (String, usize) {
-    // Entries in order of first appearance, each with the encoded pairs.
-    // Readings of one sensor usually share their id's allocation, so the
-    // entry is found by pointer first; a map helps once there are many.
-    const SCAN: usize = 16;
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    let mut entries: Vec<(&str, String)> = Vec::new();
-    let find = |entries: &[(&str, String)], index: &HashMap<&str, usize>, id: &str| {
-        if entries.len() > SCAN {
-            return index.get(id).copied();
-        }
-        entries
-            .iter()
-            .position(|(e, _)| std::ptr::eq(e.as_ptr(), id.as_ptr()) && e.len() == id.len())
-            .or_else(|| entries.iter().position(|(e, _)| *e == id))
-    };
-    let mut total = 2; // {}
-    let mut consumed = 0;
-    let mut text = String::new();
-    let mut times = itoa::Buffer::new();
+    let mut packer = Packer::new(max_bytes);
     let mut numbers = NumberBuffer::default();
+    let mut text = String::new();
     for r in readings {
         let r = r.borrow();
-        let t = times.format(r.time_ms);
         let v: &str = match &r.value {
             Value::Number(n) => number_json(*n, &mut numbers),
             other => {
@@ -129,58 +111,127 @@ pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (Str
                 &text
             }
         };
-        // "t,v"
-        let pair_len = t.len() + 1 + v.len();
-        let id: &str = &r.sensor_id;
-        let found = find(&entries, &index, id);
-        let added = match found {
-            Some(_) => pair_len + 1,
-            None => {
-                // "id":[pair] plus a separating comma when not first.
-                json_string_len(id) + 3 + pair_len + usize::from(!entries.is_empty())
-            }
-        };
-        if total + added > max_bytes && consumed > 0 {
+        if !packer.push(&r.sensor_id, r.time_ms, v) {
             break;
         }
-        total += added;
-        consumed += 1;
+    }
+    let n = packer.len();
+    (packer.finish(), n)
+}
+
+/// Builds one `v/a/g/{gw}` message reading by reading, within a size bound:
+/// `{"sensorId":[t,v,t,v,...],...}`, sensors in order of first reading.
+/// [`pack_values`] is this over readings; the disk buffer feeds it values
+/// it keeps already encoded.
+pub struct Packer<'a> {
+    max_bytes: usize,
+    // Entries in order of first appearance, each with the encoded pairs.
+    // Readings of one sensor usually share their id's allocation, so the
+    // entry is found by pointer first; a map helps once there are many.
+    index: HashMap<&'a str, usize>,
+    entries: Vec<(&'a str, String)>,
+    total: usize,
+    count: usize,
+}
+
+impl<'a> Packer<'a> {
+    const SCAN: usize = 16;
+
+    pub fn new(max_bytes: usize) -> Self {
+        Packer {
+            max_bytes,
+            index: HashMap::new(),
+            entries: Vec::new(),
+            total: 2, // {}
+            count: 0,
+        }
+    }
+
+    fn find(&self, id: &str) -> Option<usize> {
+        if self.entries.len() > Self::SCAN {
+            return self.index.get(id).copied();
+        }
+        self.entries
+            .iter()
+            .position(|(e, _)| std::ptr::eq(e.as_ptr(), id.as_ptr()) && e.len() == id.len())
+            .or_else(|| self.entries.iter().position(|(e, _)| *e == id))
+    }
+
+    /// Adds a reading whose value is already JSON text. Returns false, adding
+    /// nothing, when the message would outgrow the bound; the first reading is
+    /// always taken, so a message is never empty (and may be oversized: a
+    /// caller checks [`Packer::bytes`]).
+    pub fn push(&mut self, id: &'a str, time_ms: i64, value_json: &str) -> bool {
+        let mut times = itoa::Buffer::new();
+        let t = times.format(time_ms);
+        // "t,v"
+        let pair_len = t.len() + 1 + value_json.len();
+        let found = self.find(id);
+        let added = match found {
+            Some(_) => pair_len + 1,
+            // "id":[pair] plus a separating comma when not first.
+            None => json_string_len(id) + 3 + pair_len + usize::from(!self.entries.is_empty()),
+        };
+        if self.total + added > self.max_bytes && self.count > 0 {
+            return false;
+        }
+        self.total += added;
+        self.count += 1;
         let body = match found {
             Some(i) => {
-                let body = &mut entries[i].1;
+                let body = &mut self.entries[i].1;
                 body.push(',');
                 body
             }
             None => {
-                entries.push((id, String::with_capacity(256)));
-                if entries.len() > SCAN {
-                    if index.is_empty() {
-                        index.extend(entries.iter().enumerate().map(|(i, (e, _))| (*e, i)));
+                self.entries.push((id, String::with_capacity(256)));
+                if self.entries.len() > Self::SCAN {
+                    if self.index.is_empty() {
+                        let all = self.entries.iter().enumerate().map(|(i, (e, _))| (*e, i));
+                        self.index.extend(all);
                     } else {
-                        index.insert(id, entries.len() - 1);
+                        self.index.insert(id, self.entries.len() - 1);
                     }
                 }
-                &mut entries.last_mut().expect("just pushed").1
+                &mut self.entries.last_mut().expect("just pushed").1
             }
         };
         body.push_str(t);
         body.push(',');
-        body.push_str(v);
+        body.push_str(value_json);
+        true
     }
-    let mut out = String::with_capacity(total);
-    out.push('{');
-    for (i, (id, body)) in entries.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+
+    /// Readings in the message.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Size of the message so far.
+    pub fn bytes(&self) -> usize {
+        self.total
+    }
+
+    pub fn finish(self) -> String {
+        let mut out = String::with_capacity(self.total);
+        out.push('{');
+        for (i, (id, body)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_json_string(id, &mut out);
+            out.push_str(":[");
+            out.push_str(body);
+            out.push(']');
         }
-        write_json_string(id, &mut out);
-        out.push_str(":[");
-        out.push_str(body);
-        out.push(']');
+        out.push('}');
+        debug_assert_eq!(out.len(), self.total);
+        out
     }
-    out.push('}');
-    debug_assert_eq!(out.len(), total);
-    (out, consumed)
 }
 
 fn json_string_len(s: &str) -> usize {
