@@ -8,7 +8,7 @@
 pub mod memory;
 
 use std::ops::Range;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -83,7 +83,50 @@ enum Command {
 /// same store, and commands are carried out in the order they are sent.
 #[derive(Clone)]
 pub struct Buffer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     tx: mpsc::Sender<Command>,
+    /// Readings appended on the async runtime and not yet handed to the
+    /// thread (see [`Buffer::append`]). Any other command hands them over first.
+    staged: Mutex<Vec<Reading>>,
+}
+
+impl Shared {
+    fn staged(&self) -> MutexGuard<'_, Vec<Reading>> {
+        self.staged.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `c` after whatever is staged. The lock is held across both
+    /// sends, so nothing staged later can overtake the command.
+    fn send(&self, c: Option<Command>) -> Result<(), mpsc::SendError<Command>> {
+        let mut staged = self.staged();
+        if !staged.is_empty() {
+            self.tx
+                .send(Command::Append(std::mem::take(&mut *staged)))?;
+        }
+        match c {
+            Some(c) => self.tx.send(c),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Hands the staged readings to the thread when dropped.
+struct Handover(Arc<Shared>);
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        let _ = self.0.send(None);
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The last handle is gone: what is staged still goes to the store.
+        let _ = self.send(None);
+    }
 }
 
 impl Buffer {
@@ -94,14 +137,39 @@ impl Buffer {
             .name("buffer".into())
             .spawn(move || run(store, fsync, rx))
             .expect("spawn buffer thread");
-        Buffer { tx }
+        Buffer {
+            shared: Arc::new(Shared {
+                tx,
+                staged: Mutex::new(Vec::new()),
+            }),
+        }
     }
 
     /// Queues readings for appending; never waits for the disk.
+    ///
+    /// On the async runtime, the readings appended during one turn of it
+    /// (every sensor woken by the same timer tick) are handed to the thread
+    /// together, by a task that runs after them: one wake-up of the thread
+    /// per burst instead of one per reading. Elsewhere they are sent at once.
     pub fn append(&self, readings: Vec<Reading>) {
-        if !readings.is_empty() {
-            let _ = self.tx.send(Command::Append(readings));
+        if readings.is_empty() {
+            return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let _ = self.shared.send(Some(Command::Append(readings)));
+            return;
+        };
+        let mut staged = self.shared.staged();
+        if !staged.is_empty() {
+            staged.extend(readings);
+            return;
+        }
+        *staged = readings;
+        drop(staged);
+        // Hands them over when the task runs, or when it is dropped unrun
+        // (the runtime shutting down): never left behind.
+        let handover = Handover(self.shared.clone());
+        runtime.spawn(async move { drop(handover) });
     }
 
     pub async fn read(&self, from: u64, max: usize) -> StoreResult<Vec<Stored>> {
@@ -111,7 +179,7 @@ impl Buffer {
     }
 
     pub fn ack(&self, range: Range<u64>) {
-        let _ = self.tx.send(Command::Ack(range));
+        let _ = self.shared.send(Some(Command::Ack(range)));
     }
 
     pub async fn stats(&self) -> StoreResult<BufferStats> {
@@ -128,7 +196,7 @@ impl Buffer {
     }
 
     fn send(&self, c: Command) -> StoreResult<()> {
-        self.tx.send(c).map_err(|_| gone())
+        self.shared.send(Some(c)).map_err(|_| gone())
     }
 }
 
@@ -198,4 +266,96 @@ fn run(mut store: impl Store, fsync: Fsync, rx: mpsc::Receiver<Command>) {
         }
     }
     let _ = store.commit();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensor::Value;
+
+    /// A store that records the size of each append it gets.
+    struct Recording(MemoryStore, Arc<Mutex<Vec<usize>>>);
+
+    impl Store for Recording {
+        fn append(&mut self, readings: Vec<Reading>) -> StoreResult<()> {
+            self.1.lock().unwrap().push(readings.len());
+            self.0.append(readings)
+        }
+        fn commit(&mut self) -> StoreResult<()> {
+            self.0.commit()
+        }
+        fn read(&mut self, from: u64, max: usize) -> StoreResult<Vec<Stored>> {
+            self.0.read(from, max)
+        }
+        fn ack(&mut self, range: Range<u64>) -> StoreResult<()> {
+            self.0.ack(range)
+        }
+        fn stats(&mut self) -> StoreResult<BufferStats> {
+            self.0.stats()
+        }
+    }
+
+    fn recording() -> (Buffer, Arc<Mutex<Vec<usize>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let store = Recording(MemoryStore::new(u64::MAX), seen.clone());
+        (Buffer::start(store, Fsync::Never), seen)
+    }
+
+    fn r(t: i64) -> Reading {
+        Reading::new("s", t, Value::Number(t as f64))
+    }
+
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn appends_of_one_runtime_turn_reach_the_thread_together_and_in_order() {
+        let (b, seen) = recording();
+        current_thread().block_on(async {
+            for t in 1..=5 {
+                b.append(vec![r(t)]);
+            }
+            tokio::task::yield_now().await; // the hand-over task runs
+            b.append(vec![r(6)]);
+            // Any command hands over what is staged before it.
+            let got = b.read(0, 100).await.unwrap();
+            let times: Vec<i64> = got.iter().map(|s| s.reading.time_ms).collect();
+            assert_eq!(times, vec![1, 2, 3, 4, 5, 6]);
+            b.close().await.unwrap();
+        });
+        assert_eq!(*seen.lock().unwrap(), vec![5, 1]);
+    }
+
+    #[test]
+    fn staged_readings_survive_a_runtime_that_stops_and_dropped_handles() {
+        let (b, seen) = recording();
+        let rt = current_thread();
+        rt.block_on(async { b.append(vec![r(1), r(2)]) });
+        drop(rt); // the hand-over task never ran: dropping it hands over
+        wait_for(&seen, 2);
+        // Outside a runtime, appends go at once.
+        b.append(vec![r(3)]);
+        let rt = current_thread();
+        let stats = rt.block_on(b.stats()).unwrap();
+        assert_eq!(stats.pending, 3);
+        rt.block_on(async { b.append(vec![r(4)]) });
+        // The runtime still exists (its hand-over task is queued) but every
+        // handle goes: the readings still reach the store.
+        drop(b);
+        drop(rt);
+        wait_for(&seen, 4);
+    }
+
+    /// Waits until the store got `n` readings in all.
+    fn wait_for(seen: &Mutex<Vec<usize>>, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.lock().unwrap().iter().sum::<usize>() < n {
+            assert!(Instant::now() < deadline, "{:?}", seen.lock().unwrap());
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
 }

@@ -1,10 +1,10 @@
 //! Value and status payloads.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 
-use crate::sensor::value::write_json_string;
+use crate::fasthash::FxHashMap;
+use crate::sensor::value::{json_string_len, write_json_string};
 use crate::sensor::{Reading, Value};
 
 /// A gateway or sensor status as Thing+ understands it.
@@ -59,62 +59,78 @@ pub fn encode_values<R: Borrow<Reading>>(readings: &[R]) -> String {
 /// reading that alone exceeds the limit is returned alone (consumed = 1) so the
 /// caller can decide to drop it; callers check the length.
 pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (String, usize) {
-    // Entries in order of first appearance, each with the encoded pairs.
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    let mut entries: Vec<(&str, String)> = Vec::new();
+    // First pass: each reading's `time,value` text, one after the other in
+    // `pairs`, and the entry (sensor) it goes to, until the limit. Entries
+    // are kept in order of first appearance.
+    let mut index: FxHashMap<&str, usize> = FxHashMap::default();
+    // (sensor id, readings it has in the message)
+    let mut entries: Vec<(&str, usize)> = Vec::new();
+    // (entry, end of the reading's text in `pairs`), one per reading taken
+    let mut taken: Vec<(usize, usize)> = Vec::with_capacity(readings.len().min(8192));
+    let mut pairs = String::with_capacity(max_bytes.min(readings.len().saturating_mul(24)));
     let mut total = 2; // {}
-    let mut consumed = 0;
-    let mut pair = String::new();
     for r in readings {
         let r = r.borrow();
-        pair.clear();
-        let _ = write!(pair, "{},", r.time_ms);
-        r.value.write_json(&mut pair);
+        let start = pairs.len();
+        pairs.push_str(itoa::Buffer::new().format(r.time_ms));
+        pairs.push(',');
+        r.value.write_json(&mut pairs);
+        let len = pairs.len() - start;
         let id: &str = &r.sensor_id;
-        let added = match index.get(id) {
-            Some(_) => pair.len() + 1,
-            None => {
-                // "id":[pair] plus a separating comma when not first.
-                json_string_len(id) + 3 + pair.len() + usize::from(!entries.is_empty())
-            }
+        let entry = index.get(id).copied();
+        let added = match entry {
+            Some(_) => len + 1,
+            // "id":[pair] plus a separating comma when not first.
+            None => json_string_len(id) + 3 + len + usize::from(!entries.is_empty()),
         };
-        if total + added > max_bytes && consumed > 0 {
+        if total + added > max_bytes && !taken.is_empty() {
+            pairs.truncate(start);
             break;
         }
         total += added;
-        consumed += 1;
-        match index.get(id) {
-            Some(&i) => {
-                let body = &mut entries[i].1;
-                body.push(',');
-                body.push_str(&pair);
-            }
-            None => {
-                index.insert(id, entries.len());
-                entries.push((id, pair.clone()));
-            }
-        }
+        let e = entry.unwrap_or_else(|| {
+            index.insert(id, entries.len());
+            entries.push((id, 0));
+            entries.len() - 1
+        });
+        entries[e].1 += 1;
+        taken.push((e, pairs.len()));
+    }
+    // Second pass: each sensor's readings together, in input order (a
+    // counting sort of the spans of `pairs`), written once into the message.
+    let mut next: Vec<usize> = Vec::with_capacity(entries.len());
+    let mut at = 0;
+    for (_, n) in &entries {
+        next.push(at);
+        at += n;
+    }
+    let mut spans = vec![(0, 0); taken.len()];
+    let mut start = 0;
+    for &(e, end) in &taken {
+        spans[next[e]] = (start, end);
+        next[e] += 1;
+        start = end;
     }
     let mut out = String::with_capacity(total);
     out.push('{');
-    for (i, (id, body)) in entries.iter().enumerate() {
+    let mut spans = spans.iter();
+    for (i, (id, n)) in entries.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         write_json_string(id, &mut out);
         out.push_str(":[");
-        out.push_str(body);
+        for (k, &(s, e)) in spans.by_ref().take(*n).enumerate() {
+            if k > 0 {
+                out.push(',');
+            }
+            out.push_str(&pairs[s..e]);
+        }
         out.push(']');
     }
     out.push('}');
     debug_assert_eq!(out.len(), total);
-    (out, consumed)
-}
-
-fn json_string_len(s: &str) -> usize {
-    let mut tmp = String::with_capacity(s.len() + 2);
-    write_json_string(s, &mut tmp);
-    tmp.len()
+    (out, taken.len())
 }
 
 /// Error from [`parse_values`].
@@ -237,6 +253,95 @@ mod tests {
             start += n;
         }
         assert_eq!(seen, rs.len());
+    }
+
+    /// The encoder as it was before it was made faster (per-sensor strings
+    /// and SipHash), kept as the reference the fast one must equal byte for byte.
+    fn pack_values_reference(readings: &[Reading], max_bytes: usize) -> (String, usize) {
+        let mut index: std::collections::HashMap<&str, usize> = Default::default();
+        let mut entries: Vec<(&str, String)> = Vec::new();
+        let mut total = 2;
+        let mut consumed = 0;
+        let mut pair = String::new();
+        for r in readings {
+            pair.clear();
+            let _ = write!(pair, "{},", r.time_ms);
+            r.value.write_json(&mut pair);
+            let id: &str = &r.sensor_id;
+            let added = match index.get(id) {
+                Some(_) => pair.len() + 1,
+                None => json_string_len(id) + 3 + pair.len() + usize::from(!entries.is_empty()),
+            };
+            if total + added > max_bytes && consumed > 0 {
+                break;
+            }
+            total += added;
+            consumed += 1;
+            match index.get(id) {
+                Some(&i) => {
+                    entries[i].1.push(',');
+                    entries[i].1.push_str(&pair);
+                }
+                None => {
+                    index.insert(id, entries.len());
+                    entries.push((id, pair.clone()));
+                }
+            }
+        }
+        let mut out = String::from("{");
+        for (i, (id, body)) in entries.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_json_string(id, &mut out);
+            out.push_str(":[");
+            out.push_str(body);
+            out.push(']');
+        }
+        out.push('}');
+        (out, consumed)
+    }
+
+    #[test]
+    fn fast_encoder_equals_the_reference() {
+        let ids = [
+            "a",
+            "b827eb1dcccc-temperature-0",
+            "q\"uote",
+            "é",
+            "t\tab",
+            "z",
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rand = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for round in 0..300 {
+            let len = rand(60) as usize;
+            let rs: Vec<Reading> = (0..len)
+                .map(|i| {
+                    let value = match rand(5) {
+                        0 => Value::Number(rand(100_000) as f64 / 7.0),
+                        1 => Value::Number(rand(1000) as f64 - 500.0),
+                        2 => Value::Text(format!("v{}\n,", rand(50))),
+                        3 => Value::Json(serde_json::json!({"lat": 37.5, "lng": rand(90)})),
+                        _ => Value::Number(f64::from_bits(rand(u64::MAX))),
+                    };
+                    Reading::new(
+                        ids[rand(ids.len() as u64) as usize],
+                        1_700_000_000_000 + i as i64 * 1000 - rand(3) as i64,
+                        value,
+                    )
+                })
+                .collect();
+            for max in [0, 20, 60, 200, 1000, usize::MAX] {
+                let want = pack_values_reference(&rs, max);
+                assert_eq!(pack_values(&rs, max), want, "round {round}, max {max}");
+            }
+        }
     }
 
     #[test]
