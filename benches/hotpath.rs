@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use thingplus_gw::buffer::{Buffer, MemoryStore, Stored};
 use thingplus_gw::clock::Clock;
-use thingplus_gw::config::{Config, Fsync, SensorSource};
+use thingplus_gw::config::{Config, Fsync, SensorSource, ValueType};
 use thingplus_gw::sensor::{file, Reading, Sampler, SensorRuntime, Value};
 use thingplus_gw::status_board::StatusBoard;
 use thingplus_gw::thingplus::pack_values;
@@ -115,7 +115,14 @@ fn kernel(name: &str, rounds: usize) {
                     reading: Reading::new(
                         ids[i % 1000].clone(),
                         1_780_000_000_000 + (i / 1000) as i64 * 1000,
-                        Value::Number(20.0 + (i % 977) as f64 * 0.013),
+                        // A temperature as a sysfs sensor gives it: millidegrees x 0.001.
+                        file::number_value(
+                            (20_000 + (i % 977) * 13) as f64,
+                            ValueType::Number,
+                            0.001,
+                            0.0,
+                        )
+                        .unwrap(),
                     ),
                 })
                 .collect();

@@ -63,8 +63,9 @@ pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (Str
     // `pairs`, and the entry (sensor) it goes to, until the limit. Entries
     // are kept in order of first appearance.
     let mut index: FxHashMap<&str, usize> = FxHashMap::default();
-    // (sensor id, readings it has in the message)
-    let mut entries: Vec<(&str, usize)> = Vec::new();
+    index.reserve(readings.len().min(256));
+    // (sensor id, readings it has in the message, its JSON length)
+    let mut entries: Vec<(&str, usize, usize)> = Vec::new();
     // (entry, end of the reading's text in `pairs`), one per reading taken
     let mut taken: Vec<(usize, usize)> = Vec::with_capacity(readings.len().min(8192));
     let mut pairs = String::with_capacity(max_bytes.min(readings.len().saturating_mul(24)));
@@ -78,10 +79,14 @@ pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (Str
         let len = pairs.len() - start;
         let id: &str = &r.sensor_id;
         let entry = index.get(id).copied();
+        let id_len = match entry {
+            Some(_) => 0,
+            None => json_string_len(id),
+        };
         let added = match entry {
             Some(_) => len + 1,
             // "id":[pair] plus a separating comma when not first.
-            None => json_string_len(id) + 3 + len + usize::from(!entries.is_empty()),
+            None => id_len + 3 + len + usize::from(!entries.is_empty()),
         };
         if total + added > max_bytes && !taken.is_empty() {
             pairs.truncate(start);
@@ -90,7 +95,7 @@ pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (Str
         total += added;
         let e = entry.unwrap_or_else(|| {
             index.insert(id, entries.len());
-            entries.push((id, 0));
+            entries.push((id, 0, id_len));
             entries.len() - 1
         });
         entries[e].1 += 1;
@@ -100,7 +105,7 @@ pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (Str
     // counting sort of the spans of `pairs`), written once into the message.
     let mut next: Vec<usize> = Vec::with_capacity(entries.len());
     let mut at = 0;
-    for (_, n) in &entries {
+    for (_, n, _) in &entries {
         next.push(at);
         at += n;
     }
@@ -114,13 +119,20 @@ pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (Str
     let mut out = String::with_capacity(total);
     out.push('{');
     let mut spans = spans.iter();
-    for (i, (id, n)) in entries.iter().enumerate() {
+    for (i, &(id, n, id_len)) in entries.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        write_json_string(id, &mut out);
+        if id_len == id.len() + 2 {
+            // Nothing to escape (every valid sensor id).
+            out.push('"');
+            out.push_str(id);
+            out.push('"');
+        } else {
+            write_json_string(id, &mut out);
+        }
         out.push_str(":[");
-        for (k, &(s, e)) in spans.by_ref().take(*n).enumerate() {
+        for (k, &(s, e)) in spans.by_ref().take(n).enumerate() {
             if k > 0 {
                 out.push(',');
             }
