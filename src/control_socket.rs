@@ -158,6 +158,9 @@ pub async fn serve(path: PathBuf, sources: Sources) {
         }
     };
     tracing::debug!(path = %path.display(), "control socket listening");
+    // Removed when this task ends (it is aborted at shutdown), and only by
+    // the daemon that bound it.
+    let _unlink = Unlink(path.clone());
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
@@ -169,6 +172,14 @@ pub async fn serve(path: PathBuf, sources: Sources) {
             bytes.push(b'\n');
             let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&bytes)).await;
         });
+    }
+}
+
+struct Unlink(PathBuf);
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

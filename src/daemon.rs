@@ -7,7 +7,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::actuator::Actuators;
-use crate::buffer::{Buffer, MemoryStore};
+use crate::buffer::Buffer;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::control_socket;
@@ -90,6 +90,11 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    // First, so that a SIGTERM during start-up is a clean stop, not a kill.
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| StartError::Other(e.to_string()))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| StartError::Other(e.to_string()))?;
     let gw = &config.gateway;
 
     let settings = session_settings(&config)?;
@@ -114,10 +119,8 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         _ => gw.report_interval,
     };
 
-    let buffer = Buffer::start(
-        MemoryStore::new(config.buffer.max_size),
-        config.buffer.fsync,
-    );
+    let buffer = Buffer::open(&config.buffer, config.mqtt.max_message_size)
+        .map_err(|e| StartError::Other(e.to_string()))?;
     let clock = Arc::new(Clock::new());
     let board = Arc::new(StatusBoard::new(
         config.sensors.iter().map(|s| s.id.clone()),
@@ -194,10 +197,6 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         "thingplus-gw {} started", env!("CARGO_PKG_VERSION")
     );
 
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| StartError::Other(e.to_string()))?;
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(|e| StartError::Other(e.to_string()))?;
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| StartError::Other(e.to_string()))?;
     let mut wedge = match std::env::var(TEST_HOOKS_ENV).as_deref() {
         Ok("1") => Some(
@@ -388,7 +387,6 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     }
 
     control_task.abort();
-    let _ = std::fs::remove_file(control_socket::default_path());
     notifier.stopping();
     // Stop sampling first, so what is delivered below is everything there is.
     for (_, t) in &sensor_tasks {

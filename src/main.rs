@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     match args.command {
         Command::Run => cli::run::run(&args.config),
         Command::Check => cli::check::run(&args.config),
+        Command::Buffer { command } => cli::buffer::run(&args.config, command),
         Command::Id { interface } => cli::id::run(&args.config, interface.as_deref()),
         Command::Status { json, socket } => cli::status::run(
             &socket.unwrap_or_else(thingplus_gw::control_socket::default_path),

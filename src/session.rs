@@ -20,7 +20,7 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{interval_at, MissedTickBehavior};
 
-use crate::buffer::{Buffer, Stored};
+use crate::buffer::{Buffer, ReadRequest, Stored};
 use crate::clock::system_now_ms;
 use crate::config::{MqttConfig, Secret};
 use crate::rpc::{Dispatcher, Response};
@@ -137,9 +137,39 @@ pub fn classify(e: &ConnectionError, gateway_id: &str, broker: &str) -> Failure 
             Unreachable,
             format!("cannot reach the broker {broker}: no answer in time: check the network and [mqtt] host and port"),
         ),
-        other => (Lost, format!("connection to {broker} lost: {other}")),
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => (
+            Lost,
+            format!("connection to {broker} dropped: it sent a packet of {n} bytes, over the limit of {MAX_INCOMING_PACKET} bytes; reconnecting"),
+        ),
+        other => match tls_alert(other) {
+            // TLS 1.3 reports a refused client certificate after the handshake.
+            Some(alert) => (
+                Tls,
+                format!("TLS with {broker} failed: {alert}: check [mqtt] client_cert and client_key, ca_file, the host name and the system clock"),
+            ),
+            None => (Lost, format!("connection to {broker} lost: {other}")),
+        },
     };
     Failure { kind, message }
+}
+
+/// A rustls error somewhere in the error's chain.
+fn tls_alert(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t.to_string());
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(t.to_string());
+            }
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// The per-connection bookkeeping.
@@ -151,8 +181,11 @@ struct Conn {
     /// Publishes on the wire, by packet id.
     inflight: HashMap<u16, (Tag, Instant)>,
     values_outstanding: usize,
-    prefetch: VecDeque<Stored>,
+    prefetch: Vec<Stored>,
+    /// The seq to read from next.
     cursor: u64,
+    /// A read already asked of the buffer thread (from `cursor`).
+    read_ahead: Option<ReadRequest>,
     want_drain: bool,
     shutdown_deadline: Option<Instant>,
     off_sent: bool,
@@ -337,8 +370,9 @@ impl Session {
             queued: VecDeque::new(),
             inflight: HashMap::new(),
             values_outstanding: 0,
-            prefetch: VecDeque::new(),
+            prefetch: Vec::new(),
             cursor: 0,
+            read_ahead: None,
             want_drain: false,
             shutdown_deadline: None,
             off_sent: false,
@@ -473,6 +507,7 @@ impl Session {
                 // Replay from the oldest unacknowledged reading.
                 conn.cursor = 0;
                 conn.prefetch.clear();
+                conn.read_ahead = None;
                 conn.want_drain = true;
                 let period = *self.report_interval.borrow();
                 let mut tick = interval_at(tokio::time::Instant::now() + period, period);
@@ -542,16 +577,23 @@ impl Session {
         let window = self.settings.mqtt.max_inflight as usize;
         while conn.values_outstanding < window {
             if conn.prefetch.len() < READ_BATCH / 2 {
-                match self
-                    .buffer
-                    .read(conn.cursor, READ_BATCH - conn.prefetch.len())
-                    .await
-                {
+                let request = match conn.read_ahead.take() {
+                    Some(r) => r,
+                    None => self.buffer.request_read(conn.cursor, READ_BATCH),
+                };
+                match request.await {
                     Ok(batch) => {
+                        let full = batch.len() == READ_BATCH;
                         if let Some(last) = batch.last() {
                             conn.cursor = last.seq + 1;
                         }
                         conn.prefetch.extend(batch);
+                        // A long backlog: the buffer thread reads the next
+                        // batch while this one is packed and sent.
+                        if full {
+                            conn.read_ahead =
+                                Some(self.buffer.request_read(conn.cursor, READ_BATCH));
+                        }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot read the buffer");
@@ -563,7 +605,7 @@ impl Session {
                 conn.want_drain = false;
                 return;
             }
-            let slice = conn.prefetch.make_contiguous();
+            let slice = &conn.prefetch[..];
             let (msg, n) = pack_values(slice, max_size);
             let seqs = slice[0].seq..slice[n - 1].seq + 1;
             if msg.len() > max_size {
@@ -586,8 +628,9 @@ impl Session {
                 Tag::Values { seqs, count: n },
             ) {
                 // rumqttc's queue is full: read these again later.
-                conn.cursor = conn.prefetch.front().map_or(conn.cursor, |s| s.seq);
+                conn.cursor = conn.prefetch.first().map_or(conn.cursor, |s| s.seq);
                 conn.prefetch.clear();
+                conn.read_ahead = None;
                 return;
             }
             conn.prefetch.drain(..n);

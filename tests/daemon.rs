@@ -415,6 +415,44 @@ fn tls_with_the_right_ca_connects_and_a_wrong_ca_does_not() {
 }
 
 #[test]
+fn client_certificate_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let mut cloud = Cloud::connect(broker.port);
+    let pki = &broker.pki;
+    let mqtt = format!(
+        "ca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"",
+        pki.ca_cert.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let cfg = config_text(dir.path(), broker.cert_port, &mqtt, "")
+        .replace("tls = false", "tls = true")
+        .replace("host = \"127.0.0.1\"", "host = \"localhost\"");
+    let d = Daemon::spawn(dir.path(), &cfg);
+    assert_eq!(cloud.next_on(&topic("mqtt/status")).text(), "on");
+    // The key never reaches the log.
+    let key = std::fs::read_to_string(&pki.client_key).unwrap();
+    let body: String = key.lines().nth(1).unwrap().to_string();
+    assert!(!d.log_lines().join("\n").contains(&body));
+
+    // Without the certificate, that listener refuses the TLS handshake.
+    let dir2 = dir.path().join("nocert");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let cfg = config_text(
+        &dir2,
+        broker.cert_port,
+        &format!("ca_file = \"{}\"", pki.ca_cert.display()),
+        "",
+    )
+    .replace("tls = false", "tls = true")
+    .replace("host = \"127.0.0.1\"", "host = \"localhost\"");
+    let d2 = Daemon::spawn(&dir2, &cfg);
+    d2.wait_log("TLS with localhost");
+    assert_eq!(d2.count_log("connected to Thing+ broker"), 0);
+}
+
+#[test]
 fn config_errors_exit_78_with_position() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");

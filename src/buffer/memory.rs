@@ -8,6 +8,7 @@ use super::{BufferStats, Store, StoreResult, Stored};
 use crate::sensor::{Reading, Value};
 
 /// A bounded in-memory queue.
+#[derive(Clone, Debug)]
 pub struct MemoryStore {
     queue: VecDeque<Stored>,
     next_seq: u64,
@@ -23,6 +24,21 @@ impl MemoryStore {
             next_seq: 1,
             bytes: 0,
             max_bytes,
+            dropped: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+impl MemoryStore {
+    /// A model holding exactly `queue`, whose next append gets `next_seq` (tests).
+    pub(crate) fn from_parts(queue: Vec<Stored>, next_seq: u64) -> Self {
+        let bytes = queue.iter().map(|s| reading_size(&s.reading)).sum();
+        MemoryStore {
+            queue: queue.into(),
+            next_seq,
+            bytes,
+            max_bytes: u64::MAX,
             dropped: 0,
         }
     }

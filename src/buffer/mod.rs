@@ -5,8 +5,13 @@
 //! keeping; [`Buffer`] runs one on its own thread so that neither disk I/O
 //! nor locking ever happens on the async runtime.
 
+pub mod codec;
 pub mod memory;
+#[cfg(test)]
+mod proptests;
+pub mod sqlite;
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread;
@@ -14,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::config::Fsync;
-use crate::sensor::Reading;
+use crate::config::{BufferConfig, Fsync};
+use crate::sensor::{Reading, Value};
 
 pub use memory::MemoryStore;
+pub use sqlite::{OpenError, SqliteOptions, SqliteStore};
 
 /// A reading with its place in the queue. Sequence numbers only grow.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,8 +64,21 @@ pub trait Store: Send + 'static {
     /// Adds readings at the end, in order. They are visible to `read` at once;
     /// durable after the next `commit`.
     fn append(&mut self, readings: Vec<Reading>) -> StoreResult<()>;
-    /// Makes every append so far durable.
+    /// Makes every change so far (appends and acks) survive a crash of the
+    /// process (SIGKILL, panic, OOM kill).
     fn commit(&mut self) -> StoreResult<()>;
+    /// Makes every committed change survive a power cut as well. The buffer
+    /// calls it once per `fsync` period; a store whose `commit` already
+    /// reaches the disk has nothing to do.
+    fn sync(&mut self) -> StoreResult<()> {
+        Ok(())
+    }
+    /// Makes the acknowledgements so far survive a crash, so that only
+    /// messages in flight are sent again after one. Appends may wait for the
+    /// next `commit`. Called after every burst of commands holding an ack.
+    fn commit_acks(&mut self) -> StoreResult<()> {
+        self.commit()
+    }
     /// Up to `max` readings with `seq >= from`, oldest first.
     fn read(&mut self, from: u64, max: usize) -> StoreResult<Vec<Stored>>;
     /// Removes the readings whose seq is in `range` (acknowledged by the broker).
@@ -67,8 +86,37 @@ pub trait Store: Send + 'static {
     fn stats(&mut self) -> StoreResult<BufferStats>;
 }
 
+/// With `fsync = "never"`, appends are committed this often.
+pub const NEVER_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// Appends are also committed as soon as this many readings wait.
+pub const COMMIT_READINGS: usize = 8192;
+
+/// How the buffer thread runs its store.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BufferOptions {
+    pub fsync: Fsync,
+    /// Readings whose message alone would be larger than this are rejected at
+    /// append (logged): they could never be sent and would block the queue.
+    pub max_reading_bytes: Option<usize>,
+}
+
+impl BufferOptions {
+    pub fn new(fsync: Fsync) -> Self {
+        BufferOptions {
+            fsync,
+            max_reading_bytes: None,
+        }
+    }
+}
+
 enum Command {
+    /// One append (the thread's own view of a staged one).
     Append(Vec<Reading>),
+    /// Sent by [`Buffer::append`] when the staging area was empty: take
+    /// what is staged, if it is still of this generation.
+    Staged(u64),
+    /// Staged appends handed over whole, ahead of another command.
+    Appends(Vec<Vec<Reading>>),
     Read {
         from: u64,
         max: usize,
@@ -88,98 +136,122 @@ pub struct Buffer {
 
 struct Shared {
     tx: mpsc::Sender<Command>,
-    /// Readings appended on the async runtime and not yet handed to the
-    /// thread (see [`Buffer::append`]). Any other command hands them over first.
-    staged: Mutex<Vec<Reading>>,
+    /// Appends the thread has not taken yet (see [`Buffer::append`]).
+    staged: Arc<Mutex<Staging>>,
+}
+
+/// Appends on their way to the thread, each kept whole so that the thread
+/// carries them out one by one, exactly as if each had been sent alone.
+#[derive(Default)]
+struct Staging {
+    appends: Vec<Vec<Reading>>,
+    /// Bumped each time the appends are taken: a `Staged` message of an
+    /// older generation finds nothing of its own left to take.
+    generation: u64,
+}
+
+impl Staging {
+    fn take(&mut self) -> Vec<Vec<Reading>> {
+        self.generation += 1;
+        std::mem::take(&mut self.appends)
+    }
+}
+
+fn lock(staged: &Mutex<Staging>) -> MutexGuard<'_, Staging> {
+    staged.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
-    fn staged(&self) -> MutexGuard<'_, Vec<Reading>> {
-        self.staged.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Sends `c` after whatever is staged. The lock is held across both
-    /// sends, so nothing staged later can overtake the command.
-    fn send(&self, c: Option<Command>) -> Result<(), mpsc::SendError<Command>> {
-        let mut staged = self.staged();
-        if !staged.is_empty() {
-            self.tx
-                .send(Command::Append(std::mem::take(&mut *staged)))?;
+    /// sends, so the order of appends and commands is the order of calls.
+    fn send(&self, c: Command) -> Result<(), mpsc::SendError<Command>> {
+        let mut staged = lock(&self.staged);
+        if !staged.appends.is_empty() {
+            self.tx.send(Command::Appends(staged.take()))?;
         }
-        match c {
-            Some(c) => self.tx.send(c),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Hands the staged readings to the thread when dropped.
-struct Handover(Arc<Shared>);
-
-impl Drop for Handover {
-    fn drop(&mut self) {
-        let _ = self.0.send(None);
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // The last handle is gone: what is staged still goes to the store.
-        let _ = self.send(None);
+        self.tx.send(c)
     }
 }
 
 impl Buffer {
     /// Starts the buffer thread over `store`, committing as `fsync` says.
     pub fn start(store: impl Store, fsync: Fsync) -> Buffer {
+        Buffer::start_with(store, BufferOptions::new(fsync))
+    }
+
+    /// Starts the buffer thread over `store`.
+    pub fn start_with(store: impl Store, options: BufferOptions) -> Buffer {
         let (tx, rx) = mpsc::channel();
+        let staged = Arc::new(Mutex::new(Staging::default()));
+        let taken = staged.clone();
         thread::Builder::new()
             .name("buffer".into())
-            .spawn(move || run(store, fsync, rx))
+            .spawn(move || run(store, options, rx, &taken))
             .expect("spawn buffer thread");
         Buffer {
-            shared: Arc::new(Shared {
-                tx,
-                staged: Mutex::new(Vec::new()),
-            }),
+            shared: Arc::new(Shared { tx, staged }),
+        }
+    }
+    /// The daemon's buffer: the SQLite store in `config.dir`.
+    ///
+    /// A corrupt database is moved aside and replaced (see
+    /// [`SqliteStore::open`]). Another process holding the directory is an
+    /// error. Any other failure (an unwritable directory, a database from a
+    /// newer version) is logged and the readings are kept in memory only, so
+    /// that sampling and delivery go on.
+    pub fn open(config: &BufferConfig, max_message_size: usize) -> Result<Buffer, OpenError> {
+        let options = BufferOptions {
+            fsync: config.fsync,
+            max_reading_bytes: Some(max_message_size),
+        };
+        match SqliteStore::open(&config.dir, SqliteOptions::from_config(config)) {
+            Ok(store) => Ok(Buffer::start_with(store, options)),
+            Err(e @ OpenError::Locked { .. }) => Err(e),
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "the disk buffer cannot be used: readings are kept in memory only and will not survive a restart"
+                );
+                Ok(Buffer::start_with(
+                    MemoryStore::new(config.max_size),
+                    options,
+                ))
+            }
         }
     }
 
     /// Queues readings for appending; never waits for the disk.
     ///
-    /// On the async runtime, the readings appended during one turn of it
-    /// (every sensor woken by the same timer tick) are handed to the thread
-    /// together, by a task that runs after them: one wake-up of the thread
-    /// per burst instead of one per reading. Elsewhere they are sent at once.
+    /// The thread is woken only when everything appended before was taken:
+    /// appends made while it has not got round to them yet (the other
+    /// sensors of the same timer tick) wait in a staging area that it takes
+    /// whole. One wake-up per burst instead of one per reading; the thread
+    /// still carries out each append on its own, in order.
     pub fn append(&self, readings: Vec<Reading>) {
         if readings.is_empty() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            let _ = self.shared.send(Some(Command::Append(readings)));
-            return;
-        };
-        let mut staged = self.shared.staged();
-        if !staged.is_empty() {
-            staged.extend(readings);
-            return;
+        let mut staged = lock(&self.shared.staged);
+        staged.appends.push(readings);
+        if staged.appends.len() == 1 {
+            let _ = self.shared.tx.send(Command::Staged(staged.generation));
         }
-        *staged = readings;
-        drop(staged);
-        // Hands them over when the task runs, or when it is dropped unrun
-        // (the runtime shutting down): never left behind.
-        let handover = Handover(self.shared.clone());
-        runtime.spawn(async move { drop(handover) });
     }
 
     pub async fn read(&self, from: u64, max: usize) -> StoreResult<Vec<Stored>> {
+        self.request_read(from, max).await
+    }
+
+    /// Asks for a read at once and returns its answer to await later: the
+    /// buffer thread reads the next batch while the caller packs this one.
+    pub fn request_read(&self, from: u64, max: usize) -> ReadRequest {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Read { from, max, reply })?;
-        rx.await.map_err(|_| gone())?
+        let sent = self.send(Command::Read { from, max, reply });
+        ReadRequest(sent.map(|()| rx))
     }
 
     pub fn ack(&self, range: Range<u64>) {
-        let _ = self.shared.send(Some(Command::Ack(range)));
+        let _ = self.shared.send(Command::Ack(range));
     }
 
     pub async fn stats(&self) -> StoreResult<BufferStats> {
@@ -188,7 +260,7 @@ impl Buffer {
         rx.await.map_err(|_| gone())?
     }
 
-    /// Commits what is pending and stops the thread.
+    /// Commits and syncs what is pending and stops the thread.
     pub async fn close(&self) -> StoreResult<()> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Close(reply))?;
@@ -196,7 +268,26 @@ impl Buffer {
     }
 
     fn send(&self, c: Command) -> StoreResult<()> {
-        self.shared.send(Some(c)).map_err(|_| gone())
+        self.shared.send(c).map_err(|_| gone())
+    }
+}
+
+/// A read asked with [`Buffer::request_read`]. Dropping it discards the answer.
+pub struct ReadRequest(StoreResult<oneshot::Receiver<StoreResult<Vec<Stored>>>>);
+
+impl std::future::Future for ReadRequest {
+    type Output = StoreResult<Vec<Stored>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.0 {
+            Ok(rx) => std::pin::Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.map_err(|_| gone())?),
+            Err(e) => std::task::Poll::Ready(Err(StoreError::Failed(e.to_string()))),
+        }
     }
 }
 
@@ -204,68 +295,232 @@ fn gone() -> StoreError {
     StoreError::Failed("the buffer thread has stopped".into())
 }
 
-fn run(mut store: impl Store, fsync: Fsync, rx: mpsc::Receiver<Command>) {
-    let period = match fsync {
-        Fsync::Period(p) => Some(p),
-        // "never" still commits now and then so the WAL does not grow without bound;
-        // only the fsync is skipped (the store decides that).
-        Fsync::Never => Some(Duration::from_secs(5)),
-        Fsync::Always => None,
-    };
-    let mut dirty_since: Option<Instant> = None;
-    loop {
-        let cmd = match (dirty_since, period) {
-            (Some(since), Some(p)) => {
-                let left = p.saturating_sub(since.elapsed());
-                match rx.recv_timeout(left) {
-                    Ok(c) => Some(c),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+/// Size of the values message that would carry `r` alone.
+pub fn single_message_len(r: &Reading) -> usize {
+    crate::thingplus::pack_values(std::slice::from_ref(r), usize::MAX)
+        .0
+        .len()
+}
+
+/// Whether `r` fits in a message of `max` bytes, cheaply for numbers.
+fn fits(r: &Reading, max: usize) -> bool {
+    // {"<id, escaped at most 6x>":[<time, 20>,<number, 24>]}
+    if matches!(r.value, Value::Number(_)) && r.sensor_id.len() * 6 + 56 <= max {
+        return true;
+    }
+    single_message_len(r) <= max
+}
+
+/// Logs a failing operation once per change of error, not once per call.
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<String>,
+    repeats: u64,
+}
+
+impl ErrorLog {
+    fn record(&mut self, what: &str, result: StoreResult<()>) {
+        match result {
+            Ok(()) => {
+                if let Some(prev) = self.last.take() {
+                    tracing::info!(
+                        previous_error = %prev,
+                        repeats = self.repeats,
+                        "buffer {what} works again"
+                    );
+                    self.repeats = 0;
                 }
             }
-            _ => match rx.recv() {
-                Ok(c) => Some(c),
-                Err(_) => break,
-            },
-        };
-        match cmd {
-            None => {}
-            Some(Command::Append(r)) => {
-                if let Err(e) = store.append(r) {
-                    tracing::error!(error = %e, "buffer append failed");
+            Err(e) => {
+                let msg = e.to_string();
+                if self.last.as_deref() == Some(msg.as_str()) {
+                    self.repeats += 1;
+                } else {
+                    tracing::error!(error = %msg, "buffer {what} failed");
+                    self.last = Some(msg);
+                    self.repeats = 0;
                 }
-                dirty_since.get_or_insert_with(Instant::now);
             }
-            Some(Command::Read { from, max, reply }) => {
-                let _ = reply.send(store.read(from, max));
-            }
-            Some(Command::Ack(range)) => {
-                if let Err(e) = store.ack(range) {
-                    tracing::error!(error = %e, "buffer ack failed");
-                }
-                dirty_since.get_or_insert_with(Instant::now);
-            }
-            Some(Command::Stats(reply)) => {
-                let _ = reply.send(store.stats());
-            }
-            Some(Command::Close(reply)) => {
-                let _ = reply.send(store.commit());
-                return;
-            }
-        }
-        let due = match (dirty_since, period) {
-            (Some(_), None) => true,
-            (Some(since), Some(p)) => since.elapsed() >= p,
-            (None, _) => false,
-        };
-        if due {
-            if let Err(e) = store.commit() {
-                tracing::error!(error = %e, "buffer commit failed");
-            }
-            dirty_since = None;
         }
     }
-    let _ = store.commit();
+}
+
+/// Readings rejected at append, logged once per sensor until it sends a
+/// reading that fits again.
+#[derive(Default)]
+struct Oversize {
+    rejecting: std::collections::HashSet<std::sync::Arc<str>>,
+}
+
+impl Oversize {
+    fn filter(&mut self, readings: &mut Vec<Reading>, max: usize) {
+        readings.retain(|r| {
+            if fits(r, max) {
+                if !self.rejecting.is_empty() && self.rejecting.remove(&r.sensor_id) {
+                    tracing::info!(sensor_id = %r.sensor_id, "sensor values fit in max_message_size again");
+                }
+                true
+            } else {
+                if self.rejecting.insert(r.sensor_id.clone()) {
+                    tracing::warn!(
+                        sensor_id = %r.sensor_id,
+                        size = single_message_len(r),
+                        max_message_size = max,
+                        "a reading larger than [mqtt] max_message_size was rejected: it could never be sent (further ones from this sensor are rejected silently)"
+                    );
+                }
+                false
+            }
+        });
+    }
+}
+
+fn run(
+    mut store: impl Store,
+    options: BufferOptions,
+    rx: mpsc::Receiver<Command>,
+    staged: &Mutex<Staging>,
+) {
+    // When appends are committed and synced:
+    // - "always": after every burst of commands, each commit reaching the
+    //   disk (the store is opened with synchronous=FULL);
+    // - a period: once per period (or every COMMIT_READINGS readings), each
+    //   periodic commit followed by a sync, so the period is the loss window
+    //   for a crash and for a power cut alike;
+    // - "never": every NEVER_COMMIT_INTERVAL, never synced.
+    // Acknowledgements are committed after every burst in all modes (without
+    // an fsync except in "always"), so that after a crash only messages that
+    // were in flight are sent again; a period's sync covers them too.
+    let (commit_after, sync_every) = match options.fsync {
+        Fsync::Always => (Duration::ZERO, None),
+        Fsync::Period(p) => (p, Some(p)),
+        Fsync::Never => (NEVER_COMMIT_INTERVAL, None),
+    };
+    let mut dirty_since: Option<Instant> = None;
+    let mut unsynced_since: Option<Instant> = None;
+    let mut uncommitted = 0usize;
+    let mut oversize = Oversize::default();
+    let (mut append_log, mut ack_log, mut commit_log, mut sync_log) = (
+        ErrorLog::default(),
+        ErrorLog::default(),
+        ErrorLog::default(),
+        ErrorLog::default(),
+    );
+    let mut disconnected = false;
+    let mut closing = None;
+    // Acknowledgements since the last commit.
+    let mut acked = false;
+    // Appends taken from the staging area, carried out before anything else.
+    let mut taken: VecDeque<Vec<Reading>> = VecDeque::new();
+    while !disconnected && closing.is_none() {
+        let deadline = [
+            dirty_since.map(|t| t + commit_after),
+            unsynced_since.zip(sync_every).map(|(t, p)| t + p),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let mut next = taken.pop_front().map(Command::Append);
+        if next.is_none() {
+            next = match deadline {
+                Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                    Ok(c) => Some(c),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        disconnected = true;
+                        None
+                    }
+                },
+                None => match rx.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => {
+                        disconnected = true;
+                        None
+                    }
+                },
+            };
+        }
+        // Carry out a burst of commands, then commit once for all of them.
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Staged(generation) => {
+                    let mut s = lock(staged);
+                    if s.generation == generation {
+                        taken.extend(s.take());
+                    }
+                }
+                Command::Appends(appends) => taken.extend(appends),
+                Command::Append(mut readings) => {
+                    if let Some(max) = options.max_reading_bytes {
+                        oversize.filter(&mut readings, max);
+                    }
+                    if !readings.is_empty() {
+                        uncommitted += readings.len();
+                        append_log.record("append", store.append(readings));
+                        dirty_since.get_or_insert_with(Instant::now);
+                    }
+                }
+                Command::Read { from, max, reply } => {
+                    let _ = reply.send(store.read(from, max));
+                }
+                Command::Ack(range) => {
+                    ack_log.record("ack", store.ack(range));
+                    acked = true;
+                }
+                Command::Stats(reply) => {
+                    let _ = reply.send(store.stats());
+                }
+                Command::Close(reply) => {
+                    closing = Some(reply);
+                    break;
+                }
+            }
+            if uncommitted >= COMMIT_READINGS {
+                break;
+            }
+            if let Some(readings) = taken.pop_front() {
+                next = Some(Command::Append(readings));
+                continue;
+            }
+            match rx.try_recv() {
+                Ok(c) => next = Some(c),
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => disconnected = true,
+            }
+        }
+        let now = Instant::now();
+        let finishing = disconnected || closing.is_some();
+        if let Some(since) = dirty_since {
+            if finishing || uncommitted >= COMMIT_READINGS || now >= since + commit_after {
+                commit_log.record("commit", store.commit());
+                dirty_since = None;
+                uncommitted = 0;
+                acked = false;
+                // Synced one period after the first change it holds: at once
+                // for the periodic commit.
+                unsynced_since.get_or_insert(since);
+            }
+        }
+        if acked {
+            commit_log.record("commit", store.commit_acks());
+            acked = false;
+            unsynced_since.get_or_insert(now);
+        }
+        if let (Some(since), Some(period)) = (unsynced_since, sync_every) {
+            if finishing || now >= since + period {
+                sync_log.record("fsync", store.sync());
+                unsynced_since = None;
+            }
+        }
+    }
+    let result = store.commit().and_then(|()| store.sync());
+    // Closed (and its directory unlocked) before the caller hears about it.
+    drop(store);
+    if let Some(reply) = closing {
+        let _ = reply.send(result);
+    } else if let Err(e) = result {
+        tracing::error!(error = %e, "cannot commit the buffer at exit");
+    }
 }
 
 #[cfg(test)]
@@ -273,32 +528,35 @@ mod tests {
     use super::*;
     use crate::sensor::Value;
 
-    /// A store that records the size of each append it gets.
-    struct Recording(MemoryStore, Arc<Mutex<Vec<usize>>>);
+    /// A store that records the size of each append it gets, and can hold
+    /// its first append until told to go on.
+    struct Recording {
+        inner: MemoryStore,
+        seen: Arc<Mutex<Vec<usize>>>,
+        hold_first: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+    }
 
     impl Store for Recording {
         fn append(&mut self, readings: Vec<Reading>) -> StoreResult<()> {
-            self.1.lock().unwrap().push(readings.len());
-            self.0.append(readings)
+            self.seen.lock().unwrap().push(readings.len());
+            if let Some((entered, go)) = self.hold_first.take() {
+                entered.send(()).unwrap();
+                go.recv().unwrap();
+            }
+            self.inner.append(readings)
         }
         fn commit(&mut self) -> StoreResult<()> {
-            self.0.commit()
+            self.inner.commit()
         }
         fn read(&mut self, from: u64, max: usize) -> StoreResult<Vec<Stored>> {
-            self.0.read(from, max)
+            self.inner.read(from, max)
         }
         fn ack(&mut self, range: Range<u64>) -> StoreResult<()> {
-            self.0.ack(range)
+            self.inner.ack(range)
         }
         fn stats(&mut self) -> StoreResult<BufferStats> {
-            self.0.stats()
+            self.inner.stats()
         }
-    }
-
-    fn recording() -> (Buffer, Arc<Mutex<Vec<usize>>>) {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let store = Recording(MemoryStore::new(u64::MAX), seen.clone());
-        (Buffer::start(store, Fsync::Never), seen)
     }
 
     fn r(t: i64) -> Reading {
@@ -313,49 +571,86 @@ mod tests {
     }
 
     #[test]
-    fn appends_of_one_runtime_turn_reach_the_thread_together_and_in_order() {
-        let (b, seen) = recording();
-        current_thread().block_on(async {
-            for t in 1..=5 {
-                b.append(vec![r(t)]);
-            }
-            tokio::task::yield_now().await; // the hand-over task runs
-            b.append(vec![r(6)]);
-            // Any command hands over what is staged before it.
-            let got = b.read(0, 100).await.unwrap();
-            let times: Vec<i64> = got.iter().map(|s| s.reading.time_ms).collect();
-            assert_eq!(times, vec![1, 2, 3, 4, 5, 6]);
-            b.close().await.unwrap();
-        });
-        assert_eq!(*seen.lock().unwrap(), vec![5, 1]);
+    fn appends_made_while_the_thread_is_busy_reach_it_as_one_batch() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (entered_tx, entered) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        let store = Recording {
+            inner: MemoryStore::new(u64::MAX),
+            seen: seen.clone(),
+            hold_first: Some((entered_tx, go_rx)),
+        };
+        let b = Buffer::start(store, Fsync::Never);
+        b.append(vec![r(1)]);
+        entered.recv().unwrap(); // the thread is appending 1 and waits
+        for t in 2..=4 {
+            b.append(vec![r(t)]);
+        }
+        // Three appends, and the thread was woken once for them: after the
+        // first append's message, only the read's.
+        go.send(()).unwrap();
+        let rt = current_thread();
+        let got = rt.block_on(b.read(0, 100)).unwrap();
+        let times: Vec<i64> = got.iter().map(|s| s.reading.time_ms).collect();
+        assert_eq!(times, vec![1, 2, 3, 4]);
+        // Each append still reaches the store on its own, as before.
+        assert_eq!(*seen.lock().unwrap(), vec![1, 1, 1, 1]);
+        rt.block_on(b.close()).unwrap();
     }
 
     #[test]
-    fn staged_readings_survive_a_runtime_that_stops_and_dropped_handles() {
-        let (b, seen) = recording();
+    fn commands_and_appends_keep_the_order_of_calls() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (entered_tx, entered) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        let store = Recording {
+            inner: MemoryStore::new(u64::MAX),
+            seen: seen.clone(),
+            hold_first: Some((entered_tx, go_rx)),
+        };
+        let b = Buffer::start(store, Fsync::Never);
         let rt = current_thread();
-        rt.block_on(async { b.append(vec![r(1), r(2)]) });
-        drop(rt); // the hand-over task never ran: dropping it hands over
-        wait_for(&seen, 2);
-        // Outside a runtime, appends go at once.
-        b.append(vec![r(3)]);
-        let rt = current_thread();
-        let stats = rt.block_on(b.stats()).unwrap();
-        assert_eq!(stats.pending, 3);
-        rt.block_on(async { b.append(vec![r(4)]) });
-        // The runtime still exists (its hand-over task is queued) but every
-        // handle goes: the readings still reach the store.
-        drop(b);
-        drop(rt);
-        wait_for(&seen, 4);
+        b.append(vec![r(1)]);
+        entered.recv().unwrap(); // busy with 1
+        b.append(vec![r(2)]); // staged, the thread told
+        let early = b.request_read(0, 100); // hands 2 over ahead of itself
+        b.append(vec![r(3)]); // staged anew, after the read
+        go.send(()).unwrap();
+        let got = rt.block_on(early).unwrap();
+        let times: Vec<i64> = got.iter().map(|s| s.reading.time_ms).collect();
+        assert_eq!(times, vec![1, 2]);
+        let got = rt.block_on(b.read(0, 100)).unwrap();
+        let times: Vec<i64> = got.iter().map(|s| s.reading.time_ms).collect();
+        assert_eq!(times, vec![1, 2, 3]);
     }
 
-    /// Waits until the store got `n` readings in all.
-    fn wait_for(seen: &Mutex<Vec<usize>>, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while seen.lock().unwrap().iter().sum::<usize>() < n {
-            assert!(Instant::now() < deadline, "{:?}", seen.lock().unwrap());
-            thread::sleep(Duration::from_millis(5));
+    #[test]
+    fn appends_reach_the_store_without_help_from_the_caller() {
+        // Appended from a runtime that then blocks: nothing waits for it.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let store = Recording {
+            inner: MemoryStore::new(u64::MAX),
+            seen: seen.clone(),
+            hold_first: None,
+        };
+        let b = Buffer::start(store, Fsync::Never);
+        current_thread().block_on(async {
+            for t in 0..100 {
+                b.append(vec![r(t)]);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while seen.lock().unwrap().iter().sum::<usize>() < 100 {
+                assert!(Instant::now() < deadline, "{:?}", seen.lock().unwrap());
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        // Commands keep their order with appends still staged.
+        let rt = current_thread();
+        for t in 100..110 {
+            b.append(vec![r(t)]);
+            let last = rt.block_on(b.read(0, usize::MAX)).unwrap();
+            assert_eq!(last.last().unwrap().reading.time_ms, t);
         }
+        assert_eq!(rt.block_on(b.stats()).unwrap().pending, 110);
     }
 }

@@ -34,6 +34,11 @@ pub enum Command {
     Run,
     /// Validate the configuration and print what it resolves to.
     Check,
+    /// Inspect the on-disk buffer, or export its readings to rescue them.
+    Buffer {
+        #[command(subcommand)]
+        command: crate::cli::buffer::BufferCommand,
+    },
     /// Print the gateway id (works before an APIKEY is configured).
     Id {
         /// Take the MAC of this network interface.

@@ -1,6 +1,7 @@
 //! The commands of the `thingplus-gw` binary.
 
 pub mod args;
+pub mod buffer;
 pub mod check;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -5,5 +5,7 @@ pub mod payload;
 pub mod rpc;
 pub mod topics;
 
-pub use payload::{encode_status, encode_values, pack_values, parse_values, Status};
+pub use payload::{
+    encode_status, encode_values, pack_values, parse_status, parse_values, ParsedStatus, Status,
+};
 pub use topics::Topics;

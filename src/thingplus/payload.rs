@@ -4,7 +4,7 @@ use std::borrow::Borrow;
 use std::fmt::{self, Write as _};
 
 use crate::fasthash::FxHashMap;
-use crate::sensor::value::{json_string_len, write_json_string};
+use crate::sensor::value::{json_string_len, number_json, write_json_string, NumberBuffer};
 use crate::sensor::{Reading, Value};
 
 /// A gateway or sensor status as Thing+ understands it.
@@ -48,6 +48,45 @@ pub fn encode_status<'a>(
     out
 }
 
+/// A status payload read back: the gateway's status and valid duration, then
+/// `(sensor id, status, valid duration)` per sensor.
+pub type ParsedStatus = (Status, i64, Vec<(String, Status, i64)>);
+
+/// Parses a `v/a/g/{gw}/status` payload (the inverse of [`encode_status`],
+/// for sensor ids made of the protocol's id characters). Used by the tests,
+/// the demo cloud and the round-trip fuzz target.
+pub fn parse_status(text: &str) -> Result<ParsedStatus, String> {
+    fn status(s: &str) -> Result<Status, String> {
+        match s {
+            "on" => Ok(Status::On),
+            "off" => Ok(Status::Off),
+            "err" => Ok(Status::Err(None)),
+            _ => match s.strip_prefix("err:") {
+                Some(detail) => Ok(Status::Err(Some(detail.to_string()))),
+                None => Err(format!("unknown status {s:?}")),
+            },
+        }
+    }
+    fn valid(s: &str) -> Result<i64, String> {
+        s.parse::<i64>()
+            .map_err(|_| format!("bad valid duration {s:?}"))
+    }
+    let fields: Vec<&str> = text.split(',').collect();
+    if fields.len() < 2 || (fields.len() - 2) % 3 != 0 {
+        return Err(format!(
+            "{} fields: expected status,valid then id,status,valid per sensor",
+            fields.len()
+        ));
+    }
+    let gateway = status(fields[0])?;
+    let valid_s = valid(fields[1])?;
+    let sensors = fields[2..]
+        .chunks(3)
+        .map(|c| Ok((c[0].to_string(), status(c[1])?, valid(c[2])?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok((gateway, valid_s, sensors))
+}
+
 /// Encodes readings as one `v/a/g/{gw}` object: `{"sensorId":[t,v,t,v,...],...}`.
 /// Sensors appear in order of first reading; each sensor's pairs keep input order.
 pub fn encode_values<R: Borrow<Reading>>(readings: &[R]) -> String {
@@ -70,12 +109,17 @@ pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (Str
     let mut taken: Vec<(usize, usize)> = Vec::with_capacity(readings.len().min(8192));
     let mut pairs = String::with_capacity(max_bytes.min(readings.len().saturating_mul(24)));
     let mut total = 2; // {}
+    let mut times = itoa::Buffer::new();
+    let mut numbers = NumberBuffer::default();
     for r in readings {
         let r = r.borrow();
         let start = pairs.len();
-        pairs.push_str(itoa::Buffer::new().format(r.time_ms));
+        pairs.push_str(times.format(r.time_ms));
         pairs.push(',');
-        r.value.write_json(&mut pairs);
+        match &r.value {
+            Value::Number(n) => pairs.push_str(number_json(*n, &mut numbers)),
+            other => other.write_json(&mut pairs),
+        }
         let len = pairs.len() - start;
         let id: &str = &r.sensor_id;
         let entry = index.get(id).copied();
@@ -212,6 +256,25 @@ mod tests {
     }
 
     #[test]
+    fn status_parses_back() {
+        let text = "on,120,a-temperature-0,on,120,a-onoff-0,err:no file  x,120,b,off,120,c,err,120";
+        let (gw, valid, sensors) = parse_status(text).unwrap();
+        assert_eq!((gw, valid), (Status::On, 120));
+        assert_eq!(sensors.len(), 4);
+        assert_eq!(sensors[1].1, Status::Err(Some("no file  x".into())));
+        assert_eq!(sensors[3].1, Status::Err(None));
+        let again = encode_status(
+            &Status::On,
+            120,
+            sensors.iter().map(|(id, s, _)| (id.as_str(), s)),
+        );
+        assert_eq!(again, text);
+        for bad in ["", "on", "on,x", "maybe,1", "on,1,a,on", "on,1,a,on,x"] {
+            assert!(parse_status(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn status_detail_has_no_commas() {
         let s = Status::Err(Some("read /sys/x: No such file, or dir".into()));
         assert_eq!(s.to_string(), "err:read /sys/x: No such file  or dir");
@@ -265,6 +328,29 @@ mod tests {
             start += n;
         }
         assert_eq!(seen, rs.len());
+    }
+
+    #[test]
+    fn many_sensors_group_correctly() {
+        // More sensors than the linear scan covers; ids not sharing allocations.
+        let rs: Vec<Reading> = (0..400)
+            .map(|i| r(&format!("s{}", i % 40), i, i as f64))
+            .collect();
+        let msg = encode_values(&rs);
+        let v: serde_json::Value = serde_json::from_str(&msg).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 40);
+        for k in 0..40 {
+            let want: Vec<i64> = (0..10).flat_map(|j| [k + 40 * j, k + 40 * j]).collect();
+            let got: Vec<i64> = v[format!("s{k}")]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect();
+            assert_eq!(got, want);
+        }
+        let back = parse_values(msg.as_bytes()).unwrap();
+        assert_eq!(back.len(), 400);
     }
 
     /// The encoder as it was before it was made faster (per-sensor strings

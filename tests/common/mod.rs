@@ -46,10 +46,18 @@ pub struct Pki {
     pub ca_cert: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    /// A client certificate for the gateway (CN = GW), signed by the same CA.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 impl Pki {
     pub fn generate(dir: &Path, name: &str) -> Pki {
+        Self::generate_for(dir, name, &["localhost", "127.0.0.1"])
+    }
+
+    /// A CA and a server certificate valid for `server_names` only.
+    pub fn generate_for(dir: &Path, name: &str, server_names: &[&str]) -> Pki {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -59,17 +67,35 @@ impl Pki {
             .push(DnType::CommonName, format!("{name} test CA"));
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let srv_key = KeyPair::generate().unwrap();
-        let mut srv_params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let mut srv_params = CertificateParams::new(
+            server_names
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
         srv_params
             .distinguished_name
-            .push(DnType::CommonName, "localhost");
+            .push(DnType::CommonName, server_names[0]);
         let srv = srv_params.signed_by(&srv_key, &ca, &ca_key).unwrap();
+        let cli_key = KeyPair::generate().unwrap();
+        let mut cli_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        cli_params.distinguished_name.push(DnType::CommonName, GW);
+        let cli = cli_params.signed_by(&cli_key, &ca, &ca_key).unwrap();
         let pki = Pki {
             ca_cert: dir.join(format!("{name}-ca.pem")),
             server_cert: dir.join(format!("{name}-server.pem")),
             server_key: dir.join(format!("{name}-server.key")),
+            client_cert: dir.join(format!("{name}-client.pem")),
+            client_key: dir.join(format!("{name}-client.key")),
         };
+        std::fs::write(&pki.client_cert, cli.pem()).unwrap();
+        std::fs::write(&pki.client_key, cli_key.serialize_pem()).unwrap();
+        std::fs::set_permissions(
+            &pki.client_key,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::write(&pki.ca_cert, ca.pem()).unwrap();
         std::fs::write(&pki.server_cert, srv.pem()).unwrap();
         std::fs::write(&pki.server_key, srv_key.serialize_pem()).unwrap();
@@ -82,6 +108,8 @@ pub struct Mosquitto {
     child: Option<Child>,
     pub port: u16,
     pub tls_port: u16,
+    /// TLS listener that requires a client certificate; its CN is the username.
+    pub cert_port: u16,
     pub pki: Pki,
     conf: PathBuf,
     pub dir: PathBuf,
@@ -89,9 +117,14 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(dir: &Path) -> Mosquitto {
+        Self::start_with_names(dir, &["localhost", "127.0.0.1"])
+    }
+
+    /// A broker whose TLS certificate names only `server_names`.
+    pub fn start_with_names(dir: &Path, server_names: &[&str]) -> Mosquitto {
         let dir = dir.join("mosquitto");
         std::fs::create_dir_all(&dir).unwrap();
-        let pki = Pki::generate(&dir, "broker");
+        let pki = Pki::generate_for(&dir, "broker", server_names);
         let passwd = dir.join("passwd");
         for (i, (user, pass)) in [(GW, APIKEY), (CLOUD_USER, CLOUD_PASS)].iter().enumerate() {
             let mut cmd = Command::new("mosquitto_passwd");
@@ -109,6 +142,7 @@ impl Mosquitto {
         }
         let port = free_port();
         let tls_port = free_port();
+        let cert_port = free_port();
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -116,7 +150,9 @@ impl Mosquitto {
                 "per_listener_settings false\nallow_anonymous false\npassword_file {passwd}\npersistence false\n\
                  log_dest file {log}\nlog_type all\n\
                  listener {port} 127.0.0.1\n\
-                 listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n",
+                 listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
+                 listener {cert_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
+                 require_certificate true\nuse_identity_as_username true\n",
                 passwd = passwd.display(),
                 log = dir.join("mosquitto.log").display(),
                 ca = pki.ca_cert.display(),
@@ -129,6 +165,7 @@ impl Mosquitto {
             child: None,
             port,
             tls_port,
+            cert_port,
             pki,
             conf,
             dir,
@@ -156,6 +193,7 @@ impl Mosquitto {
                 }
                 if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
                     && TcpStream::connect(("127.0.0.1", self.tls_port)).is_ok()
+                    && TcpStream::connect(("127.0.0.1", self.cert_port)).is_ok()
                 {
                     self.child = Some(child);
                     return;
@@ -479,6 +517,8 @@ impl Daemon {
         cmd.arg("run")
             .arg("--config")
             .arg(&path)
+            // Each daemon its own control socket, so parallel tests never meet.
+            .env("RUNTIME_DIRECTORY", dir.join("run"))
             .env("RUST_LOG", "debug")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")

@@ -1,0 +1,650 @@
+//! Buffer benchmarks, each against a baseline measured in the same run.
+//!
+//! Run: `cargo bench --no-default-features --bench buffer`
+//! (about a minute; needs /usr/sbin/mosquitto, or MOSQUITTO=/path/to/it).
+//! `BENCH_READINGS` changes the number of readings (default 1000000);
+//! `BENCH_PREFILL_ONLY=<dir>` only writes a buffer directory holding them (to
+//! profile the daemon by hand).
+//!
+//! 1. Appends per second through the `Buffer` handle over the SQLite store,
+//!    at fsync "1s" and "always", against plain SQLite inserts of the same
+//!    readings, one transaction per batch of 1000 (WAL, synchronous NORMAL and
+//!    FULL). Then the database side of a drain (read 4096, delete, commit)
+//!    for one row per reading in plain SQLite against the store's batch rows:
+//!    the measurement behind the choice of batch rows.
+//! 2. Drain of a backlog of BENCH_READINGS readings by the daemon binary
+//!    through a local Mosquitto, against a plain rumqttc publisher sending the
+//!    same messages; rates are measured by the same subscriber.
+//! 3. The daemon's RSS with an empty buffer and with the backlog pending.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rusqlite::{params, Connection};
+use thingplus_gw::buffer::sqlite::{SqliteOptions, SqliteStore};
+use thingplus_gw::buffer::{Buffer, BufferOptions, Store};
+use thingplus_gw::config::Fsync;
+use thingplus_gw::sensor::{Reading, Value};
+use thingplus_gw::thingplus::{pack_values, parse_values};
+
+const BIN: &str = env!("CARGO_BIN_EXE_thingplus-gw");
+const GW: &str = "gwbench";
+const MAX_MESSAGE: usize = 64 << 10;
+const RUNS: usize = 5;
+
+fn readings(n: usize) -> Vec<Reading> {
+    let sensors: Vec<Arc<str>> = (0..4)
+        .map(|i| Arc::from(format!("{GW}-temperature-{i}")))
+        .collect();
+    (0..n)
+        .map(|i| Reading {
+            sensor_id: sensors[i % 4].clone(),
+            time_ms: 1_700_000_000_000 + (i / 4) as i64 * 10,
+            value: Value::Number(20.0 + (i % 1000) as f64 * 0.01),
+        })
+        .collect()
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn plain_sqlite(rs: &[Reading], synchronous: &str) -> Duration {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Connection::open(tmp.path().join("plain.db")).unwrap();
+    c.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous};
+         CREATE TABLE r(seq INTEGER PRIMARY KEY, sensor INTEGER NOT NULL, t INTEGER NOT NULL, v);"
+    ))
+    .unwrap();
+    let mut ids: HashMap<Arc<str>, i64> = HashMap::new();
+    let start = Instant::now();
+    let mut seq = 0i64;
+    for chunk in rs.chunks(1000) {
+        let tx = c.unchecked_transaction().unwrap();
+        {
+            let mut st = tx
+                .prepare_cached("INSERT INTO r(seq, sensor, t, v) VALUES (?1, ?2, ?3, ?4)")
+                .unwrap();
+            for r in chunk {
+                let n = ids.len() as i64;
+                let id = *ids.entry(r.sensor_id.clone()).or_insert(n);
+                let Value::Number(v) = r.value else {
+                    unreachable!()
+                };
+                seq += 1;
+                st.execute(params![seq, id, r.time_ms, v]).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    start.elapsed()
+}
+
+/// A backlog kept one row per reading in plain SQLite, drained the way the
+/// session drains: read 4096 in seq order, delete them, commit.
+fn plain_rows_drain(rs: &[Reading]) -> Duration {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Connection::open(tmp.path().join("rows.db")).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-1024;
+         CREATE TABLE r(seq INTEGER PRIMARY KEY, sensor INTEGER NOT NULL, t INTEGER NOT NULL, v);",
+    )
+    .unwrap();
+    let mut names: Vec<Arc<str>> = Vec::new();
+    {
+        let tx = c.unchecked_transaction().unwrap();
+        let mut st = tx
+            .prepare("INSERT INTO r(seq, sensor, t, v) VALUES (?1, ?2, ?3, ?4)")
+            .unwrap();
+        for (i, r) in rs.iter().enumerate() {
+            let id = match names.iter().position(|n| *n == r.sensor_id) {
+                Some(p) => p,
+                None => {
+                    names.push(r.sensor_id.clone());
+                    names.len() - 1
+                }
+            };
+            let Value::Number(v) = r.value else {
+                unreachable!()
+            };
+            st.execute(params![i as i64 + 1, id as i64, r.time_ms, v])
+                .unwrap();
+        }
+        drop(st);
+        tx.commit().unwrap();
+    }
+    let start = Instant::now();
+    let mut from = 0i64;
+    loop {
+        let tx = c.unchecked_transaction().unwrap();
+        let batch: Vec<(i64, Reading)> = tx
+            .prepare_cached(
+                "SELECT seq, sensor, t, v FROM r WHERE seq >= ?1 ORDER BY seq LIMIT 4096",
+            )
+            .unwrap()
+            .query_map([from], |row| {
+                Ok((
+                    row.get(0)?,
+                    Reading {
+                        sensor_id: names[row.get::<_, i64>(1)? as usize].clone(),
+                        time_ms: row.get(2)?,
+                        value: Value::Number(row.get(3)?),
+                    },
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let Some((last, _)) = batch.last() else { break };
+        from = last + 1;
+        tx.execute("DELETE FROM r WHERE seq < ?1", [from]).unwrap();
+        tx.commit().unwrap();
+    }
+    start.elapsed()
+}
+
+/// The same through the store: read 4096, acknowledge them, commit.
+fn store_drain(rs: &[Reading]) -> Duration {
+    let tmp = tempfile::tempdir().unwrap();
+    prefill(tmp.path(), rs);
+    let mut store = SqliteStore::open(
+        tmp.path(),
+        SqliteOptions::unbounded(Fsync::Period(Duration::from_secs(1))),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut from = 0;
+    loop {
+        let batch = store.read(from, 4096).unwrap();
+        let Some(last) = batch.last() else { break };
+        from = last.seq + 1;
+        store.ack(batch[0].seq..from).unwrap();
+        store.commit().unwrap();
+    }
+    start.elapsed()
+}
+
+fn ours(rs: &[Reading], fsync: Fsync, per_append: usize) -> Duration {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        max_size: 256 << 20,
+        min_free_percent: 5.0,
+        fsync,
+    };
+    let store = SqliteStore::open(tmp.path(), options).unwrap();
+    let buffer = Buffer::start_with(
+        store,
+        BufferOptions {
+            fsync,
+            max_reading_bytes: Some(MAX_MESSAGE),
+        },
+    );
+    let batches: Vec<Vec<Reading>> = rs.chunks(per_append).map(|c| c.to_vec()).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    for b in batches {
+        buffer.append(b);
+    }
+    // Everything committed and synced.
+    rt.block_on(buffer.close()).unwrap();
+    start.elapsed()
+}
+
+fn prefill(dir: &Path, rs: &[Reading]) {
+    let mut store = SqliteStore::open(
+        dir,
+        SqliteOptions {
+            max_size: 256 << 20,
+            min_free_percent: 5.0,
+            fsync: Fsync::Never,
+        },
+    )
+    .unwrap();
+    for c in rs.chunks(10_000) {
+        store.append(c.to_vec()).unwrap();
+        store.commit().unwrap();
+    }
+    store.sync().unwrap();
+}
+
+// ------------------------------------------------------------------ broker
+
+struct Mosquitto {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start() -> Mosquitto {
+        let bin = std::env::var("MOSQUITTO").unwrap_or_else(|_| "/usr/sbin/mosquitto".into());
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_queued_messages 0\nmax_queued_bytes 0\nlog_type error\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto (set MOSQUITTO=/path/to/mosquitto)");
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "mosquitto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the subscriber saw.
+#[derive(Default, Debug)]
+struct Seen {
+    first: Option<Instant>,
+    /// When the `target`-th backlog reading arrived.
+    done: Option<Instant>,
+    backlog: usize,
+    messages: usize,
+    statuses_during: usize,
+    /// Readings of the fresh sensor that arrived before the end of the backlog (wrong order) and after it.
+    fresh_before: usize,
+    fresh_after: usize,
+}
+
+/// Subscribes to the values and status topics; returns once subscribed, with
+/// a receiver of the result once `target` backlog readings have arrived (and,
+/// with `wait_fresh`, a reading of the fresh sensor after them).
+fn subscriber(port: u16, target: usize, wait_fresh: bool) -> mpsc::Receiver<Seen> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut o = MqttOptions::new(format!("sub-{}", fastrand::u32(..)), "127.0.0.1", port);
+            o.set_max_packet_size(4 << 20, 4 << 20);
+            o.set_keep_alive(Duration::from_secs(60));
+            let (client, mut el) = AsyncClient::new(o, 64);
+            client
+                .subscribe(format!("v/a/g/{GW}"), QoS::AtLeastOnce)
+                .await
+                .unwrap();
+            client
+                .subscribe(format!("v/a/g/{GW}/status"), QoS::AtLeastOnce)
+                .await
+                .unwrap();
+            let mut seen = Seen::default();
+            let mut subacks = 0;
+            let mut ready = Some(ready_tx);
+            loop {
+                let ev = match tokio::time::timeout(Duration::from_secs(5), el.poll()).await {
+                    Ok(ev) => ev,
+                    Err(_) if seen.done.is_some() => break, // no fresh reading came
+                    Err(_) => continue,
+                };
+                match ev {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        subacks += 1;
+                        if subacks == 2 {
+                            if let Some(r) = ready.take() {
+                                let _ = r.send(());
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if p.topic.ends_with("/status") {
+                            if seen.first.is_some() && seen.done.is_none() {
+                                seen.statuses_during += 1;
+                            }
+                            continue;
+                        }
+                        let now = Instant::now();
+                        seen.first.get_or_insert(now);
+                        seen.messages += 1;
+                        // A fresh reading may share the backlog's last message;
+                        // in an earlier one it would be out of order.
+                        let readings = parse_values(&p.payload).unwrap();
+                        let fresh = readings
+                            .iter()
+                            .filter(|r| r.sensor_id.contains("-fresh-"))
+                            .count();
+                        seen.backlog += readings.len() - fresh;
+                        if seen.done.is_none() && seen.backlog >= target {
+                            seen.done = Some(now);
+                        }
+                        if seen.done.is_some() {
+                            seen.fresh_after += fresh;
+                        } else {
+                            seen.fresh_before += fresh;
+                        }
+                        if seen.done.is_some() && (!wait_fresh || seen.fresh_after > 0) {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("subscriber: {e}"),
+                }
+            }
+            let _ = done_tx.send(seen);
+        });
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("subscriber ready");
+    done_rx
+}
+
+fn plain_publisher(port: u16, messages: Vec<String>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut o = MqttOptions::new("plain-publisher", "127.0.0.1", port);
+        o.set_max_packet_size(4 << 20, 4 << 20);
+        let (client, mut el) = AsyncClient::new(o, 128);
+        let total = messages.len();
+        let pump = tokio::spawn(async move {
+            let mut acked = 0;
+            while acked < total {
+                if let Event::Incoming(Packet::PubAck(_)) = el.poll().await.unwrap() {
+                    acked += 1;
+                }
+            }
+        });
+        for m in messages {
+            client
+                .publish(format!("v/a/g/{GW}"), QoS::AtLeastOnce, false, m)
+                .await
+                .unwrap();
+        }
+        pump.await.unwrap();
+    });
+}
+
+// ------------------------------------------------------------------ daemon
+
+struct Daemon {
+    child: Child,
+    _log: std::thread::JoinHandle<()>,
+}
+
+fn daemon_config(dir: &Path, buffer: &Path, port: u16) -> PathBuf {
+    let fresh = dir.join("fresh");
+    std::fs::write(&fresh, "21.5\n").unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[gateway]\nid = \"{GW}\"\napikey = \"k\"\nstate_dir = \"{state}\"\nreport_interval = \"100ms\"\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\ntls = false\n\
+             [buffer]\ndir = \"{buffer}\"\n\
+             [[sensor]]\nid = \"{GW}-fresh-0\"\ntype = \"number\"\npath = \"{fresh}\"\ninterval = \"10ms\"\n",
+            state = dir.join("state").display(),
+            buffer = buffer.display(),
+            fresh = fresh.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+impl Daemon {
+    /// Starts the daemon and waits for its "started" line.
+    fn start(config: &Path) -> Daemon {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(" started") {
+                    let _ = tx.send(());
+                }
+                if line.contains("ERROR") {
+                    eprintln!("daemon: {line}");
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("daemon started");
+        Daemon { child, _log: log }
+    }
+
+    fn status(&self, key: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        s.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    /// Highest RSS seen over `d` (KiB).
+    fn rss_over(&self, d: Duration) -> u64 {
+        let start = Instant::now();
+        let mut max = 0;
+        while start.elapsed() < d {
+            max = max.max(self.status("VmRSS:"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        max
+    }
+
+    fn stop(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing to parse.
+    let n: usize = std::env::var("BENCH_READINGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let rs = readings(n);
+    if let Ok(dir) = std::env::var("BENCH_PREFILL_ONLY") {
+        // For profiling by hand: a buffer directory with the backlog, then stop.
+        prefill(Path::new(&dir), &rs);
+        return;
+    }
+    println!("# thingplus-gw buffer benchmarks ({n} readings)\n");
+
+    println!("## Appends\n");
+    println!("| what | readings/s | vs plain SQLite |");
+    println!("|---|---:|---:|");
+    let plain_normal = rate(n, plain_sqlite(&rs, "NORMAL"));
+    let plain_full = rate(n, plain_sqlite(&rs, "FULL"));
+    println!(
+        "| plain SQLite, 1 transaction per 1000, synchronous=NORMAL | {plain_normal:.0} | 1.00 |"
+    );
+    println!("| plain SQLite, 1 transaction per 1000, synchronous=FULL | {plain_full:.0} | 1.00 |");
+    let one_s = Fsync::Period(Duration::from_secs(1));
+    for (label, fsync, per, base) in [
+        (
+            "buffer, fsync=\"1s\", 1 reading per append",
+            one_s,
+            1,
+            plain_normal,
+        ),
+        (
+            "buffer, fsync=\"1s\", 100 readings per append",
+            one_s,
+            100,
+            plain_normal,
+        ),
+        (
+            "buffer, fsync=\"always\", 1 reading per append",
+            Fsync::Always,
+            1,
+            plain_full,
+        ),
+        (
+            "buffer, fsync=\"always\", 100 readings per append",
+            Fsync::Always,
+            100,
+            plain_full,
+        ),
+    ] {
+        let r = rate(n, ours(&rs, fsync, per));
+        println!("| {label} | {r:.0} | {:.2} |", r / base);
+    }
+
+    println!("\n## Reading and deleting a {n}-reading backlog (the database side of a drain)\n");
+    println!("| what | readings/s | vs one row per reading |");
+    println!("|---|---:|---:|");
+    let rows = rate(n, plain_rows_drain(&rs));
+    let chunks = rate(n, store_drain(&rs));
+    println!(
+        "| plain SQLite, one row per reading: SELECT 4096 + DELETE, commit | {rows:.0} | 1.00 |"
+    );
+    println!(
+        "| the store (batch rows): read 4096 + ack, commit | {chunks:.0} | {:.2} |",
+        chunks / rows
+    );
+
+    println!("\n## Drain of a {n}-reading backlog through Mosquitto (median of {RUNS} runs)\n");
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let template = tmp.path().join("template");
+    prefill(&template, &rs);
+    let buffer_dir = tmp.path().join("buffer");
+    let empty_dir = tmp.path().join("empty");
+    let fresh_copy = |to: &Path| {
+        let _ = std::fs::remove_dir_all(to);
+        std::fs::create_dir_all(to).unwrap();
+        std::fs::copy(template.join("buffer.db"), to.join("buffer.db")).unwrap();
+    };
+
+    // RSS first, with the broker unreachable so that nothing drains.
+    let offline = TcpListener::bind("127.0.0.1:0").unwrap();
+    let offline_port = offline.local_addr().unwrap().port();
+    drop(offline);
+    let d = Daemon::start(&daemon_config(tmp.path(), &empty_dir, offline_port));
+    let rss_empty = d.rss_over(Duration::from_secs(2));
+    d.stop();
+    fresh_copy(&buffer_dir);
+    let d = Daemon::start(&daemon_config(tmp.path(), &buffer_dir, offline_port));
+    let rss_full = d.rss_over(Duration::from_secs(2));
+    d.stop();
+
+    // The same messages, for the plain publisher.
+    let mut messages = Vec::new();
+    let mut rest: &[Reading] = &rs;
+    while !rest.is_empty() {
+        let (m, k) = pack_values(rest, MAX_MESSAGE);
+        messages.push(m);
+        rest = &rest[k..];
+    }
+    let count = messages.len();
+
+    let mut plain_rates = Vec::new();
+    let mut daemon_rates = Vec::new();
+    let mut hwm_drain = 0;
+    let mut last = Seen::default();
+    for _ in 0..RUNS {
+        let done = subscriber(broker.port, n, false);
+        plain_publisher(broker.port, messages.clone());
+        let plain = done
+            .recv_timeout(Duration::from_secs(300))
+            .expect("plain publisher delivered");
+        plain_rates.push(rate(n, plain.done.unwrap() - plain.first.unwrap()));
+
+        fresh_copy(&buffer_dir);
+        let done = subscriber(broker.port, n, true);
+        let d = Daemon::start(&daemon_config(tmp.path(), &buffer_dir, broker.port));
+        let seen = done
+            .recv_timeout(Duration::from_secs(300))
+            .expect("drained");
+        hwm_drain = hwm_drain.max(d.status("VmHWM:"));
+        d.stop();
+        daemon_rates.push(rate(n, seen.done.unwrap() - seen.first.unwrap()));
+        last = seen;
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let pr = median(&mut plain_rates);
+    let dr = median(&mut daemon_rates);
+    println!("| what | readings/s | messages | vs plain publisher |");
+    println!("|---|---:|---:|---:|");
+    println!("| plain rumqttc publisher (QoS 1, inflight 100) | {pr:.0} | {count} | 1.00 |");
+    println!(
+        "| thingplus-gw draining its buffer (QoS 1, max_inflight 8) | {dr:.0} | {} | {:.2} |",
+        last.messages,
+        dr / pr
+    );
+    println!(
+        "\nAll runs, readings/s: plain {:?}; daemon {:?}.",
+        plain_rates.iter().map(|r| *r as u64).collect::<Vec<_>>(),
+        daemon_rates.iter().map(|r| *r as u64).collect::<Vec<_>>()
+    );
+    println!(
+        "Last run: {} status messages (report interval 100 ms) arrived during the drain; \
+         the fresh sensor (sampled every 10 ms) had {} readings delivered after the backlog and {} before it (must be 0).",
+        last.statuses_during, last.fresh_after, last.fresh_before
+    );
+
+    println!("\n## Daemon memory\n");
+    println!("| what | RSS MiB |");
+    println!("|---|---:|");
+    println!("| empty buffer, offline | {:.1} |", mib(rss_empty));
+    println!("| {n} readings pending, offline | {:.1} |", mib(rss_full));
+    println!(
+        "| growth with the backlog | {:.1} |",
+        mib(rss_full.saturating_sub(rss_empty))
+    );
+    println!("| peak (VmHWM) while draining it | {:.1} |", mib(hwm_drain));
+}

@@ -1,0 +1,543 @@
+//! Fault tests of the disk buffer on real files: damaged databases, a lost
+//! WAL, the size bounds, two users of one directory, and the operator's
+//! `buffer check` / `buffer export`.
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use thingplus_gw::buffer::sqlite::{
+    self, wal_path, OpenError, SqliteOptions, SqliteStore, DB_FILE,
+};
+use thingplus_gw::buffer::{Buffer, BufferOptions, Store};
+use thingplus_gw::config::Fsync;
+use thingplus_gw::sensor::{Reading, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_thingplus-gw");
+
+fn opts() -> SqliteOptions {
+    SqliteOptions::unbounded(Fsync::Period(Duration::from_secs(1)))
+}
+
+fn reading(i: u64) -> Reading {
+    let sensor = ["gw-temp-0", "gw-hum-0", "gw-loc-0"][(i % 3) as usize];
+    let value = match i % 3 {
+        0 => Value::Number(20.0 + (i % 100) as f64 * 0.25),
+        1 => Value::Number((i % 100) as f64),
+        _ => Value::Json(serde_json::json!({"lat": 37.5, "lng": 127.0 + (i % 10) as f64})),
+    };
+    Reading::new(sensor, 1_700_000_000_000 + i as i64, value)
+}
+
+fn fill(store: &mut SqliteStore, range: std::ops::Range<u64>) {
+    let all: Vec<Reading> = range.map(reading).collect();
+    for chunk in all.chunks(1000) {
+        store.append(chunk.to_vec()).unwrap();
+    }
+    store.commit().unwrap();
+}
+
+/// Collects the log lines written while `f` runs on this thread.
+fn with_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&sink.0.lock().unwrap()).into_owned();
+    (out, text)
+}
+
+fn corrupt_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.contains(".corrupt-") && !name.ends_with("-wal")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn pending(store: &mut SqliteStore) -> u64 {
+    store.stats().unwrap().pending
+}
+
+/// After a recovery the store must work normally.
+fn assert_usable(store: &mut SqliteStore) {
+    let before = pending(store);
+    store.append(vec![reading(9_999_999)]).unwrap();
+    store.commit().unwrap();
+    assert_eq!(pending(store), before + 1);
+    let all = store.read(0, usize::MAX).unwrap();
+    assert_eq!(all.last().unwrap().reading, reading(9_999_999));
+}
+
+#[test]
+fn garbage_database_is_moved_aside_and_a_new_one_started() {
+    let tmp = tempfile::tempdir().unwrap();
+    let garbage: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(tmp.path().join(DB_FILE), &garbage).unwrap();
+    let (store, logs) = with_logs(|| SqliteStore::open(tmp.path(), opts()));
+    let mut store = store.expect("a corrupt database must not stop the store");
+    let moved = corrupt_files(tmp.path());
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(
+        fs::read(&moved[0]).unwrap(),
+        garbage,
+        "the old file is kept as it was"
+    );
+    let rec = &store.recoveries()[0];
+    assert_eq!(rec.moved_to, moved[0]);
+    assert!(logs.contains("unreadable"), "{logs}");
+    assert!(logs.contains(&moved[0].display().to_string()), "{logs}");
+    assert!(logs.contains("buffer export --db"), "{logs}");
+    assert_eq!(pending(&mut store), 0);
+    assert_usable(&mut store);
+}
+
+#[test]
+fn truncated_database_is_moved_aside_and_export_rescues_the_readable_part() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(tmp.path(), opts()).unwrap();
+    fill(&mut store, 0..60_000);
+    drop(store); // a clean close checkpoints everything into buffer.db
+    assert!(!wal_path(&tmp.path().join(DB_FILE)).exists());
+    let db = tmp.path().join(DB_FILE);
+    let len = fs::metadata(&db).unwrap().len();
+    let f = fs::OpenOptions::new().write(true).open(&db).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+
+    let (store, logs) = with_logs(|| SqliteStore::open(tmp.path(), opts()));
+    let mut store = store.expect("a truncated database must not stop the store");
+    let moved = corrupt_files(tmp.path());
+    assert_eq!(moved.len(), 1, "{moved:?}\n{logs}");
+    assert!(logs.contains("unreadable"), "{logs}");
+    assert_usable(&mut store);
+
+    // The operator rescues what can be read.
+    let out = Command::new(BIN)
+        .args(["buffer", "export", "--db"])
+        .arg(&moved[0])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty(), "nothing rescued: {stderr}");
+    assert!(lines.len() < 60_000, "{stderr}");
+    assert!(stderr.contains("could not be read"), "{stderr}");
+    assert!(
+        !out.status.success(),
+        "a partial export says so in its exit status"
+    );
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    for l in &lines {
+        let i = l["seq"].as_u64().unwrap() - 1;
+        assert_eq!(l["time"].as_i64().unwrap(), reading(i).time_ms);
+        assert_eq!(l["sensor"].as_str().unwrap(), &*reading(i).sensor_id);
+    }
+}
+
+#[test]
+fn a_deleted_wal_after_a_crash_loses_only_what_was_not_checkpointed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let live = tmp.path().join("live");
+    let crashed = tmp.path().join("crashed");
+    let mut store = SqliteStore::open(&live, opts()).unwrap();
+    fill(&mut store, 0..1000);
+    store.sync().unwrap(); // checkpoint: these are in buffer.db
+    fill(&mut store, 1000..1500); // committed, in the WAL only
+    assert!(wal_path(&live.join(DB_FILE)).exists());
+    // The process dies; then someone deletes the WAL (and leaves the -shm).
+    fs::create_dir_all(&crashed).unwrap();
+    for name in [DB_FILE, "buffer.db-shm"] {
+        fs::copy(live.join(name), crashed.join(name)).unwrap();
+    }
+    drop(store);
+
+    let mut store = SqliteStore::open(&crashed, opts()).expect("opens without its WAL");
+    assert!(store.recoveries().is_empty());
+    assert_eq!(pending(&mut store), 1000);
+    let all = store.read(0, usize::MAX).unwrap();
+    assert_eq!(all.last().unwrap().reading, reading(999));
+    assert_usable(&mut store);
+}
+
+#[test]
+fn a_wal_deleted_under_a_running_store_breaks_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(tmp.path(), opts()).unwrap();
+    fill(&mut store, 0..1000);
+    fs::remove_file(wal_path(&tmp.path().join(DB_FILE))).unwrap();
+    fill(&mut store, 1000..2000);
+    store.sync().unwrap();
+    assert_eq!(pending(&mut store), 2000);
+    drop(store);
+    let mut store = SqliteStore::open(tmp.path(), opts()).unwrap();
+    // SQLite kept writing to the deleted file and checkpointed it at close.
+    assert_eq!(pending(&mut store), 2000);
+    assert_usable(&mut store);
+}
+
+#[test]
+fn corruption_found_while_running_is_recovered_and_seqs_keep_growing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(tmp.path(), opts()).unwrap();
+    fill(&mut store, 0..100_000);
+    drop(store);
+    let mut store = SqliteStore::open(tmp.path(), opts()).unwrap();
+    let next = store.next_seq();
+    // Damage leaf pages at the start of the queue, long out of the page cache.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(tmp.path().join(DB_FILE))
+        .unwrap();
+    f.seek(SeekFrom::Start(8 * 4096)).unwrap();
+    f.write_all(&vec![0xA5; 40 * 4096]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let (got, logs) = with_logs(|| store.read(0, 1000));
+    let got = got.expect("the read is answered from a new database");
+    assert!(got.is_empty());
+    assert_eq!(store.recoveries().len(), 1, "{logs}");
+    assert!(logs.contains("100000 pending readings"), "{logs}");
+    assert_eq!(corrupt_files(tmp.path()).len(), 1);
+    store.append(vec![reading(5)]).unwrap();
+    assert!(store.read(0, 10).unwrap()[0].seq >= next);
+    assert_usable(&mut store);
+}
+
+#[test]
+fn size_bound_drops_the_oldest_counts_them_logs_once_and_reuses_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let max = 1 << 20;
+    let options = SqliteOptions {
+        max_size: max,
+        ..opts()
+    };
+    let n = 200_000u64;
+    let (mut store, logs) = with_logs(|| {
+        let mut store = SqliteStore::open(tmp.path(), options.clone()).unwrap();
+        for start in (0..n).step_by(5000) {
+            fill(&mut store, start..start + 5000);
+            store.sync().unwrap();
+        }
+        store
+    });
+    let db = tmp.path().join(DB_FILE);
+    let size = fs::metadata(&db).unwrap().len();
+    assert!(size <= max + max / 8, "the file grew to {size} bytes");
+    let stats = store.stats().unwrap();
+    assert!(stats.dropped > 0);
+    assert_eq!(stats.pending + stats.dropped, n);
+    let all = store.read(0, usize::MAX).unwrap();
+    assert_eq!(all.len() as u64, stats.pending);
+    // The oldest went first: what is left is the newest, without holes.
+    assert_eq!(all[0].seq, stats.dropped + 1);
+    assert_eq!(all.last().unwrap().seq, n);
+    assert_eq!(logs.matches("buffer full").count(), 1, "{logs}");
+    assert!(logs.contains("max_size 1 MiB reached"), "{logs}");
+
+    // The uplink comes back: everything is delivered, the episode ends with its count.
+    let ((), logs) = with_logs(|| {
+        store.ack(0..u64::MAX).unwrap();
+        fill(&mut store, n..n + 10);
+        store.commit().unwrap();
+    });
+    assert!(
+        logs.contains(&format!(
+            "{} of the oldest readings were dropped",
+            stats.dropped
+        )),
+        "{logs}"
+    );
+    drop(store);
+    let report = sqlite::inspect(&db, false).unwrap();
+    assert_eq!(
+        report.dropped,
+        Some(stats.dropped),
+        "the count survives a restart"
+    );
+    assert!(report.free_pages > 0, "freed pages are kept for reuse");
+}
+
+#[test]
+fn below_the_free_space_floor_the_file_stops_growing_and_sampling_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Whatever this filesystem has free, it is below a 99.999 % floor.
+    let options = SqliteOptions {
+        min_free_percent: 99.999,
+        ..opts()
+    };
+    let (mut store, logs) = with_logs(|| {
+        let mut store = SqliteStore::open(tmp.path(), options).unwrap();
+        for start in (0..100_000u64).step_by(2000) {
+            fill(&mut store, start..start + 2000);
+        }
+        store.sync().unwrap();
+        store
+    });
+    let size = fs::metadata(tmp.path().join(DB_FILE)).unwrap().len();
+    assert!(size <= 96 * 4096, "the file grew to {size} bytes");
+    let stats = store.stats().unwrap();
+    assert!(stats.dropped > 90_000, "{stats:?}");
+    assert_eq!(stats.pending + stats.dropped, 100_000);
+    let all = store.read(0, usize::MAX).unwrap();
+    assert_eq!(all.last().unwrap().reading, reading(99_999));
+    assert!(logs.contains("free on the filesystem"), "{logs}");
+    assert_eq!(logs.matches("buffer full").count(), 1, "{logs}");
+}
+
+#[test]
+fn a_second_store_on_the_same_directory_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _first = SqliteStore::open(tmp.path(), opts()).unwrap();
+    let err = SqliteStore::open(tmp.path(), opts())
+        .err()
+        .expect("must be refused");
+    assert!(
+        matches!(err, OpenError::Locked { pid: Some(p), .. } if p == std::process::id()),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains(&tmp.path().display().to_string()), "{text}");
+    assert!(
+        text.contains("in use by another thingplus-gw process"),
+        "{text}"
+    );
+}
+
+fn daemon_config(dir: &Path, buffer_dir: &Path, port: u16) -> PathBuf {
+    let path = dir.join("config.toml");
+    fs::write(
+        &path,
+        format!(
+            "[gateway]\nid = \"gwtest\"\napikey = \"k\"\nstate_dir = \"{}\"\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\ntls = false\n\
+             [buffer]\ndir = \"{}\"\n",
+            dir.join("state").display(),
+            buffer_dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_second_daemon_on_the_same_directory_exits_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let buffer_dir = tmp.path().join("buffer");
+    // Port 1: nothing listens; the daemons run offline.
+    let config = daemon_config(tmp.path(), &buffer_dir, 1);
+    let mut first = Command::new(BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = first.id();
+    wait_for(
+        "the first daemon to lock the buffer",
+        Duration::from_secs(20),
+        || sqlite::lock_holder(&buffer_dir) == Some(Some(pid)),
+    );
+    let second = Command::new(BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = first.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "in use by another thingplus-gw process (pid {pid})"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        status.success(),
+        "the first daemon stops cleanly: {status:?}"
+    );
+}
+
+#[test]
+fn check_and_export_describe_and_rescue_the_buffer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(tmp.path(), opts()).unwrap();
+    fill(&mut store, 0..3000);
+    store.ack(1..101).unwrap(); // the first 100 were delivered
+    store.commit().unwrap();
+
+    // While the store is open, as under a running daemon.
+    let out = Command::new(BIN)
+        .args(["buffer", "check", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("rows             "), "{text}");
+    assert!(text.contains("pending readings 2900"), "{text}");
+    assert!(text.contains("integrity_check  ok"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "daemon           running (pid {})",
+            std::process::id()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("sensor gw-loc-0: 967 pending"), "{text}");
+    assert!(text.contains("oldest           "), "{text}");
+    drop(store);
+
+    let file = tmp.path().join("export.jsonl");
+    let out = Command::new(BIN)
+        .args(["buffer", "export", "--dir"])
+        .arg(tmp.path())
+        .arg("--output")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2900);
+    for (k, l) in lines.iter().enumerate() {
+        let i = 100 + k as u64;
+        let r = reading(i);
+        assert_eq!(l["seq"].as_u64(), Some(i + 1));
+        assert_eq!(l["sensor"].as_str(), Some(&*r.sensor_id));
+        assert_eq!(l["time"].as_i64(), Some(r.time_ms));
+        assert_eq!(Value::from_json(l["value"].clone()), r.value);
+    }
+
+    let out = Command::new(BIN)
+        .args(["buffer", "check", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("daemon           not running"), "{text}");
+}
+
+#[test]
+fn check_reports_a_damaged_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(tmp.path(), opts()).unwrap();
+    fill(&mut store, 0..30_000);
+    drop(store);
+    let db = tmp.path().join(DB_FILE);
+    let mut f = fs::OpenOptions::new().write(true).open(&db).unwrap();
+    f.seek(SeekFrom::Start(20 * 4096)).unwrap();
+    f.write_all(&vec![0x5A; 3 * 4096]).unwrap();
+    drop(f);
+    let out = Command::new(BIN)
+        .args(["buffer", "check", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("integrity_check"), "{text}");
+    assert!(!text.contains("integrity_check  ok"), "{text}");
+}
+
+#[tokio::test]
+async fn an_oversized_value_is_rejected_at_append_and_never_blocks_the_queue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(tmp.path(), opts()).unwrap();
+    let buffer = Buffer::start_with(
+        store,
+        BufferOptions {
+            fsync: Fsync::Period(Duration::from_secs(1)),
+            max_reading_bytes: Some(1024),
+        },
+    );
+    let big = Reading::new("gw-text-0", 2, Value::Text("x".repeat(2000)));
+    buffer.append(vec![reading(0), big, reading(1)]);
+    let got = buffer.read(0, 10).await.unwrap();
+    assert_eq!(
+        got.iter().map(|s| s.reading.clone()).collect::<Vec<_>>(),
+        vec![reading(0), reading(1)]
+    );
+    buffer.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn appends_are_committed_by_the_policy_of_each_mode() {
+    // (mode, readings appended, readings that must get committed without a close)
+    for (fsync, n, committed) in [
+        (Fsync::Always, 500, 500),
+        (Fsync::Period(Duration::from_millis(200)), 500, 500),
+        (Fsync::Never, 500, 500),
+        // A long period: the count of waiting readings triggers commits.
+        (Fsync::Period(Duration::from_secs(3600)), 20_000, 16_384),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(tmp.path(), SqliteOptions::unbounded(fsync)).unwrap();
+        let buffer = Buffer::start(store, fsync);
+        for c in (0..n).collect::<Vec<u64>>().chunks(100) {
+            buffer.append(c.iter().map(|i| reading(*i)).collect());
+        }
+        let db = tmp.path().join(DB_FILE);
+        // Another connection sees only committed rows.
+        wait_for("the commit", Duration::from_secs(10), || {
+            sqlite::inspect(&db, false).unwrap().pending >= Some(committed)
+        });
+        buffer.close().await.unwrap();
+        // Closed means committed and unlocked: the directory opens again at once.
+        let mut again = SqliteStore::open(tmp.path(), opts()).unwrap();
+        assert_eq!(pending(&mut again), n, "{fsync:?}");
+    }
+}
