@@ -91,6 +91,12 @@ pub const NEVER_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// Appends are also committed as soon as this many readings wait.
 pub const COMMIT_READINGS: usize = 8192;
 
+/// How long the buffer thread, woken by the first append of a burst, lets
+/// the rest of the burst gather before taking it (any other command cuts
+/// it short). Appends reach the store that much later; reads, acks and
+/// stats never wait for it.
+const STAGING_LINGER: Duration = Duration::from_millis(1);
+
 /// How the buffer thread runs its store.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BufferOptions {
@@ -410,9 +416,11 @@ fn run(
     let mut closing = None;
     // Acknowledgements since the last commit.
     let mut acked = false;
-    // Appends taken from the staging area, carried out before anything else.
+    // Appends taken from the staging area, carried out before anything else,
+    // then a command that came while waiting for them.
     let mut taken: VecDeque<Vec<Reading>> = VecDeque::new();
-    while !disconnected && closing.is_none() {
+    let mut early: Option<Command> = None;
+    while (!disconnected || !taken.is_empty()) && closing.is_none() {
         let deadline = [
             dirty_since.map(|t| t + commit_after),
             unsynced_since.zip(sync_every).map(|(t, p)| t + p),
@@ -420,7 +428,10 @@ fn run(
         .into_iter()
         .flatten()
         .min();
-        let mut next = taken.pop_front().map(Command::Append);
+        let mut next = taken
+            .pop_front()
+            .map(Command::Append)
+            .or_else(|| early.take());
         if next.is_none() {
             next = match deadline {
                 Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
@@ -444,6 +455,16 @@ fn run(
         while let Some(cmd) = next.take() {
             match cmd {
                 Command::Staged(generation) => {
+                    // The first append of a burst: let the rest of it (the
+                    // other sensors of the same tick) gather for a moment,
+                    // unless another command asks for the thread first.
+                    if early.is_none() && lock(staged).generation == generation {
+                        match rx.recv_timeout(STAGING_LINGER) {
+                            Ok(c) => early = Some(c),
+                            Err(mpsc::RecvTimeoutError::Timeout) => {}
+                            Err(mpsc::RecvTimeoutError::Disconnected) => disconnected = true,
+                        }
+                    }
                     let mut s = lock(staged);
                     if s.generation == generation {
                         taken.extend(s.take());
@@ -480,6 +501,10 @@ fn run(
             }
             if let Some(readings) = taken.pop_front() {
                 next = Some(Command::Append(readings));
+                continue;
+            }
+            if let Some(c) = early.take() {
+                next = Some(c);
                 continue;
             }
             match rx.try_recv() {
