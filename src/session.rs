@@ -20,15 +20,15 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{interval_at, MissedTickBehavior};
 
-use crate::buffer::{Buffer, ReadRequest, Stored};
+use crate::buffer::{Buffer, Packed, Reply};
 use crate::clock::system_now_ms;
 use crate::config::{MqttConfig, Secret};
 use crate::rpc::{Dispatcher, Response};
 use crate::status_board::StatusBoard;
-use crate::thingplus::{encode_status, pack_values, Status, Topics};
+use crate::thingplus::{encode_status, Status, Topics};
 
-/// Readings fetched from the buffer at once.
-const READ_BATCH: usize = 4096;
+/// Messages asked of the buffer at once.
+const PACK_BATCH: usize = 4;
 /// A connection that lasted this long resets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(60);
 /// Largest packet read from the broker. Requests above
@@ -181,11 +181,12 @@ struct Conn {
     /// Publishes on the wire, by packet id.
     inflight: HashMap<u16, (Tag, Instant)>,
     values_outstanding: usize,
-    prefetch: Vec<Stored>,
+    /// Messages packed by the buffer thread, not yet published.
+    ready: VecDeque<Packed>,
     /// The seq to read from next.
     cursor: u64,
-    /// A read already asked of the buffer thread (from `cursor`).
-    read_ahead: Option<ReadRequest>,
+    /// Messages already asked of the buffer thread (from `cursor`).
+    read_ahead: Option<Reply<Vec<Packed>>>,
     want_drain: bool,
     shutdown_deadline: Option<Instant>,
     off_sent: bool,
@@ -370,7 +371,7 @@ impl Session {
             queued: VecDeque::new(),
             inflight: HashMap::new(),
             values_outstanding: 0,
-            prefetch: Vec::new(),
+            ready: VecDeque::new(),
             cursor: 0,
             read_ahead: None,
             want_drain: false,
@@ -506,7 +507,7 @@ impl Session {
                 self.publish_status(conn);
                 // Replay from the oldest unacknowledged reading.
                 conn.cursor = 0;
-                conn.prefetch.clear();
+                conn.ready.clear();
                 conn.read_ahead = None;
                 conn.want_drain = true;
                 let period = *self.report_interval.borrow();
@@ -571,28 +572,35 @@ impl Session {
     }
 
     /// Sends value messages from the buffer until the window is full or the
-    /// buffer has nothing more.
+    /// buffer has nothing more. The buffer thread packs the messages (from
+    /// the oldest unacknowledged reading on) and packs the next ones while
+    /// these are sent.
     async fn fill_window(&mut self, conn: &mut Conn) {
         let max_size = self.settings.mqtt.max_message_size;
         let window = self.settings.mqtt.max_inflight as usize;
         while conn.values_outstanding < window {
-            if conn.prefetch.len() < READ_BATCH / 2 {
+            if conn.ready.is_empty() {
                 let request = match conn.read_ahead.take() {
                     Some(r) => r,
-                    None => self.buffer.request_read(conn.cursor, READ_BATCH),
+                    None => self
+                        .buffer
+                        .request_packed(conn.cursor, max_size, PACK_BATCH),
                 };
                 match request.await {
                     Ok(batch) => {
-                        let full = batch.len() == READ_BATCH;
+                        let full = batch.len() == PACK_BATCH;
                         if let Some(last) = batch.last() {
-                            conn.cursor = last.seq + 1;
+                            conn.cursor = last.seqs.end;
                         }
-                        conn.prefetch.extend(batch);
-                        // A long backlog: the buffer thread reads the next
-                        // batch while this one is packed and sent.
+                        conn.ready.extend(batch);
+                        // A long backlog: the next messages are packed while
+                        // these are sent.
                         if full {
-                            conn.read_ahead =
-                                Some(self.buffer.request_read(conn.cursor, READ_BATCH));
+                            conn.read_ahead = Some(self.buffer.request_packed(
+                                conn.cursor,
+                                max_size,
+                                PACK_BATCH,
+                            ));
                         }
                     }
                     Err(e) => {
@@ -601,39 +609,37 @@ impl Session {
                     }
                 }
             }
-            if conn.prefetch.is_empty() {
+            let Some(msg) = conn.ready.pop_front() else {
                 conn.want_drain = false;
                 return;
-            }
-            let slice = &conn.prefetch[..];
-            let (msg, n) = pack_values(slice, max_size);
-            let seqs = slice[0].seq..slice[n - 1].seq + 1;
-            if msg.len() > max_size {
+            };
+            if msg.payload.len() > max_size {
                 tracing::warn!(
-                    sensor_id = %slice[0].reading.sensor_id,
-                    size = msg.len(),
+                    size = msg.payload.len(),
                     max_message_size = max_size,
                     "a single reading does not fit in max_message_size; dropped"
                 );
-                self.buffer.ack(seqs);
-                conn.prefetch.drain(..n);
+                self.buffer.ack(msg.seqs);
                 continue;
             }
             let topic = self.topics.values.clone();
+            let seqs = msg.seqs.clone();
             if !self.publish(
                 conn,
                 &topic,
                 false,
-                msg.into_bytes(),
-                Tag::Values { seqs, count: n },
+                msg.payload.into_bytes(),
+                Tag::Values {
+                    seqs: msg.seqs,
+                    count: msg.count,
+                },
             ) {
                 // rumqttc's queue is full: read these again later.
-                conn.cursor = conn.prefetch.first().map_or(conn.cursor, |s| s.seq);
-                conn.prefetch.clear();
+                conn.cursor = seqs.start;
+                conn.ready.clear();
                 conn.read_ahead = None;
                 return;
             }
-            conn.prefetch.drain(..n);
             conn.values_outstanding += 1;
         }
     }

@@ -307,7 +307,7 @@ fn below_the_free_space_floor_the_file_stops_growing_and_sampling_goes_on() {
     let size = fs::metadata(tmp.path().join(DB_FILE)).unwrap().len();
     assert!(size <= 96 * 4096, "the file grew to {size} bytes");
     let stats = store.stats().unwrap();
-    assert!(stats.dropped > 90_000, "{stats:?}");
+    assert!(stats.dropped > 50_000, "{stats:?}");
     assert_eq!(stats.pending + stats.dropped, 100_000);
     let all = store.read(0, usize::MAX).unwrap();
     assert_eq!(all.last().unwrap().reading, reading(99_999));

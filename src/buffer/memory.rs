@@ -164,6 +164,30 @@ mod tests {
         assert_eq!(s.read(0, 10).unwrap()[0].reading.time_ms, 3);
     }
 
+    #[test]
+    fn packed_messages_are_full_and_cover_the_queue() {
+        let mut s = MemoryStore::new(u64::MAX);
+        s.append((1..=10_000).map(r).collect()).unwrap();
+        let mut from = 0;
+        let mut seen = 0;
+        loop {
+            let msgs = s.read_packed(from, 1024, 3).unwrap();
+            if msgs.is_empty() {
+                break;
+            }
+            for m in &msgs {
+                assert!(m.payload.len() <= 1024);
+                let back = crate::thingplus::parse_values(m.payload.as_bytes()).unwrap();
+                assert_eq!(back.len(), m.count);
+                assert_eq!(back[0].time_ms as u64, m.seqs.start);
+                assert_eq!(m.seqs.end - m.seqs.start, m.count as u64);
+                seen += m.count;
+            }
+            from = msgs.last().unwrap().seqs.end;
+        }
+        assert_eq!(seen, 10_000);
+    }
+
     #[tokio::test]
     async fn handle_runs_commands_in_order() {
         let b =

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::config::{BufferConfig, Fsync};
+use crate::sensor::value::{number_json, NumberBuffer};
 use crate::sensor::{Reading, Value};
+use crate::thingplus::Packer;
 
 pub use memory::MemoryStore;
 pub use sqlite::{OpenError, SqliteOptions, SqliteStore};
@@ -36,6 +38,111 @@ impl std::borrow::Borrow<Reading> for Stored {
     fn borrow(&self) -> &Reading {
         &self.reading
     }
+}
+
+/// A values message ready to publish, and the readings it carries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Packed {
+    /// The `v/a/g/{gw}` payload; larger than the bound asked only when it
+    /// holds a single reading.
+    pub payload: String,
+    /// From the first reading's seq to just past the last one's: the range
+    /// to acknowledge.
+    pub seqs: Range<u64>,
+    pub count: usize,
+}
+
+/// Packs readings, in queue order, into messages within a size bound.
+pub struct MessageBuilder<'a> {
+    max_bytes: usize,
+    max_messages: usize,
+    out: Vec<Packed>,
+    packer: Packer<'a>,
+    first: u64,
+    last: u64,
+}
+
+impl<'a> MessageBuilder<'a> {
+    pub fn new(max_bytes: usize, max_messages: usize) -> Self {
+        MessageBuilder {
+            max_bytes,
+            max_messages,
+            out: Vec::new(),
+            packer: Packer::new(max_bytes),
+            first: 0,
+            last: 0,
+        }
+    }
+
+    /// Adds a reading whose value is JSON text. Returns false, without taking
+    /// it, once `max_messages` messages are complete.
+    pub fn add(&mut self, seq: u64, sensor_id: &'a str, time_ms: i64, value_json: &str) -> bool {
+        if self.out.len() >= self.max_messages {
+            return false;
+        }
+        if !self.packer.push(sensor_id, time_ms, value_json) {
+            // Full: this reading opens the next message.
+            let done = std::mem::replace(&mut self.packer, Packer::new(self.max_bytes));
+            self.out.push(Packed {
+                count: done.len(),
+                payload: done.finish(),
+                seqs: self.first..self.last + 1,
+            });
+            if self.out.len() >= self.max_messages {
+                return false;
+            }
+            self.packer.push(sensor_id, time_ms, value_json);
+        }
+        if self.packer.len() == 1 {
+            self.first = seq;
+        }
+        self.last = seq;
+        true
+    }
+
+    /// The messages. The last, not full, one is left out when `more`
+    /// readings may follow it, unless it is the only one.
+    pub fn finish(mut self, more: bool) -> Vec<Packed> {
+        if !self.packer.is_empty()
+            && self.out.len() < self.max_messages
+            && (!more || self.out.is_empty())
+        {
+            self.out.push(Packed {
+                count: self.packer.len(),
+                payload: self.packer.finish(),
+                seqs: self.first..self.last + 1,
+            });
+        }
+        self.out
+    }
+}
+
+/// Packs stored readings into at most `max_messages` messages; `more`: other
+/// readings may follow these.
+pub fn pack_messages(
+    readings: &[Stored],
+    max_bytes: usize,
+    max_messages: usize,
+    more: bool,
+) -> Vec<Packed> {
+    let mut b = MessageBuilder::new(max_bytes, max_messages);
+    let mut numbers = NumberBuffer::default();
+    let mut text = String::new();
+    for s in readings {
+        let r = &s.reading;
+        let v: &str = match &r.value {
+            Value::Number(n) => number_json(*n, &mut numbers),
+            other => {
+                text.clear();
+                other.write_json(&mut text);
+                &text
+            }
+        };
+        if !b.add(s.seq, &r.sensor_id, r.time_ms, v) {
+            return b.finish(true);
+        }
+    }
+    b.finish(more)
 }
 
 /// What the buffer holds, for status and logs.
@@ -84,6 +191,21 @@ pub trait Store: Send + 'static {
     /// Removes the readings whose seq is in `range` (acknowledged by the broker).
     fn ack(&mut self, range: Range<u64>) -> StoreResult<()>;
     fn stats(&mut self) -> StoreResult<BufferStats>;
+    /// Up to `max_messages` values messages of at most `max_bytes` each
+    /// (a single reading may exceed it), packed from the readings with
+    /// `seq >= from`, oldest first; each but the last is full. The default
+    /// reads and packs; a store may pack straight from what it keeps.
+    fn read_packed(
+        &mut self,
+        from: u64,
+        max_bytes: usize,
+        max_messages: usize,
+    ) -> StoreResult<Vec<Packed>> {
+        let want = 4096usize.saturating_mul(max_messages.max(1));
+        let readings = self.read(from, want)?;
+        let more = readings.len() == want;
+        Ok(pack_messages(&readings, max_bytes, max_messages, more))
+    }
 }
 
 /// With `fsync = "never"`, appends are committed this often.
@@ -127,6 +249,12 @@ enum Command {
         from: u64,
         max: usize,
         reply: oneshot::Sender<StoreResult<Vec<Stored>>>,
+    },
+    ReadPacked {
+        from: u64,
+        max_bytes: usize,
+        max_messages: usize,
+        reply: oneshot::Sender<StoreResult<Vec<Packed>>>,
     },
     Ack(Range<u64>),
     Stats(oneshot::Sender<StoreResult<BufferStats>>),
@@ -250,10 +378,28 @@ impl Buffer {
 
     /// Asks for a read at once and returns its answer to await later: the
     /// buffer thread reads the next batch while the caller packs this one.
-    pub fn request_read(&self, from: u64, max: usize) -> ReadRequest {
+    pub fn request_read(&self, from: u64, max: usize) -> Reply<Vec<Stored>> {
         let (reply, rx) = oneshot::channel();
         let sent = self.send(Command::Read { from, max, reply });
-        ReadRequest(sent.map(|()| rx))
+        Reply(sent.map(|()| rx))
+    }
+
+    /// Asks for up to `max_messages` values messages packed from `from` on
+    /// (see [`Store::read_packed`]), to await later.
+    pub fn request_packed(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        max_messages: usize,
+    ) -> Reply<Vec<Packed>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(Command::ReadPacked {
+            from,
+            max_bytes,
+            max_messages,
+            reply,
+        });
+        Reply(sent.map(|()| rx))
     }
 
     pub fn ack(&self, range: Range<u64>) {
@@ -278,11 +424,12 @@ impl Buffer {
     }
 }
 
-/// A read asked with [`Buffer::request_read`]. Dropping it discards the answer.
-pub struct ReadRequest(StoreResult<oneshot::Receiver<StoreResult<Vec<Stored>>>>);
+/// The answer to a request already sent to the buffer thread. Dropping it
+/// discards the answer.
+pub struct Reply<T>(StoreResult<oneshot::Receiver<StoreResult<T>>>);
 
-impl std::future::Future for ReadRequest {
-    type Output = StoreResult<Vec<Stored>>;
+impl<T> std::future::Future for Reply<T> {
+    type Output = StoreResult<T>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
@@ -483,6 +630,14 @@ fn run(
                 }
                 Command::Read { from, max, reply } => {
                     let _ = reply.send(store.read(from, max));
+                }
+                Command::ReadPacked {
+                    from,
+                    max_bytes,
+                    max_messages,
+                    reply,
+                } => {
+                    let _ = reply.send(store.read_packed(from, max_bytes, max_messages));
                 }
                 Command::Ack(range) => {
                     ack_log.record("ack", store.ack(range));

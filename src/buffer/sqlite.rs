@@ -60,7 +60,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 use super::codec::{self, Decoder, Encoder};
-use super::{BufferStats, Store, StoreError, StoreResult, Stored};
+use super::{BufferStats, MessageBuilder, Packed, Store, StoreError, StoreResult, Stored};
 use crate::config::{BufferConfig, Fsync};
 use crate::sensor::Reading;
 
@@ -490,7 +490,7 @@ impl SqliteStore {
                         reading: Reading {
                             sensor_id: name(&self.names, rec.sensor),
                             time_ms: rec.t,
-                            value: rec.value.to_value(),
+                            value: rec.value(),
                         },
                     });
                     if out.len() >= max {
@@ -515,6 +515,74 @@ impl SqliteStore {
             });
         }
         Ok(out)
+    }
+
+    /// Messages packed straight from the chunks: the values are kept as
+    /// JSON text, so this copies bytes and formats times, nothing more.
+    fn try_read_packed(
+        &mut self,
+        from: u64,
+        max_bytes: usize,
+        max_messages: usize,
+    ) -> rusqlite::Result<Vec<Packed>> {
+        if max_messages == 0 {
+            return Ok(Vec::new());
+        }
+        let mut damaged = Vec::new();
+        let messages = {
+            let names = &self.names;
+            let name =
+                |sensor: i64| -> &str { names.get(&sensor).map_or("unknown-sensor", |n| &**n) };
+            let mut b = MessageBuilder::new(max_bytes, max_messages);
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT last_seq, n, data FROM chunks WHERE last_seq >= ?1 ORDER BY last_seq",
+            )?;
+            let mut rows = stmt.query(params![to_i64(from)])?;
+            let mut full = false;
+            'rows: while let Some(row) = rows.next()? {
+                let data = row.get_ref(2)?.as_blob()?;
+                let decoder = match Decoder::new(data) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        damaged.push((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, e));
+                        continue;
+                    }
+                };
+                for rec in decoder {
+                    let rec = match rec {
+                        Ok(r) => r,
+                        Err(e) => {
+                            damaged.push((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, e));
+                            continue 'rows;
+                        }
+                    };
+                    if rec.seq < from {
+                        continue;
+                    }
+                    if !b.add(rec.seq, name(rec.sensor), rec.t, rec.value) {
+                        full = true;
+                        break 'rows;
+                    }
+                }
+            }
+            if !full {
+                let start = self.tail.partition_point(|e| e.seq < from);
+                let mut text = String::new();
+                for e in self.tail.range(start..) {
+                    text.clear();
+                    e.reading.value.write_json(&mut text);
+                    if !b.add(e.seq, &e.reading.sensor_id, e.reading.time_ms, &text) {
+                        break;
+                    }
+                }
+            }
+            b.finish(false)
+        };
+        if !damaged.is_empty() {
+            self.drop_damaged(&damaged)?;
+            return self.try_read_packed(from, max_bytes, max_messages);
+        }
+        Ok(messages)
     }
 
     /// Deletes chunks whose data cannot be decoded (damaged on disk), logging the loss.
@@ -582,7 +650,7 @@ impl SqliteStore {
             };
             let mut enc = Encoder::new();
             for r in records.iter().filter(|r| !(lo..hi).contains(&r.seq)) {
-                enc.push(r.seq, r.sensor, r.t, &r.value.to_value());
+                enc.push_json(r.seq, r.sensor, r.t, r.value);
             }
             let removed = c.n.saturating_sub(enc.len());
             if removed == 0 {
@@ -955,6 +1023,15 @@ impl Store for SqliteStore {
 
     fn commit_acks(&mut self) -> StoreResult<()> {
         self.guarded(|s| s.commit_open_tx())
+    }
+
+    fn read_packed(
+        &mut self,
+        from: u64,
+        max_bytes: usize,
+        max_messages: usize,
+    ) -> StoreResult<Vec<Packed>> {
+        self.guarded(|s| s.try_read_packed(from, max_bytes, max_messages))
     }
 
     fn read(&mut self, from: u64, max: usize) -> StoreResult<Vec<Stored>> {
@@ -1485,7 +1562,7 @@ pub fn export(path: &Path, out: &mut dyn io::Write) -> Result<ExportSummary, Str
                             line.push_str(",\"time\":");
                             line.push_str(&rec.t.to_string());
                             line.push_str(",\"value\":");
-                            rec.value.to_value().write_json(&mut line);
+                            line.push_str(rec.value);
                             line.push_str("}\n");
                             if out.write_all(line.as_bytes()).is_err() {
                                 return Err(codec::DecodeError("write failed"));

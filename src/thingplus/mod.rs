@@ -6,6 +6,7 @@ pub mod rpc;
 pub mod topics;
 
 pub use payload::{
-    encode_status, encode_values, pack_values, parse_status, parse_values, ParsedStatus, Status,
+    encode_status, encode_values, pack_values, parse_status, parse_values, Packer, ParsedStatus,
+    Status,
 };
 pub use topics::Topics;

@@ -98,95 +98,156 @@ pub fn encode_values<R: Borrow<Reading>>(readings: &[R]) -> String {
 /// reading that alone exceeds the limit is returned alone (consumed = 1) so the
 /// caller can decide to drop it; callers check the length.
 pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (String, usize) {
-    // First pass: each reading's `time,value` text, one after the other in
-    // `pairs`, and the entry (sensor) it goes to, until the limit. Entries
-    // are kept in order of first appearance.
-    let mut index: FxHashMap<&str, usize> = FxHashMap::default();
-    index.reserve(readings.len().min(256));
-    // (sensor id, readings it has in the message, its JSON length)
-    let mut entries: Vec<(&str, usize, usize)> = Vec::new();
-    // (entry, end of the reading's text in `pairs`), one per reading taken
-    let mut taken: Vec<(usize, usize)> = Vec::with_capacity(readings.len().min(8192));
-    let mut pairs = String::with_capacity(max_bytes.min(readings.len().saturating_mul(24)));
-    let mut total = 2; // {}
-    let mut times = itoa::Buffer::new();
+    let mut packer = Packer::new(max_bytes);
     let mut numbers = NumberBuffer::default();
+    let mut text = String::new();
     for r in readings {
         let r = r.borrow();
-        let start = pairs.len();
-        pairs.push_str(times.format(r.time_ms));
-        pairs.push(',');
-        match &r.value {
-            Value::Number(n) => pairs.push_str(number_json(*n, &mut numbers)),
-            other => other.write_json(&mut pairs),
+        let v: &str = match &r.value {
+            Value::Number(n) => number_json(*n, &mut numbers),
+            other => {
+                text.clear();
+                other.write_json(&mut text);
+                &text
+            }
+        };
+        if !packer.push(&r.sensor_id, r.time_ms, v) {
+            break;
         }
-        let len = pairs.len() - start;
-        let id: &str = &r.sensor_id;
-        let entry = index.get(id).copied();
+    }
+    let n = packer.len();
+    (packer.finish(), n)
+}
+
+/// Builds one `v/a/g/{gw}` message reading by reading, within a size bound:
+/// `{"sensorId":[t,v,t,v,...],...}`, sensors in order of first reading.
+/// [`pack_values`] is this over readings; the disk buffer feeds it values
+/// it keeps already encoded.
+///
+/// Each reading's `t,v` text goes once into one buffer, in arrival order;
+/// [`Packer::finish`] then writes each sensor's pairs together (a counting
+/// sort of their places). No string per sensor, and sensors are found with
+/// a fast hash: a message from a backlog of 1,000 sensors holds 1,000 of them.
+pub struct Packer<'a> {
+    max_bytes: usize,
+    index: FxHashMap<&'a str, usize>,
+    /// (sensor id, readings it has in the message, its length as JSON)
+    entries: Vec<(&'a str, usize, usize)>,
+    /// Every reading's `t,v`, one after the other.
+    pairs: String,
+    /// Per reading taken: (its entry, the end of its text in `pairs`).
+    taken: Vec<(usize, usize)>,
+    total: usize,
+}
+
+impl<'a> Packer<'a> {
+    pub fn new(max_bytes: usize) -> Self {
+        Packer {
+            max_bytes,
+            index: FxHashMap::default(),
+            entries: Vec::new(),
+            pairs: String::new(),
+            taken: Vec::new(),
+            total: 2, // {}
+        }
+    }
+
+    /// Adds a reading whose value is already JSON text. Returns false, adding
+    /// nothing, when the message would outgrow the bound; the first reading is
+    /// always taken, so a message is never empty (and may be oversized: a
+    /// caller checks [`Packer::bytes`]).
+    pub fn push(&mut self, id: &'a str, time_ms: i64, value_json: &str) -> bool {
+        let mut times = itoa::Buffer::new();
+        let t = times.format(time_ms);
+        // "t,v"
+        let pair_len = t.len() + 1 + value_json.len();
+        let entry = self.index.get(id).copied();
         let id_len = match entry {
             Some(_) => 0,
             None => json_string_len(id),
         };
         let added = match entry {
-            Some(_) => len + 1,
+            Some(_) => pair_len + 1,
             // "id":[pair] plus a separating comma when not first.
-            None => id_len + 3 + len + usize::from(!entries.is_empty()),
+            None => id_len + 3 + pair_len + usize::from(!self.entries.is_empty()),
         };
-        if total + added > max_bytes && !taken.is_empty() {
-            pairs.truncate(start);
-            break;
+        if self.total + added > self.max_bytes && !self.taken.is_empty() {
+            return false;
         }
-        total += added;
-        let e = entry.unwrap_or_else(|| {
-            index.insert(id, entries.len());
-            entries.push((id, 0, id_len));
-            entries.len() - 1
-        });
-        entries[e].1 += 1;
-        taken.push((e, pairs.len()));
+        self.total += added;
+        let e = match entry {
+            Some(e) => e,
+            None => {
+                self.index.insert(id, self.entries.len());
+                self.entries.push((id, 0, id_len));
+                self.entries.len() - 1
+            }
+        };
+        self.entries[e].1 += 1;
+        self.pairs.push_str(t);
+        self.pairs.push(',');
+        self.pairs.push_str(value_json);
+        self.taken.push((e, self.pairs.len()));
+        true
     }
-    // Second pass: each sensor's readings together, in input order (a
-    // counting sort of the spans of `pairs`), written once into the message.
-    let mut next: Vec<usize> = Vec::with_capacity(entries.len());
-    let mut at = 0;
-    for (_, n, _) in &entries {
-        next.push(at);
-        at += n;
+
+    /// Readings in the message.
+    pub fn len(&self) -> usize {
+        self.taken.len()
     }
-    let mut spans = vec![(0, 0); taken.len()];
-    let mut start = 0;
-    for &(e, end) in &taken {
-        spans[next[e]] = (start, end);
-        next[e] += 1;
-        start = end;
+
+    pub fn is_empty(&self) -> bool {
+        self.taken.is_empty()
     }
-    let mut out = String::with_capacity(total);
-    out.push('{');
-    let mut spans = spans.iter();
-    for (i, &(id, n, id_len)) in entries.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+
+    /// Size of the message so far.
+    pub fn bytes(&self) -> usize {
+        self.total
+    }
+
+    pub fn finish(self) -> String {
+        // Where each sensor's pairs start among all the pairs, in entry order.
+        let mut next: Vec<usize> = Vec::with_capacity(self.entries.len());
+        let mut at = 0;
+        for &(_, n, _) in &self.entries {
+            next.push(at);
+            at += n;
         }
-        if id_len == id.len() + 2 {
-            // Nothing to escape (every valid sensor id).
-            out.push('"');
-            out.push_str(id);
-            out.push('"');
-        } else {
-            write_json_string(id, &mut out);
+        let mut spans = vec![(0, 0); self.taken.len()];
+        let mut start = 0;
+        for &(e, end) in &self.taken {
+            spans[next[e]] = (start, end);
+            next[e] += 1;
+            start = end;
         }
-        out.push_str(":[");
-        for (k, &(s, e)) in spans.by_ref().take(n).enumerate() {
-            if k > 0 {
+        let mut out = String::with_capacity(self.total);
+        out.push('{');
+        let mut spans = spans.iter();
+        for (i, &(id, n, id_len)) in self.entries.iter().enumerate() {
+            if i > 0 {
                 out.push(',');
             }
-            out.push_str(&pairs[s..e]);
+            if id_len == id.len() + 2 {
+                // Nothing to escape (every valid sensor id).
+                out.push('"');
+                out.push_str(id);
+                out.push('"');
+            } else {
+                write_json_string(id, &mut out);
+            }
+            out.push_str(":[");
+            for (k, &(s, e)) in spans.by_ref().take(n).enumerate() {
+                if k > 0 {
+                    out.push(',');
+                }
+                out.push_str(&self.pairs[s..e]);
+            }
+            out.push(']');
         }
-        out.push(']');
+        out.push('}');
+        debug_assert_eq!(out.len(), self.total);
+        out
     }
-    out.push('}');
-    debug_assert_eq!(out.len(), total);
-    (out, taken.len())
 }
 
 /// Error from [`parse_values`].
