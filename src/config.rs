@@ -112,6 +112,7 @@ struct RawGateway {
     report_interval: Option<Spanned<HumanDuration>>,
     status_validity: Option<Spanned<HumanDuration>>,
     state_dir: Option<PathBuf>,
+    sysfs_root: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -272,6 +273,34 @@ pub struct GatewayConfig {
     /// Status valid duration; `None`: 2 x the current report interval.
     pub status_validity: Option<Duration>,
     pub state_dir: PathBuf,
+    /// Where sysfs is: file sensors and LED/value-file actuators whose paths
+    /// start with `/sys/` are read and written under this directory instead
+    /// (tests, containers with a bind-mounted host /sys). Default `/sys`.
+    pub sysfs_root: PathBuf,
+}
+
+impl GatewayConfig {
+    /// `path` as the daemon opens it: under `sysfs_root` when it is a `/sys/...` path.
+    pub fn resolve_sysfs(&self, path: &Path) -> PathBuf {
+        under_sysfs_root(&self.sysfs_root, path)
+    }
+}
+
+/// Where sysfs is by default.
+pub const DEFAULT_SYSFS_ROOT: &str = "/sys";
+
+/// `path` with a leading `/sys` replaced by `root`; other paths unchanged.
+pub fn under_sysfs_root(root: &Path, path: &Path) -> PathBuf {
+    match path.strip_prefix(DEFAULT_SYSFS_ROOT) {
+        Ok(rest) if root != Path::new(DEFAULT_SYSFS_ROOT) => {
+            if rest.as_os_str().is_empty() {
+                root.to_path_buf()
+            } else {
+                root.join(rest)
+            }
+        }
+        _ => path.to_path_buf(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -871,6 +900,28 @@ impl Config {
             })
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
 
+        let sysfs_root = match &g.sysfs_root {
+            None => PathBuf::from(DEFAULT_SYSFS_ROOT),
+            Some(r) => {
+                let p = resolve_relative(ctx.path, r.get_ref());
+                match std::fs::metadata(&p) {
+                    Ok(m) if m.is_dir() => p,
+                    Ok(_) => {
+                        return Err(ctx.err_at(
+                            r.span(),
+                            format!("sysfs_root {} is not a directory: it must be a sysfs tree (such as /sys, or a copy of one)", p.display()),
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(ctx.err_at(
+                            r.span(),
+                            format!("sysfs_root {}: {e} (it must be an existing sysfs tree, such as /sys)", p.display()),
+                        ))
+                    }
+                }
+            }
+        };
+
         let gateway = GatewayConfig {
             id: id.clone(),
             id_source,
@@ -878,6 +929,7 @@ impl Config {
             report_interval,
             status_validity,
             state_dir: state_dir.clone(),
+            sysfs_root,
         };
 
         let mqtt = mqtt_from_raw(raw.mqtt, ctx, &mut warnings)?;
@@ -926,7 +978,13 @@ impl Config {
             if !seen.insert(sid.clone()) {
                 return Err(ctx.err_at(s.id.span(), format!("duplicate sensor id \"{sid}\"")));
             }
-            let source = sensor_source(&s, &sid, &serial, &modbus, ctx)?;
+            let source = match sensor_source(&s, &sid, &serial, &modbus, ctx)? {
+                SensorSource::File { path, regex } => SensorSource::File {
+                    path: gateway.resolve_sysfs(&path),
+                    regex,
+                },
+                other => other,
+            };
             let value_type = match &s.value_type {
                 None => default_value_type(&s.sensor_type),
                 Some(v) => match v.get_ref().as_str() {
@@ -1026,7 +1084,9 @@ impl Config {
                 "led" => (
                     ActuatorType::Led,
                     ActuatorDriver::Led {
-                        path: need_path("a sysfs LED directory such as /sys/class/leds/led0")?,
+                        path: gateway.resolve_sysfs(&need_path(
+                            "a sysfs LED directory such as /sys/class/leds/led0",
+                        )?),
                     },
                 ),
                 "powerSwitch" => match (&a.gpio_chip, a.line, &a.path) {
@@ -1036,7 +1096,7 @@ impl Config {
                     ),
                     (None, None, Some(path)) => (
                         ActuatorType::PowerSwitch,
-                        ActuatorDriver::ValueFile { path: path.clone(), active_low },
+                        ActuatorDriver::ValueFile { path: gateway.resolve_sysfs(path), active_low },
                     ),
                     _ => {
                         return Err(ctx.err_at(
@@ -1918,6 +1978,91 @@ mod tests {
     }
 
     #[test]
+    fn sysfs_root_moves_sys_paths_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        let c = parse(&format!(
+            "[gateway]\nid = \"gw1\"\napikey = \"k\"\nsysfs_root = \"{root}\"\n\
+             [[sensor]]\nid = \"t\"\ntype = \"temperature\"\npath = \"/sys/class/thermal/thermal_zone0/temp\"\n\
+             [[sensor]]\nid = \"f\"\ntype = \"temperature\"\npath = \"/var/lib/x/temp\"\n\
+             [[actuator]]\nid = \"l\"\ntype = \"led\"\npath = \"/sys/class/leds/led0\"\n\
+             [[actuator]]\nid = \"v\"\ntype = \"powerSwitch\"\npath = \"/sys/class/gpio/gpio17/value\"\n\
+             [[actuator]]\nid = \"g\"\ntype = \"powerSwitch\"\ngpio_chip = \"/dev/gpiochip0\"\nline = 1\n"
+        ))
+        .unwrap();
+        assert_eq!(c.gateway.sysfs_root, dir.path());
+        let paths: Vec<_> = c
+            .sensors
+            .iter()
+            .map(|s| match &s.source {
+                SensorSource::File { path, .. } => path.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                dir.path().join("class/thermal/thermal_zone0/temp"),
+                PathBuf::from("/var/lib/x/temp")
+            ]
+        );
+        assert_eq!(
+            c.actuators[0].driver,
+            ActuatorDriver::Led {
+                path: dir.path().join("class/leds/led0")
+            }
+        );
+        assert_eq!(
+            c.actuators[1].driver,
+            ActuatorDriver::ValueFile {
+                path: dir.path().join("class/gpio/gpio17/value"),
+                active_low: false
+            }
+        );
+        assert!(
+            matches!(&c.actuators[2].driver, ActuatorDriver::GpioLine { chip, .. } if chip == Path::new("/dev/gpiochip0"))
+        );
+        // Not /sysfoo: only whole components.
+        assert_eq!(
+            under_sysfs_root(dir.path(), Path::new("/sysfoo/x")),
+            PathBuf::from("/sysfoo/x")
+        );
+        // The default leaves everything as written.
+        let c = parse(&format!(
+            "{MIN}[[sensor]]\nid = \"t\"\ntype = \"temperature\"\npath = \"/sys/class/thermal/thermal_zone0/temp\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.gateway.sysfs_root, Path::new("/sys"));
+        assert!(
+            matches!(&c.sensors[0].source, SensorSource::File { path, .. } if path == Path::new("/sys/class/thermal/thermal_zone0/temp"))
+        );
+    }
+
+    #[test]
+    fn sysfs_root_must_be_an_existing_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let e = parse(&format!("{MIN}sysfs_root = \"{}\"\n", missing.display())).unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(4), "{e}");
+        assert!(
+            e.message.contains("sysfs_root") && e.message.contains("No such file"),
+            "{e}"
+        );
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let e = parse(&format!("{MIN}sysfs_root = \"{}\"\n", file.display())).unwrap_err();
+        assert!(e.message.contains("is not a directory"), "{e}");
+        // Relative to the configuration file.
+        std::fs::create_dir(dir.path().join("tree")).unwrap();
+        let c = Config::parse(
+            &format!("{MIN}sysfs_root = \"tree\"\n"),
+            &dir.path().join("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.gateway.sysfs_root, dir.path().join("tree"));
+    }
+
+    #[test]
     fn unknown_key_names_line_and_column() {
         let e = parse(&format!("{MIN}reprot_interval = \"60s\"\n")).unwrap_err();
         assert_eq!(e.position.map(|p| p.0), Some(4), "{e}");
@@ -2382,8 +2527,10 @@ mod example_tests {
                 "apikey_file = \"/etc/thingplus-gw/apikey\"",
                 "apikey = \"k\"",
             )
-            .replace("id = \"auto\"", "id = \"example\"");
+            .replace("id = \"auto\"", "id = \"example\"")
+            .replace("# sysfs_root = ", "sysfs_root = ");
         let c = Config::parse(&text, Path::new("config/thingplus-gw.toml")).unwrap();
+        assert_eq!(c.gateway.sysfs_root, Path::new("/sys"));
         assert_eq!(c.gateway.report_interval, Duration::from_secs(60));
         assert!(c.rpc.allow_restart && !c.rpc.allow_reboot);
     }
