@@ -56,6 +56,9 @@ pub struct BacklogReport {
 pub struct StatusReport {
     pub gateway_id: String,
     pub version: String,
+    /// The build id (git commit or packager's id), see `version::BUILD`.
+    #[serde(default)]
+    pub build: String,
     pub now_ms: i64,
     pub broker: String,
     pub connected: bool,
@@ -109,7 +112,8 @@ impl Sources {
         });
         StatusReport {
             gateway_id: self.gateway_id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::version::VERSION.to_string(),
+            build: crate::version::BUILD.to_string(),
             now_ms: system_now_ms(),
             broker: self.broker.clone(),
             connected: link.connected,

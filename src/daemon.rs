@@ -194,7 +194,8 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         sensors = config.sensors.len(),
         actuators = config.actuators.len(),
         report_interval = %format_duration(report_interval),
-        "thingplus-gw {} started", env!("CARGO_PKG_VERSION")
+        build = crate::version::BUILD,
+        "thingplus-gw {} started", crate::version::VERSION
     );
 
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| StartError::Other(e.to_string()))?;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 use tokio::sync::{mpsc, watch};
 
 use crate::actuator::{Actuators, Reply};
@@ -121,12 +121,7 @@ impl Dispatcher {
         Reply::Now(match req.method.as_str() {
             "timeSync" => self.time_sync(req),
             "setProperty" => self.set_property(req),
-            "swInfo" => Ok(json!({
-                "name": env!("CARGO_PKG_NAME"),
-                "version": env!("CARGO_PKG_VERSION"),
-                "os": std::env::consts::OS,
-                "arch": std::env::consts::ARCH,
-            })),
+            "swInfo" => Ok(crate::version::sw_info()),
             "restart" => self.system_action(
                 self.rpc.allow_restart,
                 "restart",
@@ -308,6 +303,7 @@ fn actuator_params(
 mod tests {
     use super::*;
     use crate::config::{ActuatorConfig, ActuatorDriver, ActuatorType, OnShutdown};
+    use serde_json::json;
 
     fn dispatcher(
         dir: &std::path::Path,

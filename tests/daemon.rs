@@ -263,6 +263,52 @@ fn commands_are_answered() {
     let r = cloud.request("sw", json!({"method":"swInfo"}));
     assert_eq!(r["result"]["version"], json!(env!("CARGO_PKG_VERSION")));
     assert_eq!(r["result"]["name"], json!("thingplus-gw"));
+    // The build id embedded at compile time, the same `--version` prints.
+    let build = r["result"]["build"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!build.is_empty(), "{r}");
+    // Built from this git checkout (and no id given by a packager): the commit.
+    let head = std::process::Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let (Some(head), None) = (head, option_env!("THINGPLUS_GW_BUILD_ID")) {
+        let hash = build.trim_end_matches("-dirty");
+        assert!(
+            hash.len() >= 7 && head.starts_with(hash),
+            "{build} vs HEAD {head}"
+        );
+    }
+    let (st, version, _) = run_cli(&["--version"]);
+    assert!(st.success());
+    assert_eq!(
+        version.trim(),
+        format!("thingplus-gw {} (build {build})", env!("CARGO_PKG_VERSION"))
+    );
+    // The OS this runs on, as os-release and uname name it.
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let os = r["result"]["os"].as_str().unwrap_or_default();
+    assert!(
+        !os.is_empty() && (os_release.contains(os) || os == "Linux"),
+        "{r}"
+    );
+    let (_, uname_r, _) = {
+        let o = std::process::Command::new("uname")
+            .arg("-r")
+            .output()
+            .unwrap();
+        (
+            o.status,
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            (),
+        )
+    };
+    assert_eq!(r["result"]["kernel"], json!(uname_r.trim()), "{r}");
+    assert_eq!(r["result"]["arch"], json!(std::env::consts::ARCH), "{r}");
 
     // LED on / blink / off / timed on, and errors.
     let r = cloud.request(

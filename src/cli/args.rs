@@ -12,7 +12,7 @@ use crate::config::DEFAULT_PATH;
 #[derive(Parser, Debug)]
 #[command(
     name = "thingplus-gw",
-    version,
+    version = crate::version::LONG_VERSION,
     about,
     long_about = "Thing+ gateway daemon: reads sensors from sysfs files and serial ports, \
 keeps every reading in a crash-safe buffer on disk and delivers it over MQTT to the \

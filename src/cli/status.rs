@@ -51,7 +51,13 @@ fn ago(now: i64, t: i64) -> String {
 pub fn render(r: &StatusReport) -> String {
     let mut o = String::new();
     let now = r.now_ms;
-    let _ = writeln!(o, "thingplus-gw {} gateway {}", r.version, r.gateway_id);
+    let _ = writeln!(
+        o,
+        "thingplus-gw {} (build {}) gateway {}",
+        r.version,
+        if r.build.is_empty() { "?" } else { &r.build },
+        r.gateway_id
+    );
     if r.connected {
         let _ = writeln!(
             o,
