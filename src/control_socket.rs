@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::actuator::ActuatorStates;
 use crate::buffer::Buffer;
 use crate::clock::{system_now_ms, Clock};
-use crate::rpc::LastCommand;
+use crate::rpc::{LastCommand, SwUpdateCell, SwUpdateReport};
 use crate::session::LinkState;
 use crate::status_board::StatusBoard;
 
@@ -78,6 +78,9 @@ pub struct StatusReport {
     pub clock_trusted: bool,
     /// Readings held until the time is known.
     pub clock_held: usize,
+    /// The last software update (`swUpdate`) since the daemon started.
+    #[serde(default)]
+    pub sw_update: Option<SwUpdateReport>,
 }
 
 impl StatusReport {
@@ -97,6 +100,7 @@ pub struct Sources {
     pub board: Arc<StatusBoard>,
     pub actuators: ActuatorStates,
     pub last_command: Arc<Mutex<Option<LastCommand>>>,
+    pub sw_update: SwUpdateCell,
     pub clock: Arc<Clock>,
     pub report_interval: watch::Receiver<Duration>,
 }
@@ -147,6 +151,11 @@ impl Sources {
             clock: self.clock.state().to_string(),
             clock_trusted: self.clock.state() != crate::clock::ClockState::Untrusted,
             clock_held: self.clock.held(),
+            sw_update: self
+                .sw_update
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }

@@ -159,6 +159,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         actions_tx.clone(),
     );
     let last_command = dispatcher.last_command.clone();
+    let sw_update = dispatcher.sw_update.clone();
     let control_sources = control_socket::Sources {
         gateway_id: gw.id.clone(),
         broker: format!("{}:{}", config.mqtt.host, config.mqtt.port),
@@ -167,6 +168,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         board: board.clone(),
         actuators: actuator_states,
         last_command: dispatcher.last_command.clone(),
+        sw_update: dispatcher.sw_update.clone(),
         clock: clock.clone(),
         report_interval: ri_rx.clone(),
     };
@@ -327,6 +329,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
                                 actions_tx.clone(),
                             );
                             dispatcher.last_command = last_command.clone();
+                            dispatcher.sw_update = sw_update.clone();
                             let session = Session {
                                 settings,
                                 topics: Topics::new(&new.gateway.id),

@@ -33,7 +33,32 @@ pub struct Dispatcher {
     pub actions: mpsc::UnboundedSender<SystemAction>,
     /// The last request received, for `thingplus-gw status`.
     pub last_command: Arc<std::sync::Mutex<Option<LastCommand>>>,
-    sw_update: Option<tokio::task::JoinHandle<()>>,
+    /// The last software update (running or finished), for `thingplus-gw
+    /// status`; shared so that a new dispatcher (after a reload) sees it.
+    pub sw_update: SwUpdateCell,
+}
+
+/// The last software update, shared between the dispatcher and the status report.
+pub type SwUpdateCell = Arc<std::sync::Mutex<Option<SwUpdateReport>>>;
+
+/// Bytes of the update command's output kept (its end: where errors are).
+pub const SW_UPDATE_TAIL_BYTES: usize = 4096;
+
+/// A software update (`swUpdate`): what runs, since when, how it ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SwUpdateReport {
+    pub command: Vec<String>,
+    pub started_ms: i64,
+    pub running: bool,
+    pub finished_ms: Option<i64>,
+    /// `Some(true)` exit status 0; `Some(false)` any other end; `None` running.
+    pub success: Option<bool>,
+    /// The exit code, when it exited (not when killed by a signal or never started).
+    pub exit_code: Option<i32>,
+    /// How it ended, in words: "exit status 0", "killed by signal 9", "cannot run ...".
+    pub outcome: Option<String>,
+    /// The last [`SW_UPDATE_TAIL_BYTES`] of its stdout and stderr, as they came.
+    pub output_tail: String,
 }
 
 /// The last request the server sent, and how it went.
@@ -72,7 +97,7 @@ impl Dispatcher {
             rpc,
             actions,
             last_command: Default::default(),
-            sw_update: None,
+            sw_update: Default::default(),
         }
     }
 
@@ -237,27 +262,152 @@ impl Dispatcher {
                 "swUpdate is disabled on this gateway: set [rpc] sw_update_command to enable it",
             ));
         };
-        if self.sw_update.as_ref().is_some_and(|h| !h.is_finished()) {
-            return Err(RpcError::server("a software update is already running"));
-        }
-        self.sw_update = Some(tokio::spawn(async move {
-            tracing::info!(command = ?cmd, "software update started");
-            match tokio::process::Command::new(&cmd[0])
-                .args(&cmd[1..])
-                .output()
-                .await
-            {
-                Ok(out) if out.status.success() => tracing::info!("software update finished"),
-                Ok(out) => tracing::error!(
-                    status = %out.status,
-                    stderr = %String::from_utf8_lossy(&out.stderr).trim(),
-                    "software update failed"
-                ),
-                Err(e) => tracing::error!(error = %e, "cannot run the software update command"),
+        {
+            let mut cell = self.sw_update.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(running) = cell.as_ref().filter(|u| u.running) {
+                let secs = (clock::system_now_ms() - running.started_ms).max(0) / 1000;
+                return Err(RpcError::server(format!(
+                    "a software update is already running (started {secs} s ago)"
+                )));
             }
-        }));
+            *cell = Some(SwUpdateReport {
+                command: cmd.clone(),
+                started_ms: clock::system_now_ms(),
+                running: true,
+                finished_ms: None,
+                success: None,
+                exit_code: None,
+                outcome: None,
+                output_tail: String::new(),
+            });
+        }
+        tokio::spawn(run_sw_update(cmd, self.sw_update.clone()));
         Ok(Json::String("started".into()))
     }
+}
+
+/// Runs the update command (no shell, no stdin), keeping the tail of its
+/// output in `cell` as it comes, and records and logs how it ended.
+async fn run_sw_update(cmd: Vec<String>, cell: SwUpdateCell) {
+    use std::process::Stdio;
+    use tokio::io::AsyncReadExt;
+
+    tracing::info!(command = ?cmd, "software update started");
+    let update = |f: &mut dyn FnMut(&mut SwUpdateReport)| {
+        if let Some(r) = cell.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            f(r);
+        }
+    };
+    // stdout and stderr into one pipe, so the tail keeps the order the
+    // program wrote in (as `2>&1` would).
+    let spawned = output_pipe().and_then(|(read, write)| {
+        let write2 = write.try_clone()?;
+        // The Command (holding our copies of the write end) is dropped at
+        // the end of this block, so the read end sees EOF when the program ends.
+        let child = tokio::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(write))
+            .stderr(Stdio::from(write2))
+            .spawn()?;
+        Ok((
+            child,
+            tokio::net::unix::pipe::Receiver::from_owned_fd(read)?,
+        ))
+    });
+    let (mut child, mut output) = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let outcome = format!("cannot run {}: {e}", cmd[0]);
+            tracing::error!(command = ?cmd, error = %e, "software update failed: cannot run the command");
+            update(&mut |r| {
+                r.running = false;
+                r.finished_ms = Some(clock::system_now_ms());
+                r.success = Some(false);
+                r.outcome = Some(outcome.clone());
+            });
+            return;
+        }
+    };
+    // The output's end, bounded, published to the status as it comes.
+    let mut tail = Vec::<u8>::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match output.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > SW_UPDATE_TAIL_BYTES {
+                    let cut = tail.len() - SW_UPDATE_TAIL_BYTES;
+                    tail.drain(..cut);
+                }
+                let text = tail_text(&tail);
+                update(&mut |r| r.output_tail = text.clone());
+            }
+        }
+    }
+    let status = child.wait().await;
+    let output_tail = tail_text(&tail);
+    let last_lines = last_lines(&output_tail, 5);
+    let (success, exit_code, outcome) = match status {
+        Ok(st) => {
+            use std::os::unix::process::ExitStatusExt;
+            let outcome = match (st.code(), st.signal()) {
+                (Some(c), _) => format!("exit status {c}"),
+                (None, Some(sig)) => format!("killed by signal {sig}"),
+                _ => st.to_string(),
+            };
+            (st.success(), st.code(), outcome)
+        }
+        Err(e) => (false, None, format!("cannot wait for the command: {e}")),
+    };
+    if success {
+        tracing::info!(command = ?cmd, outcome = %outcome, output = %last_lines, "software update finished");
+    } else {
+        tracing::error!(command = ?cmd, outcome = %outcome, output = %last_lines, "software update failed");
+    }
+    update(&mut |r| {
+        r.running = false;
+        r.finished_ms = Some(clock::system_now_ms());
+        r.success = Some(success);
+        r.exit_code = exit_code;
+        r.outcome = Some(outcome.clone());
+        r.output_tail = output_tail.clone();
+    });
+}
+
+/// A pipe (read end, write end), both close-on-exec (the child gets its
+/// own copies as stdout and stderr).
+fn output_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two new descriptors on success; each is owned once.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// The kept bytes as text; a line cut at the front by the bound is dropped.
+fn tail_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if bytes.len() >= SW_UPDATE_TAIL_BYTES {
+        if let Some(nl) = text.find('\n') {
+            return text[nl + 1..].to_string();
+        }
+    }
+    text.into_owned()
+}
+
+/// The last `n` non-empty lines, joined with " | " (for one log line).
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 /// Logs the outcome and encodes the response.
@@ -381,6 +531,82 @@ mod tests {
             assert_eq!(r["error"]["code"], json!(-32602), "{bad}: {r}");
         }
         assert_eq!(*rx.borrow(), Duration::from_secs(120));
+    }
+
+    fn report_after(cmd: &[&str]) -> SwUpdateReport {
+        let cell: SwUpdateCell = Arc::new(std::sync::Mutex::new(Some(SwUpdateReport {
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            started_ms: 1,
+            running: true,
+            finished_ms: None,
+            success: None,
+            exit_code: None,
+            outcome: None,
+            output_tail: String::new(),
+        })));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(run_sw_update(
+            cmd.iter().map(|s| s.to_string()).collect(),
+            cell.clone(),
+        ));
+        let r = cell.lock().unwrap().clone().unwrap();
+        assert!(!r.running && r.finished_ms.is_some(), "{r:?}");
+        r
+    }
+
+    #[test]
+    fn sw_update_outcomes() {
+        let r = report_after(&["/bin/sh", "-c", "echo one; echo two >&2; exit 0"]);
+        assert_eq!((r.success, r.exit_code), (Some(true), Some(0)));
+        assert_eq!(r.outcome.as_deref(), Some("exit status 0"));
+        assert!(
+            r.output_tail.contains("one\n") && r.output_tail.contains("two\n"),
+            "{r:?}"
+        );
+
+        let r = report_after(&["/bin/sh", "-c", "echo E: broken >&2; exit 3"]);
+        assert_eq!((r.success, r.exit_code), (Some(false), Some(3)));
+        assert_eq!(r.output_tail, "E: broken\n");
+
+        let r = report_after(&["/bin/sh", "-c", "kill -9 $$"]);
+        assert_eq!((r.success, r.exit_code), (Some(false), None));
+        assert_eq!(r.outcome.as_deref(), Some("killed by signal 9"));
+
+        let r = report_after(&["/nonexistent/update"]);
+        assert_eq!(r.success, Some(false));
+        assert!(
+            r.outcome
+                .as_deref()
+                .unwrap()
+                .starts_with("cannot run /nonexistent/update"),
+            "{r:?}"
+        );
+
+        // A long output keeps its end only.
+        let r = report_after(&[
+            "/bin/sh",
+            "-c",
+            "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done",
+        ]);
+        assert!(r.output_tail.len() <= SW_UPDATE_TAIL_BYTES);
+        assert!(r.output_tail.ends_with("line 1999\n"), "{}", r.output_tail);
+    }
+
+    #[test]
+    fn output_tail_is_bounded_and_starts_at_a_line() {
+        let mut long = Vec::new();
+        for i in 0..1000 {
+            long.extend_from_slice(format!("line {i}\n").as_bytes());
+        }
+        let kept = &long[long.len() - SW_UPDATE_TAIL_BYTES..];
+        let t = tail_text(kept);
+        assert!(t.len() <= SW_UPDATE_TAIL_BYTES);
+        assert!(t.starts_with("line ") && t.ends_with("line 999\n"), "{t}");
+        assert_eq!(tail_text(b"short\n"), "short\n");
+        assert_eq!(last_lines("a\nb\n\nc\nd\n", 2), "c | d");
     }
 
     #[tokio::test]
