@@ -7,6 +7,7 @@
 //! system clock does.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -67,6 +68,47 @@ impl TimeSource for SystemSource {
     }
 }
 
+/// The environment variable that makes the daemon's clock a test clock:
+/// the system clock shifted by this many ms and never synchronised (a box
+/// without RTC or NTP). For integration tests only; logged as a warning.
+pub const TEST_CLOCK_ENV: &str = "THINGPLUS_GW_TEST_CLOCK_OFFSET_MS";
+
+/// The system clock shifted by a fixed offset, never synchronised.
+struct ShiftedSource(i64);
+
+impl TimeSource for ShiftedSource {
+    fn realtime_ms(&self) -> i64 {
+        system_now_ms() + self.0
+    }
+    fn boottime_ms(&self) -> i64 {
+        SystemSource.boottime_ms()
+    }
+    fn synchronized(&self) -> bool {
+        false
+    }
+}
+
+/// The daemon's time source: the system's, or the test clock of [`TEST_CLOCK_ENV`].
+pub fn source_from_env() -> Box<dyn TimeSource> {
+    match std::env::var(TEST_CLOCK_ENV)
+        .ok()
+        .map(|v| v.trim().parse::<i64>())
+    {
+        Some(Ok(offset)) => {
+            tracing::warn!(
+                offset_ms = offset,
+                "{TEST_CLOCK_ENV} is set: using a shifted, unsynchronised test clock"
+            );
+            Box::new(ShiftedSource(offset))
+        }
+        Some(Err(_)) => {
+            tracing::warn!("{TEST_CLOCK_ENV} is not a number of ms: ignored");
+            Box::new(SystemSource)
+        }
+        None => Box::new(SystemSource),
+    }
+}
+
 /// Why the time is trusted, or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClockState {
@@ -101,6 +143,8 @@ struct Stamps {
     warned: bool,
     /// The last time given to each sensor.
     last: FxHashMap<Arc<str>, i64>,
+    /// The held readings on disk too (see [`Clock::persist_held`]).
+    log: Option<HeldLog>,
 }
 
 impl Stamps {
@@ -217,8 +261,23 @@ impl Clock {
                 );
                 s.warned = true;
             }
-            s.held
-                .push_back((sensor_id.clone(), self.source.boottime_ms(), value));
+            let boot = self.source.boottime_ms();
+            if let Some(log) = s.log.as_mut() {
+                log.append(sensor_id, boot, &value);
+            }
+            s.held.push_back((sensor_id.clone(), boot, value));
+            if s.log
+                .as_ref()
+                .is_some_and(|l| l.lines > 2 * MAX_HELD_READINGS)
+            {
+                let Stamps { log, held, .. } = &mut *s;
+                if let Some(log) = log.as_mut() {
+                    log.rewrite(
+                        held.iter()
+                            .skip(held.len().saturating_sub(MAX_HELD_READINGS)),
+                    );
+                }
+            }
             if s.held.len() > MAX_HELD_READINGS {
                 s.held.pop_front();
                 s.dropped_while_held += 1;
@@ -243,11 +302,220 @@ impl Clock {
             }
             tracing::info!(released = n, dropped = s.dropped_while_held, clock = %state, "time is known: held readings released with corrected times");
             s.dropped_while_held = 0;
+            if let Some(log) = s.log.as_mut() {
+                log.clear();
+            }
         }
         s.warned = false;
         let t = s.next_time(sensor_id, self.now_ms());
         out.push(Reading::new(sensor_id.clone(), t, value));
         out
+    }
+}
+
+impl Clock {
+    /// Keeps the held readings in `path` as well, so that a restart of the
+    /// daemon within the same boot (a crash, `systemctl restart`) keeps
+    /// them: their boot-relative stamps stay valid until the machine
+    /// reboots. Loads what an earlier run of this boot left there (in
+    /// front of anything held since). A file from another boot cannot be
+    /// re-timed: it is moved aside to `<path>.previous-boot` and its
+    /// readings are counted in a warning. Returns the readings loaded.
+    ///
+    /// Each held reading is one `write` (no fsync): a killed process loses
+    /// nothing the kernel has, and after a power cut the machine reboots,
+    /// which makes them unusable anyway.
+    pub fn persist_held(&self, path: &Path, boot_id: &str) -> usize {
+        let mut loaded = VecDeque::new();
+        let mut bad_lines = 0usize;
+        let mut previous_boot = None;
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let mut lines = text.lines();
+                let header: Option<HeldHeader> =
+                    lines.next().and_then(|l| serde_json::from_str(l).ok());
+                match header {
+                    Some(h) if h.boot_id == boot_id => {
+                        for l in lines {
+                            match serde_json::from_str::<(String, i64, serde_json::Value)>(l) {
+                                Ok((id, boot, v)) => {
+                                    loaded.push_back((Arc::from(id), boot, Value::from_json(v)))
+                                }
+                                // A line cut short by a crash in the middle of a write.
+                                Err(_) => bad_lines += 1,
+                            }
+                        }
+                    }
+                    other => {
+                        let n = lines.filter(|l| !l.trim().is_empty()).count();
+                        if n > 0 {
+                            previous_boot = Some((other.map(|h| h.boot_id), n));
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the readings held before a restart");
+            }
+        }
+        if let Some((old_boot, n)) = previous_boot {
+            let aside = path.with_extension("previous-boot.jsonl");
+            let _ = std::fs::rename(path, &aside);
+            tracing::warn!(
+                dropped = n,
+                previous_boot_id = old_boot.as_deref().unwrap_or("unknown"),
+                kept_in = %aside.display(),
+                "{n} readings held for the time by a run before the last reboot are dropped: their boot-relative times cannot be converted after a reboot"
+            );
+        }
+        if bad_lines > 0 {
+            tracing::warn!(path = %path.display(), skipped = bad_lines, "skipped unreadable lines of the held readings file (a write cut short)");
+        }
+        let n = loaded.len();
+        let mut s = self.lock();
+        if n > 0 {
+            tracing::info!(
+                loaded = n,
+                "readings held for the time before a restart (same boot) are held again"
+            );
+            let since = std::mem::take(&mut s.held);
+            loaded.extend(since);
+            while loaded.len() > MAX_HELD_READINGS {
+                loaded.pop_front();
+                s.dropped_while_held += 1;
+            }
+            s.held = loaded;
+        }
+        let mut log = HeldLog {
+            path: path.to_path_buf(),
+            boot_id: boot_id.to_string(),
+            file: None,
+            lines: 0,
+            failed: false,
+        };
+        // What is held now, and only that, is in the file from here on.
+        let held = std::mem::take(&mut s.held);
+        if held.is_empty() {
+            log.clear();
+        } else {
+            log.rewrite(held.iter());
+        }
+        s.held = held;
+        s.log = Some(log);
+        n
+    }
+}
+
+/// The machine's boot id (`/proc/sys/kernel/random/boot_id`): changes at every boot.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The file in the state directory holding readings held for the time.
+pub const HELD_FILE: &str = "held-readings.jsonl";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HeldHeader {
+    boot_id: String,
+}
+
+/// The held readings as JSON lines: a header with the boot id, then one
+/// `[sensor, boot ms, value]` per reading. Absent when nothing is held.
+struct HeldLog {
+    path: PathBuf,
+    boot_id: String,
+    file: Option<std::fs::File>,
+    /// Readings written since the file was (re)created.
+    lines: usize,
+    /// A write failed: warned once; memory still holds the readings.
+    failed: bool,
+}
+
+impl HeldLog {
+    fn header(&self) -> String {
+        let mut h = serde_json::to_string(&HeldHeader {
+            boot_id: self.boot_id.clone(),
+        })
+        .unwrap_or_default();
+        h.push('\n');
+        h
+    }
+
+    fn line(id: &str, boot: i64, v: &Value) -> String {
+        let mut l = serde_json::to_string(&(id, boot, v.to_json())).unwrap_or_default();
+        l.push('\n');
+        l
+    }
+
+    fn fail(&mut self, what: &str, e: std::io::Error) {
+        self.file = None;
+        if !self.failed {
+            self.failed = true;
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot {what} the held readings file: they are held in memory only (a restart before the time is known loses them)");
+        }
+    }
+
+    fn append(&mut self, id: &str, boot: i64, v: &Value) {
+        use std::io::Write;
+        if self.file.is_none() {
+            let opened = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&self.path)
+                .and_then(|mut f| f.write_all(self.header().as_bytes()).map(|_| f));
+            match opened {
+                Ok(f) => {
+                    self.file = Some(f);
+                    self.lines = 0;
+                }
+                Err(e) => return self.fail("create", e),
+            }
+        }
+        if let Some(f) = self.file.as_mut() {
+            match f.write_all(Self::line(id, boot, v).as_bytes()) {
+                Ok(()) => self.lines += 1,
+                Err(e) => self.fail("write", e),
+            }
+        }
+    }
+
+    /// Nothing is held: no file.
+    fn clear(&mut self) {
+        self.file = None;
+        self.lines = 0;
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => self.fail("remove", e),
+        }
+    }
+
+    /// Replaces the file with exactly `held` (atomically: a new file renamed over).
+    fn rewrite<'a>(&mut self, held: impl Iterator<Item = &'a (Arc<str>, i64, Value)>) {
+        use std::io::Write;
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let mut text = self.header();
+        let mut n = 0;
+        for (id, boot, v) in held {
+            text.push_str(&Self::line(id, *boot, v));
+            n += 1;
+        }
+        let done = std::fs::write(&tmp, &text)
+            .and_then(|_| std::fs::rename(&tmp, &self.path))
+            .and_then(|_| std::fs::OpenOptions::new().append(true).open(&self.path));
+        match done {
+            Ok(mut f) => {
+                let _ = f.flush();
+                self.file = Some(f);
+                self.lines = n;
+            }
+            Err(e) => self.fail("write", e),
+        }
     }
 }
 
@@ -372,6 +640,80 @@ mod tests {
         let other: Arc<str> = "o".into();
         let o = clock.stamp(&other, Value::Number(0.0));
         assert_eq!(o[0].time_ms, clock.now_ms());
+    }
+
+    #[test]
+    fn held_readings_survive_a_restart_in_the_same_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HELD_FILE);
+        let fake = Fake::at(5_000, 1_000);
+        let t: Arc<str> = "t".into();
+        let h: Arc<str> = "h".into();
+        {
+            let first = Clock::with_source(Box::new(fake.clone()));
+            assert_eq!(first.persist_held(&path, "boot-1"), 0);
+            assert!(first.stamp(&t, Value::Number(1.0)).is_empty());
+            fake.advance(100);
+            assert!(first.stamp(&h, Value::Text("x".into())).is_empty());
+            fake.advance(100);
+            // Killed here: nothing else is written.
+        }
+        // A write cut short by the kill.
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"[\"t\",12")
+            .unwrap();
+        let second = Clock::with_source(Box::new(fake.clone()));
+        assert!(second.stamp(&t, Value::Number(0.5)).is_empty()); // before loading
+        assert_eq!(second.persist_held(&path, "boot-1"), 2);
+        assert_eq!(second.held(), 3);
+        fake.advance(100);
+        assert!(second.stamp(&t, Value::Number(3.0)).is_empty());
+        fake.advance(100);
+        second.sync_to(SERVER); // now = boot 1400
+        let out = second.stamp(&h, Value::Number(4.0));
+        let got: Vec<(&str, i64, serde_json::Value)> = out
+            .iter()
+            .map(|r| (&*r.sensor_id, r.time_ms, r.value.to_json()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("t", SERVER - 400, serde_json::json!(1)),
+                ("h", SERVER - 300, serde_json::json!("x")),
+                // Taken by the second run before it loaded the first's.
+                ("t", SERVER - 200, serde_json::json!(0.5)),
+                ("t", SERVER - 100, serde_json::json!(3)),
+                ("h", SERVER, serde_json::json!(4)),
+            ]
+        );
+        assert!(!path.exists(), "released: nothing held on disk");
+        // A third run finds nothing.
+        let third = Clock::with_source(Box::new(fake.clone()));
+        assert_eq!(third.persist_held(&path, "boot-1"), 0);
+    }
+
+    #[test]
+    fn held_readings_of_an_earlier_boot_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HELD_FILE);
+        let fake = Fake::at(5_000, 1_000);
+        let t: Arc<str> = "t".into();
+        let first = Clock::with_source(Box::new(fake.clone()));
+        first.persist_held(&path, "boot-1");
+        for _ in 0..3 {
+            assert!(first.stamp(&t, Value::Number(1.0)).is_empty());
+        }
+        drop(first);
+        let after_reboot = Clock::with_source(Box::new(Fake::at(5_000, 10)));
+        assert_eq!(after_reboot.persist_held(&path, "boot-2"), 0);
+        assert_eq!(after_reboot.held(), 0);
+        assert!(!path.exists());
+        let aside = dir.path().join("held-readings.previous-boot.jsonl");
+        assert_eq!(std::fs::read_to_string(aside).unwrap().lines().count(), 4);
     }
 
     #[test]

@@ -121,7 +121,16 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
 
     let buffer = Buffer::open(&config.buffer, config.mqtt.max_message_size)
         .map_err(|e| StartError::Other(e.to_string()))?;
-    let clock = Arc::new(Clock::new());
+    let clock = Arc::new(Clock::with_source(crate::clock::source_from_env()));
+    // Readings held for the time survive a restart within this boot.
+    match crate::clock::boot_id() {
+        Some(boot) => {
+            clock.persist_held(&gw.state_dir.join(crate::clock::HELD_FILE), &boot);
+        }
+        None => tracing::warn!(
+            "cannot read the boot id (/proc/sys/kernel/random/boot_id): readings held for the time are kept in memory only"
+        ),
+    }
     let board = Arc::new(StatusBoard::new(
         config.sensors.iter().map(|s| s.id.clone()),
     ));
