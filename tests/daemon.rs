@@ -573,3 +573,152 @@ fn frozen_broker_is_detected_by_the_ack_timeout_and_nothing_is_lost() {
         "a gap of {biggest_gap} ms: readings were lost"
     );
 }
+
+/// Polls `thingplus-gw status --json` of the daemon in `dir` until `pred` holds.
+fn wait_status_json(
+    dir: &std::path::Path,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let socket = dir.join("run/control.sock");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, out, _) = run_cli(&["status", "--json", "--socket", socket.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A box whose clock is wrong (before 2026, not synchronised) holds its
+/// readings; the daemon is killed and started again (same boot), and after
+/// `timeSync` every held reading of both runs arrives, in order, with times
+/// between the test's start and the sync.
+#[test]
+fn held_readings_survive_a_restart_before_the_time_is_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let mut cloud = Cloud::connect(broker.port);
+    let value = dir.path().join("value");
+    std::fs::write(&value, "1\n").unwrap();
+    let cfg = config_text(
+        dir.path(),
+        broker.port,
+        "",
+        &file_sensor("t", "temperature", &value, "interval = \"100ms\""),
+    );
+    let start = thingplus_gw::clock::system_now_ms();
+    // The box believes it is 2001.
+    let offset = (1_000_000_000_000 - start).to_string();
+    let env = [(thingplus_gw::clock::TEST_CLOCK_ENV, offset.as_str())];
+
+    let mut first = Daemon::spawn_with(dir.path(), &cfg, &env);
+    first.wait_log("readings are held with boot-relative times");
+    let v = wait_status_json(dir.path(), "three held readings", |v| {
+        v["clock_held"].as_u64().unwrap_or(0) >= 3
+    });
+    assert_eq!(v["clock_trusted"], json!(false), "{v}");
+    first.kill9();
+    let killed_at = thingplus_gw::clock::system_now_ms();
+    let held_file = dir.path().join("state/held-readings.jsonl");
+    assert!(held_file.exists());
+
+    std::fs::write(&value, "2\n").unwrap();
+    let second = Daemon::spawn_with(dir.path(), &cfg, &env);
+    second.wait_log("are held again");
+    let line = second
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("are held again"))
+        .unwrap();
+    let loaded: u64 = line
+        .split("loaded=")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line}"));
+    assert!(loaded >= 3, "{line}");
+    wait_status_json(dir.path(), "readings of both runs held", |v| {
+        v["clock_held"].as_u64().unwrap_or(0) >= loaded + 3
+    });
+    assert!(
+        cloud.values_of("t").is_empty(),
+        "nothing left with a 2001 time"
+    );
+
+    let server = thingplus_gw::clock::system_now_ms();
+    let r = cloud.request("ts", json!({"method":"timeSync","params":{"time": server}}));
+    assert_eq!(r["result"], json!(""), "{r}");
+    cloud.wait_values("t", "a reading taken after timeSync", |v| {
+        v.iter().any(|(t, _)| *t >= server)
+    });
+    second.wait_log("held readings released with corrected times");
+    assert!(!held_file.exists(), "released: nothing held on disk");
+
+    let values = cloud.values_of("t");
+    let times = strictly_increasing_dedup(&values).unwrap();
+    assert_eq!(times.len(), {
+        let mut t: Vec<i64> = values.iter().map(|(t, _)| *t).collect();
+        t.dedup();
+        t.len()
+    });
+    let mut seen = std::collections::HashSet::new();
+    let distinct: Vec<_> = values
+        .into_iter()
+        .filter(|(t, _)| seen.insert(*t))
+        .collect();
+    // Every reading of the first run, then the second's, in sampling order.
+    let ones = distinct.iter().take_while(|(_, v)| *v == json!(1)).count();
+    assert_eq!(ones as u64, loaded, "{distinct:?}");
+    assert!(
+        distinct[ones..].iter().all(|(_, v)| *v == json!(2)),
+        "{distinct:?}"
+    );
+    // Re-timed into the real time they were taken: the first run's before
+    // it was killed, all held ones after the test started.
+    for (t, _) in &distinct[..ones] {
+        assert!(
+            (start..=killed_at).contains(t),
+            "{t} not in {start}..={killed_at}"
+        );
+    }
+    for (t, _) in distinct.iter().filter(|(t, _)| *t < server) {
+        assert!(*t >= start, "{t} before the test started ({start})");
+    }
+}
+
+/// Held readings of a run before a reboot cannot be re-timed: dropped,
+/// counted in a warning, the file moved aside.
+#[test]
+fn held_readings_from_an_earlier_boot_are_dropped_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("held-readings.jsonl"),
+        "{\"boot_id\":\"00000000-0000-0000-0000-000000000000\"}\n[\"t\",1000,1]\n[\"t\",1100,2]\n",
+    )
+    .unwrap();
+    let value = dir.path().join("value");
+    std::fs::write(&value, "5\n").unwrap();
+    let cfg = config_text(
+        dir.path(),
+        broker.port,
+        "",
+        &file_sensor("t", "temperature", &value, "interval = \"100ms\""),
+    );
+    let cloud = Cloud::connect(broker.port);
+    let d = Daemon::spawn(dir.path(), &cfg);
+    d.wait_log("2 readings held for the time by a run before the last reboot are dropped");
+    assert_eq!(d.count_warnings("before the last reboot are dropped"), 1);
+    assert!(state.join("held-readings.previous-boot.jsonl").exists());
+    cloud.wait_values("t", "a fresh value", |v| !v.is_empty());
+    assert!(cloud.values_of("t").iter().all(|(_, v)| *v == json!(5)));
+}
