@@ -145,6 +145,8 @@ struct Stamps {
     last: FxHashMap<Arc<str>, i64>,
     /// The held readings on disk too (see [`Clock::persist_held`]).
     log: Option<HeldLog>,
+    /// Releases so far: the number of the last one.
+    releases: u64,
 }
 
 impl Stamps {
@@ -245,7 +247,11 @@ impl Clock {
     /// Stamps one sample of `sensor_id`. Returns the readings ready for the
     /// buffer, oldest first: none while the time is untrusted (the sample is
     /// held), else any held readings with their corrected times, then this one.
-    pub fn stamp(&self, sensor_id: &Arc<str>, value: Value) -> Vec<Reading> {
+    ///
+    /// When held readings are released, [`Stamped::release`] is set: the
+    /// held readings file still has them until the caller, once the buffer
+    /// has committed them, hands it to [`Clock::release_committed`].
+    pub fn stamp(&self, sensor_id: &Arc<str>, value: Value) -> Stamped {
         // `state() == Untrusted`, with the checks in the order that spares
         // the two system calls of `synchronized()` whenever the clock is
         // plausible or the server gave the time: nearly every reading.
@@ -266,9 +272,11 @@ impl Clock {
                 log.append(sensor_id, boot, &value);
             }
             s.held.push_back((sensor_id.clone(), boot, value));
+            // Not while released readings still wait for the buffer's commit:
+            // they are in the file, not in `held`.
             if s.log
                 .as_ref()
-                .is_some_and(|l| l.lines > 2 * MAX_HELD_READINGS)
+                .is_some_and(|l| l.unconfirmed.is_none() && l.lines > 2 * MAX_HELD_READINGS)
             {
                 let Stamps { log, held, .. } = &mut *s;
                 if let Some(log) = log.as_mut() {
@@ -288,9 +296,10 @@ impl Clock {
                     );
                 }
             }
-            return Vec::new();
+            return Stamped::default();
         }
         let mut out = Vec::with_capacity(1 + s.held.len());
+        let mut release = None;
         if !s.held.is_empty() {
             let state = self.state();
             let (now, boot_now) = (self.now_ms(), self.source.boottime_ms());
@@ -302,16 +311,58 @@ impl Clock {
             }
             tracing::info!(released = n, dropped = s.dropped_while_held, clock = %state, "time is known: held readings released with corrected times");
             s.dropped_while_held = 0;
+            // The file keeps them until the buffer has committed them: a
+            // crash in between must not lose them (it may send them twice).
+            s.releases += 1;
+            let n = s.releases;
             if let Some(log) = s.log.as_mut() {
-                log.clear();
+                log.unconfirmed = Some(n);
+                release = Some(Release(n));
             }
         }
         s.warned = false;
         let t = s.next_time(sensor_id, self.now_ms());
         out.push(Reading::new(sensor_id.clone(), t, value));
-        out
+        Stamped {
+            readings: out,
+            release,
+        }
+    }
+
+    /// The buffer has committed the readings of `release` (and so of every
+    /// release before it): the held readings file drops them, keeping only
+    /// what is held now.
+    pub fn release_committed(&self, release: Release) {
+        let mut s = self.lock();
+        let Stamps { log, held, .. } = &mut *s;
+        if let Some(log) = log.as_mut() {
+            if log.unconfirmed.is_some_and(|n| n <= release.0) {
+                log.unconfirmed = None;
+                if held.is_empty() {
+                    log.clear();
+                } else {
+                    log.rewrite(held.iter());
+                }
+            }
+        }
     }
 }
+
+/// What [`Clock::stamp`] gives back.
+#[derive(Default, Debug)]
+#[must_use]
+pub struct Stamped {
+    /// For the buffer, oldest first.
+    pub readings: Vec<Reading>,
+    /// Set when held readings (which are in the held readings file) were
+    /// released: pass it to [`Clock::release_committed`] once the buffer
+    /// has committed them.
+    pub release: Option<Release>,
+}
+
+/// A release of held readings still in the held readings file.
+#[derive(Debug)]
+pub struct Release(u64);
 
 impl Clock {
     /// Keeps the held readings in `path` as well, so that a restart of the
@@ -321,6 +372,11 @@ impl Clock {
     /// front of anything held since). A file from another boot cannot be
     /// re-timed: it is moved aside to `<path>.previous-boot` and its
     /// readings are counted in a warning. Returns the readings loaded.
+    ///
+    /// Released readings stay in the file until [`Clock::release_committed`]
+    /// says the buffer has committed them: a crash before that loads them
+    /// again, and a kill between the commit and the file's update sends
+    /// them twice. Duplicates, never loss.
     ///
     /// Each held reading is one `write` (no fsync): a killed process loses
     /// nothing the kernel has, and after a power cut the machine reboots,
@@ -393,6 +449,7 @@ impl Clock {
             file: None,
             lines: 0,
             failed: false,
+            unconfirmed: None,
         };
         // What is held now, and only that, is in the file from here on.
         let held = std::mem::take(&mut s.held);
@@ -433,6 +490,9 @@ struct HeldLog {
     lines: usize,
     /// A write failed: warned once; memory still holds the readings.
     failed: bool,
+    /// The file still has the readings of this release (and earlier ones):
+    /// released, but not yet committed by the buffer.
+    unconfirmed: Option<u64>,
 }
 
 impl HeldLog {
@@ -579,17 +639,17 @@ mod tests {
         let t: Arc<str> = "t".into();
         let h: Arc<str> = "h".into();
         assert_eq!(clock.state(), ClockState::Untrusted);
-        assert!(clock.stamp(&t, Value::Number(1.0)).is_empty());
+        assert!(clock.stamp(&t, Value::Number(1.0)).readings.is_empty());
         fake.advance(500);
-        assert!(clock.stamp(&h, Value::Number(2.0)).is_empty());
+        assert!(clock.stamp(&h, Value::Number(2.0)).readings.is_empty());
         fake.advance(500);
-        assert!(clock.stamp(&t, Value::Number(3.0)).is_empty());
+        assert!(clock.stamp(&t, Value::Number(3.0)).readings.is_empty());
         assert_eq!(clock.held(), 3);
         // Nothing went out with a 1970 time.
         fake.advance(1_000);
         clock.sync_to(SERVER); // the server's "now" is at boot + 3000 ms
         assert_eq!(clock.state(), ClockState::ServerSynced);
-        let out = clock.stamp(&h, Value::Number(4.0));
+        let out = clock.stamp(&h, Value::Number(4.0)).readings;
         let got: Vec<(&str, i64)> = out.iter().map(|r| (&*r.sensor_id, r.time_ms)).collect();
         assert_eq!(
             got,
@@ -608,12 +668,12 @@ mod tests {
         let fake = Fake::at(10_000, 10_000);
         let clock = Clock::with_source(Box::new(fake.clone()));
         let t: Arc<str> = "t".into();
-        assert!(clock.stamp(&t, Value::Number(1.0)).is_empty());
+        assert!(clock.stamp(&t, Value::Number(1.0)).readings.is_empty());
         // NTP steps the clock to the right time and reports sync.
         fake.step_realtime(SERVER);
         fake.advance(100);
         fake.0 .2.store(true, Ordering::SeqCst);
-        let out = clock.stamp(&t, Value::Number(2.0));
+        let out = clock.stamp(&t, Value::Number(2.0)).readings;
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].time_ms - out[0].time_ms, 100);
         assert_eq!(clock.state(), ClockState::SystemSynced);
@@ -631,6 +691,7 @@ mod tests {
             times.extend(
                 clock
                     .stamp(&t, Value::Number(0.0))
+                    .readings
                     .iter()
                     .map(|r| r.time_ms),
             );
@@ -638,7 +699,7 @@ mod tests {
         assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
         // Another sensor is not held back by the first one's stamps.
         let other: Arc<str> = "o".into();
-        let o = clock.stamp(&other, Value::Number(0.0));
+        let o = clock.stamp(&other, Value::Number(0.0)).readings;
         assert_eq!(o[0].time_ms, clock.now_ms());
     }
 
@@ -652,9 +713,9 @@ mod tests {
         {
             let first = Clock::with_source(Box::new(fake.clone()));
             assert_eq!(first.persist_held(&path, "boot-1"), 0);
-            assert!(first.stamp(&t, Value::Number(1.0)).is_empty());
+            assert!(first.stamp(&t, Value::Number(1.0)).readings.is_empty());
             fake.advance(100);
-            assert!(first.stamp(&h, Value::Text("x".into())).is_empty());
+            assert!(first.stamp(&h, Value::Text("x".into())).readings.is_empty());
             fake.advance(100);
             // Killed here: nothing else is written.
         }
@@ -667,14 +728,15 @@ mod tests {
             .write_all(b"[\"t\",12")
             .unwrap();
         let second = Clock::with_source(Box::new(fake.clone()));
-        assert!(second.stamp(&t, Value::Number(0.5)).is_empty()); // before loading
+        assert!(second.stamp(&t, Value::Number(0.5)).readings.is_empty()); // before loading
         assert_eq!(second.persist_held(&path, "boot-1"), 2);
         assert_eq!(second.held(), 3);
         fake.advance(100);
-        assert!(second.stamp(&t, Value::Number(3.0)).is_empty());
+        assert!(second.stamp(&t, Value::Number(3.0)).readings.is_empty());
         fake.advance(100);
         second.sync_to(SERVER); // now = boot 1400
-        let out = second.stamp(&h, Value::Number(4.0));
+        let stamped = second.stamp(&h, Value::Number(4.0));
+        let out = stamped.readings;
         let got: Vec<(&str, i64, serde_json::Value)> = out
             .iter()
             .map(|r| (&*r.sensor_id, r.time_ms, r.value.to_json()))
@@ -690,10 +752,51 @@ mod tests {
                 ("h", SERVER, serde_json::json!(4)),
             ]
         );
-        assert!(!path.exists(), "released: nothing held on disk");
+        // Released, but the buffer has not committed them yet: still on disk.
+        assert!(path.exists(), "kept until the buffer's commit");
+        second.release_committed(stamped.release.expect("a release"));
+        assert!(!path.exists(), "committed: nothing held on disk");
         // A third run finds nothing.
         let third = Clock::with_source(Box::new(fake.clone()));
         assert_eq!(third.persist_held(&path, "boot-1"), 0);
+    }
+
+    #[test]
+    fn a_kill_between_release_and_commit_sends_them_again_rather_than_losing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HELD_FILE);
+        let fake = Fake::at(5_000, 1_000);
+        let t: Arc<str> = "t".into();
+        let first = Clock::with_source(Box::new(fake.clone()));
+        first.persist_held(&path, "boot-1");
+        assert!(first.stamp(&t, Value::Number(1.0)).readings.is_empty());
+        fake.advance(100);
+        first.sync_to(SERVER);
+        let stamped = first.stamp(&t, Value::Number(2.0));
+        assert_eq!(stamped.readings.len(), 2);
+        // Killed before the buffer's commit: the next run holds them again.
+        let again = Clock::with_source(Box::new(fake.clone()));
+        drop(first); // killed before the buffer's commit
+        assert_eq!(
+            again.persist_held(&path, "boot-1"),
+            1,
+            "released, uncommitted: loaded again"
+        );
+        // Untrusted again before the commit (the offset gone): the new held
+        // reading joins the released one in the file, and the commit's
+        // confirmation keeps only it.
+        let third = Clock::with_source(Box::new(fake.clone()));
+        third.persist_held(&path, "boot-1");
+        fake.advance(100);
+        third.sync_to(SERVER);
+        let r = third.stamp(&t, Value::Number(3.0));
+        third.offset_ms.store(0, Ordering::SeqCst);
+        third.server_synced.store(false, Ordering::SeqCst);
+        assert!(third.stamp(&t, Value::Number(4.0)).readings.is_empty());
+        third.release_committed(r.release.unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.lines().nth(1).unwrap().contains(",4]"), "{text}");
     }
 
     #[test]
@@ -705,7 +808,7 @@ mod tests {
         let first = Clock::with_source(Box::new(fake.clone()));
         first.persist_held(&path, "boot-1");
         for _ in 0..3 {
-            assert!(first.stamp(&t, Value::Number(1.0)).is_empty());
+            assert!(first.stamp(&t, Value::Number(1.0)).readings.is_empty());
         }
         drop(first);
         let after_reboot = Clock::with_source(Box::new(Fake::at(5_000, 10)));
