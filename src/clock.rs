@@ -268,10 +268,17 @@ impl Clock {
                 s.warned = true;
             }
             let boot = self.source.boottime_ms();
-            if let Some(log) = s.log.as_mut() {
-                log.append(sensor_id, boot, &value);
-            }
             s.held.push_back((sensor_id.clone(), boot, value));
+            let Stamps { log, held, .. } = &mut *s;
+            if let Some(log) = log.as_mut() {
+                match held.back() {
+                    // Open: one more line. Not open (nothing was held, or a
+                    // write failed): everything held, so that the file never
+                    // has less than memory.
+                    Some((id, boot, v)) if log.file.is_some() => log.append(id, *boot, v),
+                    _ => log.rewrite(held.iter()),
+                }
+            }
             // Not while released readings still wait for the buffer's commit:
             // they are in the file, not in `held`.
             if s.log
@@ -519,26 +526,22 @@ impl HeldLog {
         }
     }
 
+    fn succeeded(&mut self) {
+        if self.failed {
+            self.failed = false;
+            tracing::info!(path = %self.path.display(), "the held readings file is written again (with every reading held)");
+        }
+    }
+
+    /// One more line to the open file (see [`HeldLog::rewrite`] when none is).
     fn append(&mut self, id: &str, boot: i64, v: &Value) {
         use std::io::Write;
-        if self.file.is_none() {
-            let opened = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .open(&self.path)
-                .and_then(|mut f| f.write_all(self.header().as_bytes()).map(|_| f));
-            match opened {
-                Ok(f) => {
-                    self.file = Some(f);
-                    self.lines = 0;
-                }
-                Err(e) => return self.fail("create", e),
-            }
-        }
         if let Some(f) = self.file.as_mut() {
             match f.write_all(Self::line(id, boot, v).as_bytes()) {
-                Ok(()) => self.lines += 1,
+                Ok(()) => {
+                    self.lines += 1;
+                    self.succeeded();
+                }
                 Err(e) => self.fail("write", e),
             }
         }
@@ -573,6 +576,7 @@ impl HeldLog {
                 let _ = f.flush();
                 self.file = Some(f);
                 self.lines = n;
+                self.succeeded();
             }
             Err(e) => self.fail("write", e),
         }
@@ -797,6 +801,45 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(text.lines().nth(1).unwrap().contains(",4]"), "{text}");
+    }
+
+    #[test]
+    fn after_a_failed_write_the_file_gets_every_held_reading_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HELD_FILE);
+        let fake = Fake::at(5_000, 1_000);
+        let t: Arc<str> = "t".into();
+        let clock = Clock::with_source(Box::new(fake.clone()));
+        clock.persist_held(&path, "boot-1");
+        let lines = || std::fs::read_to_string(&path).unwrap().lines().count();
+        // A file handle that cannot write: the next write fails (as on a
+        // full disk).
+        let break_file = || {
+            clock.lock().log.as_mut().unwrap().file = Some(std::fs::File::open(&path).unwrap());
+        };
+        let failed = || clock.lock().log.as_ref().unwrap().failed;
+        for v in 0..2 {
+            assert!(clock.stamp(&t, Value::Number(v as f64)).readings.is_empty());
+        }
+        assert_eq!(lines(), 3);
+        break_file();
+        assert!(clock.stamp(&t, Value::Number(2.0)).readings.is_empty());
+        assert!(failed());
+        assert_eq!(lines(), 3, "the failed write added nothing");
+        // The next one reopens the file with everything held, not only itself.
+        assert!(clock.stamp(&t, Value::Number(3.0)).readings.is_empty());
+        assert_eq!(lines(), 5);
+        assert!(!failed(), "written again: a later failure warns again");
+        assert!(clock.stamp(&t, Value::Number(4.0)).readings.is_empty());
+        assert_eq!(lines(), 6);
+        break_file();
+        assert!(clock.stamp(&t, Value::Number(5.0)).readings.is_empty());
+        assert!(failed());
+        // And a restart loads all of them.
+        assert!(clock.stamp(&t, Value::Number(6.0)).readings.is_empty());
+        drop(clock);
+        let again = Clock::with_source(Box::new(fake.clone()));
+        assert_eq!(again.persist_held(&path, "boot-1"), 7);
     }
 
     #[test]
