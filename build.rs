@@ -1,16 +1,19 @@
 //! Embeds a build id as the `THINGPLUS_GW_BUILD` environment variable of the
 //! crate (shown by `--version`, `swInfo` and `status`):
 //!
-//! 1. `THINGPLUS_GW_BUILD_ID` when set and not empty (packagers, CI);
-//! 2. else the git commit of this source tree, `git rev-parse --short HEAD`,
-//!    with `-dirty` when tracked files differ from it;
+//! 1. `THINGPLUS_GW_BUILD_ID` when set and not empty (packagers, CI), with
+//!    unprintable characters dropped (`unknown` if nothing is left);
+//! 2. else the git commit of this source tree, `git rev-parse --short HEAD`
+//!    (only when the crate directory is the repository's top level);
 //! 3. else `unknown` (a source tarball without git).
 //!
-//! The script reruns only when the variable changes or HEAD moves (a commit,
-//! a checkout): it watches `HEAD`, the branch ref it points to and
-//! `packed-refs`. So the dirty flag says how the tree was when HEAD last
-//! moved; editing files alone does not rerun it, which keeps ordinary
-//! rebuilds incremental.
+//! There is no "dirty" flag: the script reruns only when the variable
+//! changes or HEAD moves (a commit, a checkout, a reset), not when files
+//! are edited (which keeps ordinary rebuilds incremental), so it could
+//! only tell how the tree was when HEAD last moved. It watches `HEAD`, the
+//! branch ref it points to, `packed-refs` and HEAD's reflog `logs/HEAD`
+//! (written at every move of HEAD, also once `git gc` has packed the
+//! branch ref so that the loose ref no longer exists).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,9 +27,13 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let build = match std::env::var(ENV) {
-        Ok(id) if !id.trim().is_empty() => sanitize(id.trim()),
-        _ => git_build(&manifest).unwrap_or_else(|| "unknown".to_string()),
-    };
+        // Given, but nothing printable is left of it: not a guess from git.
+        Ok(id) if !id.trim().is_empty() => {
+            Some(sanitize(&id).trim().to_string()).filter(|id| !id.is_empty())
+        }
+        _ => git_build(&manifest),
+    }
+    .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=THINGPLUS_GW_BUILD={build}");
 }
 
@@ -65,7 +72,11 @@ fn git_build(manifest: &Path) -> Option<String> {
         return None;
     }
     // Watch what moves when HEAD does (worktree-aware paths).
-    let mut watched = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    let mut watched = vec![
+        "HEAD".to_string(),
+        "packed-refs".to_string(),
+        "logs/HEAD".to_string(),
+    ];
     if let Some(r) = git(manifest, &["symbolic-ref", "-q", "HEAD"]) {
         watched.push(r);
     }
@@ -78,10 +89,5 @@ fn git_build(manifest: &Path) -> Option<String> {
         }
     }
     let hash = git(manifest, &["rev-parse", "--short", "HEAD"])?;
-    if hash.is_empty() {
-        return None;
-    }
-    let dirty = git(manifest, &["status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|s| !s.is_empty());
-    Some(if dirty { format!("{hash}-dirty") } else { hash })
+    (!hash.is_empty()).then_some(hash)
 }

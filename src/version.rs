@@ -7,7 +7,8 @@ use serde_json::{json, Value as Json};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The build id embedded by build.rs: `THINGPLUS_GW_BUILD_ID` at build time,
-/// else the git commit (`-dirty` when the tree had changes), else `unknown`.
+/// else the git commit of HEAD (uncommitted changes are not flagged), else
+/// `unknown`.
 pub const BUILD: &str = env!("THINGPLUS_GW_BUILD");
 
 /// `0.1.0 (build a1b2c3d)`, as `--version` prints it.
