@@ -742,6 +742,70 @@ impl Ctx<'_> {
 }
 
 /// 1-based line and column of a byte offset.
+/// `p` if it is a directory, else why it cannot be the sysfs root.
+fn check_sysfs_root(p: PathBuf) -> Result<PathBuf, String> {
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_dir() => Ok(p),
+        Ok(_) => Err(format!("sysfs_root {} is not a directory: it must be a sysfs tree (such as /sys, or a copy of one)", p.display())),
+        Err(e) => Err(format!("sysfs_root {}: {e} (it must be an existing sysfs tree, such as /sys)", p.display())),
+    }
+}
+
+/// Only `[gateway] sysfs_root` of the configuration file at `path`
+/// (`None` when not set), read line by line: the rest of the file may be
+/// unfinished or invalid, and nothing else it names (such as `apikey_file`)
+/// is read. For `discover --config`, which runs while the configuration is
+/// being written. A set root must be an existing directory, as for `load`.
+pub fn read_sysfs_root(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
+    let err = |position, message: String| ConfigError {
+        path: path.to_path_buf(),
+        position,
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(None, format!("cannot read the configuration: {e}")))?;
+    let mut in_gateway = false;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let t = line.trim();
+        if t.starts_with('[') {
+            // `[gateway]`, possibly followed by a comment.
+            in_gateway = t
+                .strip_prefix('[')
+                .and_then(|r| r.split_once(']'))
+                .is_some_and(|(name, rest)| {
+                    name.trim() == "gateway"
+                        && matches!(rest.trim().chars().next(), None | Some('#'))
+                });
+            continue;
+        }
+        if !in_gateway {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() != "sysfs_root" {
+            continue;
+        }
+        let value_at = start + key.len() + 1 + (value.len() - value.trim_start().len());
+        let position = Some(line_col(&text, value_at));
+        let root = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| match t.remove("v") {
+                Some(toml::Value::String(s)) => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| err(position, "sysfs_root must be a string (a directory)".into()))?;
+        return check_sysfs_root(resolve_relative(path, Path::new(&root)))
+            .map(Some)
+            .map_err(|m| err(position, m));
+    }
+    Ok(None)
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
@@ -902,24 +966,8 @@ impl Config {
 
         let sysfs_root = match &g.sysfs_root {
             None => PathBuf::from(DEFAULT_SYSFS_ROOT),
-            Some(r) => {
-                let p = resolve_relative(ctx.path, r.get_ref());
-                match std::fs::metadata(&p) {
-                    Ok(m) if m.is_dir() => p,
-                    Ok(_) => {
-                        return Err(ctx.err_at(
-                            r.span(),
-                            format!("sysfs_root {} is not a directory: it must be a sysfs tree (such as /sys, or a copy of one)", p.display()),
-                        ))
-                    }
-                    Err(e) => {
-                        return Err(ctx.err_at(
-                            r.span(),
-                            format!("sysfs_root {}: {e} (it must be an existing sysfs tree, such as /sys)", p.display()),
-                        ))
-                    }
-                }
-            }
+            Some(r) => check_sysfs_root(resolve_relative(ctx.path, r.get_ref()))
+                .map_err(|m| ctx.err_at(r.span(), m))?,
         };
 
         let gateway = GatewayConfig {

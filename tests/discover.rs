@@ -177,6 +177,14 @@ path = "/sys/class/gpio/gpio17/value"
     assert!(st.success(), "{err}");
     assert!(found.contains("61.25 °C"), "{found}");
     assert!(found.contains("LED led0"), "{found}");
+    // As this configuration wants them: /sys/... paths, which the daemon
+    // reads under its sysfs_root.
+    assert!(
+        found.contains("path = \"/sys/class/hwmon/hwmon0/temp1_input\""),
+        "{found}"
+    );
+    assert!(found.contains("path = \"/sys/class/leds/led0\""), "{found}");
+    assert!(!found.contains(&tree.display().to_string()), "{found}");
 
     let mut cloud = Cloud::connect(broker.port);
     let _d = Daemon::spawn(dir.path(), &cfg);
@@ -234,4 +242,44 @@ fn missing_sysfs_root_is_a_config_error() {
         assert_eq!(st.code(), Some(78), "{args:?}: {err}");
         assert!(err.contains(&want), "{args:?}: want {want:?} in:\n{err}");
     }
+}
+
+/// `discover --config` reads only `[gateway] sysfs_root`: it works on a
+/// configuration still being written (its apikey file not there yet, the
+/// rest not valid TOML), where `check` rightly fails.
+#[test]
+fn discover_reads_only_sysfs_root_of_an_unfinished_config() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sysfs")),
+        &dir.path().join("tree"),
+    );
+    let cfg_path = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg_path,
+        "[gateway]\nid = \"gw\"\napikey_file = \"/nonexistent/apikey\"\n\
+         sysfs_root = \"tree\" # relative to this file\n\n[mqtt]\nhost = \n[[sensor]\n",
+    )
+    .unwrap();
+    let (st, _, err) = run_cli(&["check", "--config", cfg_path.to_str().unwrap()]);
+    assert_eq!(st.code(), Some(78), "{err}");
+    let (st, found, err) = run_cli(&["discover", "--config", cfg_path.to_str().unwrap()]);
+    assert!(st.success(), "{err}");
+    assert!(found.contains("45 °C"), "{found}");
+    assert!(
+        found.contains("path = \"/sys/class/hwmon/hwmon0/temp1_input\""),
+        "{found}"
+    );
+    // A sysfs_root outside [gateway] is not the root: /sys is walked.
+    std::fs::write(
+        &cfg_path,
+        "[gateway]\nid = \"gw\"\n[other]\nsysfs_root = \"tree\"\n",
+    )
+    .unwrap();
+    let (st, found, err) = run_cli(&["discover", "--config", cfg_path.to_str().unwrap()]);
+    assert!(st.success(), "{err}");
+    assert!(
+        !found.contains(&dir.path().display().to_string()),
+        "{found}"
+    );
 }
