@@ -159,7 +159,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
 
     let actuators = Actuators::new(&config.actuators);
     let actuator_states = actuators.state_view();
-    let dispatcher = Dispatcher::new(
+    let mut dispatcher = Dispatcher::new(
         clock.clone(),
         actuators.clone(),
         state_file,
@@ -167,6 +167,9 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         config.rpc.clone(),
         actions_tx.clone(),
     );
+    // The last update, as an earlier run recorded it (often the update that
+    // restarted the service).
+    dispatcher.sw_update = crate::rpc::load_sw_update(&gw.state_dir);
     let last_command = dispatcher.last_command.clone();
     let sw_update = dispatcher.sw_update.clone();
     let control_sources = control_socket::Sources {

@@ -1,6 +1,7 @@
 //! Dispatch of the server's requests (`v/a/g/{gw}/req`) to the parts of the
 //! daemon that carry them out. Every request gets exactly one response.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,58 @@ pub type SwUpdateCell = Arc<std::sync::Mutex<Option<SwUpdateReport>>>;
 
 /// Bytes of the update command's output kept (its end: where errors are).
 pub const SW_UPDATE_TAIL_BYTES: usize = 4096;
+
+/// How long output is still read after the update command has exited: a
+/// process it left in the background may hold the pipe open for ever.
+pub const SW_UPDATE_DRAIN: Duration = Duration::from_millis(500);
+
+/// The last software update's record in the state directory, written when
+/// it starts and when it ends: status still shows it after a restart of the
+/// daemon (which an update often causes).
+pub const SW_UPDATE_FILE: &str = "sw-update.json";
+
+/// What a record still saying "running" means when the daemon starts.
+pub const SW_UPDATE_INTERRUPTED: &str = "interrupted (daemon restarted)";
+
+/// The last software update as recorded in `state_dir` by an earlier run
+/// of the daemon, for the status. One recorded as running did not finish
+/// in that run: it becomes [`SW_UPDATE_INTERRUPTED`] (and is saved so).
+pub fn load_sw_update(state_dir: &Path) -> SwUpdateCell {
+    let path = state_dir.join(SW_UPDATE_FILE);
+    let report = match std::fs::read(&path) {
+        Ok(bytes) => match serde_json::from_slice::<SwUpdateReport>(&bytes) {
+            Ok(mut r) => {
+                if r.running {
+                    r.running = false;
+                    r.success = Some(false);
+                    r.exit_code = None;
+                    r.outcome = Some(SW_UPDATE_INTERRUPTED.into());
+                    tracing::warn!(command = ?r.command, "the software update started by the previous run of the daemon did not finish in it: {SW_UPDATE_INTERRUPTED}");
+                    save_sw_update(&path, &r);
+                }
+                Some(r)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable software update record");
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    Arc::new(std::sync::Mutex::new(report))
+}
+
+/// Replaces the record at `path` (atomically); a failure is logged.
+fn save_sw_update(path: &Path, r: &SwUpdateReport) {
+    let tmp = path.with_extension("json.tmp");
+    let done = serde_json::to_vec(r)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = done {
+        tracing::warn!(path = %path.display(), error = %e, "cannot save the software update record: status will not show it after a restart");
+    }
+}
 
 /// A software update (`swUpdate`): what runs, since when, how it ended.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -256,6 +309,11 @@ impl Dispatcher {
         Ok(Json::String(String::new()))
     }
 
+    fn sw_update_file(&self) -> PathBuf {
+        let dir = self.state_file.path().parent().unwrap_or(Path::new("."));
+        dir.join(SW_UPDATE_FILE)
+    }
+
     fn sw_update(&mut self) -> Result<Json, RpcError> {
         let Some(cmd) = self.rpc.sw_update_command.clone().filter(|c| !c.is_empty()) else {
             return Err(RpcError::method_not_found(
@@ -270,7 +328,7 @@ impl Dispatcher {
                     "a software update is already running (started {secs} s ago)"
                 )));
             }
-            *cell = Some(SwUpdateReport {
+            let report = SwUpdateReport {
                 command: cmd.clone(),
                 started_ms: clock::system_now_ms(),
                 running: true,
@@ -279,16 +337,25 @@ impl Dispatcher {
                 exit_code: None,
                 outcome: None,
                 output_tail: String::new(),
-            });
+            };
+            save_sw_update(&self.sw_update_file(), &report);
+            *cell = Some(report);
         }
-        tokio::spawn(run_sw_update(cmd, self.sw_update.clone()));
+        tokio::spawn(run_sw_update(
+            cmd,
+            self.sw_update.clone(),
+            Some(self.sw_update_file()),
+        ));
         Ok(Json::String("started".into()))
     }
 }
 
 /// Runs the update command (no shell, no stdin), keeping the tail of its
-/// output in `cell` as it comes, and records and logs how it ended.
-async fn run_sw_update(cmd: Vec<String>, cell: SwUpdateCell) {
+/// output in `cell` as it comes, and records (in `cell` and the `record`
+/// file) and logs how it ended. It ends when the command exits: output is
+/// read for at most [`SW_UPDATE_DRAIN`] after that, so a process left in
+/// the background holding the pipe does not keep it "running".
+async fn run_sw_update(cmd: Vec<String>, cell: SwUpdateCell, record: Option<PathBuf>) {
     use std::process::Stdio;
     use tokio::io::AsyncReadExt;
 
@@ -325,6 +392,9 @@ async fn run_sw_update(cmd: Vec<String>, cell: SwUpdateCell) {
                 r.finished_ms = Some(clock::system_now_ms());
                 r.success = Some(false);
                 r.outcome = Some(outcome.clone());
+                if let Some(p) = &record {
+                    save_sw_update(p, r);
+                }
             });
             return;
         }
@@ -332,21 +402,40 @@ async fn run_sw_update(cmd: Vec<String>, cell: SwUpdateCell) {
     // The output's end, bounded, published to the status as it comes.
     let mut tail = Vec::<u8>::new();
     let mut buf = [0u8; 1024];
+    let mut status = None;
+    // Until the command exits (or the pipe closes), then the rest of the
+    // output already written, waiting at most SW_UPDATE_DRAIN for it.
+    let mut drain_until = None;
     loop {
-        match output.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                tail.extend_from_slice(&buf[..n]);
-                if tail.len() > SW_UPDATE_TAIL_BYTES {
-                    let cut = tail.len() - SW_UPDATE_TAIL_BYTES;
-                    tail.drain(..cut);
+        let read = async {
+            match drain_until {
+                None => Some(output.read(&mut buf).await),
+                Some(t) => tokio::time::timeout_at(t, output.read(&mut buf)).await.ok(),
+            }
+        };
+        tokio::select! {
+            r = read => match r {
+                Some(Ok(0)) | Some(Err(_)) | None => break,
+                Some(Ok(n)) => {
+                    tail.extend_from_slice(&buf[..n]);
+                    if tail.len() > SW_UPDATE_TAIL_BYTES {
+                        let cut = tail.len() - SW_UPDATE_TAIL_BYTES;
+                        tail.drain(..cut);
+                    }
+                    let text = tail_text(&tail);
+                    update(&mut |r| r.output_tail = text.clone());
                 }
-                let text = tail_text(&tail);
-                update(&mut |r| r.output_tail = text.clone());
+            },
+            st = child.wait(), if status.is_none() => {
+                status = Some(st);
+                drain_until = Some(tokio::time::Instant::now() + SW_UPDATE_DRAIN);
             }
         }
     }
-    let status = child.wait().await;
+    let status = match status {
+        Some(st) => st,
+        None => child.wait().await,
+    };
     let output_tail = tail_text(&tail);
     let last_lines = last_lines(&output_tail, 5);
     let (success, exit_code, outcome) = match status {
@@ -373,6 +462,9 @@ async fn run_sw_update(cmd: Vec<String>, cell: SwUpdateCell) {
         r.exit_code = exit_code;
         r.outcome = Some(outcome.clone());
         r.output_tail = output_tail.clone();
+        if let Some(p) = &record {
+            save_sw_update(p, r);
+        }
     });
 }
 
@@ -548,10 +640,19 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(run_sw_update(
-            cmd.iter().map(|s| s.to_string()).collect(),
-            cell.clone(),
-        ));
+        rt.block_on(async {
+            // Bounded, so that a hang fails the test instead of stalling it.
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                run_sw_update(
+                    cmd.iter().map(|s| s.to_string()).collect(),
+                    cell.clone(),
+                    None,
+                ),
+            )
+            .await
+            .expect("the update's outcome within 30 s")
+        });
         let r = cell.lock().unwrap().clone().unwrap();
         assert!(!r.running && r.finished_ms.is_some(), "{r:?}");
         r
@@ -593,6 +694,82 @@ mod tests {
         ]);
         assert!(r.output_tail.len() <= SW_UPDATE_TAIL_BYTES);
         assert!(r.output_tail.ends_with("line 1999\n"), "{}", r.output_tail);
+    }
+
+    #[test]
+    fn sw_update_ends_when_the_command_exits_though_a_background_child_holds_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!(
+            "sleep 1000 & echo $! > {}; echo started the service; exit 0",
+            pid_file.display()
+        );
+        // The left-behind `sleep` still holds the pipe: ended however the
+        // test ends.
+        struct KillOnDrop(std::path::PathBuf);
+        impl Drop for KillOnDrop {
+            fn drop(&mut self) {
+                let pid = std::fs::read_to_string(&self.0).unwrap_or_default();
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY: a signal to the process this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let _sleep = KillOnDrop(pid_file.clone());
+        let r = report_after(&["/bin/sh", "-c", &script]);
+        assert_eq!((r.success, r.exit_code), (Some(true), Some(0)), "{r:?}");
+        assert_eq!(r.output_tail, "started the service\n");
+    }
+
+    #[tokio::test]
+    async fn the_last_sw_update_is_kept_across_a_restart_and_a_running_one_is_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join(SW_UPDATE_FILE);
+        assert!(load_sw_update(dir.path()).lock().unwrap().is_none());
+        // Through the dispatcher: recorded at the start...
+        let (mut d, _, _) = dispatcher(dir.path());
+        d.state_file = StateFile::new(dir.path());
+        d.rpc.sw_update_command = Some(vec!["/bin/sh".into(), "-c".into(), "exit 1".into()]);
+        let r = call(&mut d, r#"{"id":"1","method":"swUpdate"}"#);
+        assert_eq!(r["result"], json!("started"), "{r}");
+        // (The update's task has not run yet: this test's runtime has one thread.)
+        let started: SwUpdateReport =
+            serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        assert!(started.running, "{started:?}");
+        // ...and at the end.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let finished = loop {
+            let r: SwUpdateReport =
+                serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+            if !r.running {
+                break r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never recorded as finished"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(
+            finished.outcome.as_deref(),
+            Some("exit status 1"),
+            "{finished:?}"
+        );
+        // The next run of the daemon shows it as it was.
+        let loaded = load_sw_update(dir.path()).lock().unwrap().clone().unwrap();
+        assert_eq!(loaded, finished);
+        // One recorded as running by a run that ended before it did.
+        save_sw_update(&record, &started);
+        let loaded = load_sw_update(dir.path()).lock().unwrap().clone().unwrap();
+        assert!(!loaded.running, "{loaded:?}");
+        assert_eq!(loaded.success, Some(false));
+        assert_eq!(loaded.outcome.as_deref(), Some(SW_UPDATE_INTERRUPTED));
+        assert_eq!(loaded.started_ms, started.started_ms);
+        // Saved so: the run after that says the same.
+        let again: SwUpdateReport =
+            serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        assert_eq!(again, loaded);
     }
 
     #[test]

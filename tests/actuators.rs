@@ -223,10 +223,8 @@ fn reboot_poweroff_and_sw_update_when_enabled() {
         reboot.display(),
         update.display()
     );
-    let d = Daemon::spawn(
-        dir.path(),
-        &config_text(dir.path(), broker.port, "", &extra),
-    );
+    let cfg = config_text(dir.path(), broker.port, "", &extra);
+    let d = Daemon::spawn(dir.path(), &cfg);
     cloud.next_on(&format!("v/a/g/{GW}/mqtt/status"));
 
     assert_eq!(
@@ -318,4 +316,44 @@ fn reboot_poweroff_and_sw_update_when_enabled() {
         d.log_lines().join("\n")
     );
     assert_eq!(std::fs::read_to_string(&marks).unwrap(), "reboot\n");
+
+    // After a restart of the daemon (which an update often causes), status
+    // still shows the last update's outcome.
+    drop(d);
+    let d = Daemon::spawn(dir.path(), &cfg);
+    let (u, _) = status("the failed update after a restart", &|u| {
+        u["success"] == json!(false)
+    });
+    assert_eq!(u["outcome"], json!("exit status 3"), "{u}");
+    assert_eq!(
+        u["output_tail"],
+        json!("fetching\nE: Unable to locate package\n")
+    );
+    // A run that ended while its update was still running: interrupted.
+    drop(d);
+    let record = dir.path().join("state/sw-update.json");
+    let mut r: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    for (k, v) in [
+        ("running", json!(true)),
+        ("success", Value::Null),
+        ("exit_code", Value::Null),
+        ("finished_ms", Value::Null),
+        ("outcome", Value::Null),
+    ] {
+        r[k] = v;
+    }
+    std::fs::write(&record, r.to_string()).unwrap();
+    let _d = Daemon::spawn(dir.path(), &cfg);
+    let (u, human) = status("the interrupted update", &|u| {
+        u["outcome"] == json!("interrupted (daemon restarted)")
+    });
+    assert_eq!(
+        (&u["running"], &u["success"]),
+        (&json!(false), &json!(false)),
+        "{u}"
+    );
+    assert!(
+        human.contains("sw update    FAILED - (interrupted (daemon restarted))"),
+        "{human}"
+    );
 }

@@ -133,7 +133,7 @@ pub fn render(r: &StatusReport) -> String {
                 } else {
                     "FAILED"
                 },
-                u.finished_ms.map_or("?".to_string(), |t| ago(now, t)),
+                u.finished_ms.map_or("-".to_string(), |t| ago(now, t)),
                 u.outcome.as_deref().unwrap_or("?"),
                 ago(now, u.started_ms)
             )
