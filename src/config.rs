@@ -150,7 +150,7 @@ struct RawSensor {
     id: Spanned<String>,
     #[serde(rename = "type")]
     sensor_type: String,
-    path: Option<PathBuf>,
+    path: Option<Spanned<PathBuf>>,
     regex: Option<Spanned<String>>,
     scale: Option<f64>,
     offset: Option<f64>,
@@ -212,7 +212,7 @@ struct RawActuator {
     id: Spanned<String>,
     #[serde(rename = "type")]
     actuator_type: Spanned<String>,
-    path: Option<PathBuf>,
+    path: Option<Spanned<PathBuf>>,
     gpio_chip: Option<PathBuf>,
     line: Option<u32>,
     active_low: Option<bool>,
@@ -742,6 +742,27 @@ impl Ctx<'_> {
 }
 
 /// 1-based line and column of a byte offset.
+/// A `/sys/...` path, checked: with `..` in it, it would mean something
+/// else under another `sysfs_root` (`/sys/../etc/x` is `/etc/x`, but
+/// `<root>/../etc/x` is next to the root), so it is refused.
+fn no_dotdot_in_sys(p: &Spanned<PathBuf>, ctx: &Ctx) -> Result<PathBuf, ConfigError> {
+    let path = p.get_ref();
+    if path.starts_with(DEFAULT_SYSFS_ROOT)
+        && path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(ctx.err_at(
+            p.span(),
+            format!(
+                "{}: a /sys/ path must not contain \"..\" (write the path it leads to)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(path.clone())
+}
+
 /// `p` if it is a directory, else why it cannot be the sysfs root.
 fn check_sysfs_root(p: PathBuf) -> Result<PathBuf, String> {
     match std::fs::metadata(&p) {
@@ -1120,12 +1141,16 @@ impl Config {
                 return Err(ctx.err_at(a.id.span(), format!("duplicate id \"{aid}\"")));
             }
             let need_path = |what: &str| {
-                a.path.clone().ok_or_else(|| {
-                    ctx.err_at(
-                        a.id.span(),
-                        format!("actuator \"{aid}\" needs path = \"...\" ({what})"),
-                    )
-                })
+                a.path
+                    .as_ref()
+                    .map(|p| no_dotdot_in_sys(p, ctx))
+                    .transpose()?
+                    .ok_or_else(|| {
+                        ctx.err_at(
+                            a.id.span(),
+                            format!("actuator \"{aid}\" needs path = \"...\" ({what})"),
+                        )
+                    })
             };
             let active_low = a.active_low.unwrap_or(false);
             let (actuator_type, driver) = match a.actuator_type.get_ref().as_str() {
@@ -1137,14 +1162,14 @@ impl Config {
                         )?),
                     },
                 ),
-                "powerSwitch" => match (&a.gpio_chip, a.line, &a.path) {
+                "powerSwitch" => match (&a.gpio_chip, a.line, a.path.as_ref().map(|p| no_dotdot_in_sys(p, ctx)).transpose()?) {
                     (Some(chip), Some(line), None) => (
                         ActuatorType::PowerSwitch,
                         ActuatorDriver::GpioLine { chip: chip.clone(), line, active_low },
                     ),
                     (None, None, Some(path)) => (
                         ActuatorType::PowerSwitch,
-                        ActuatorDriver::ValueFile { path: gateway.resolve_sysfs(path), active_low },
+                        ActuatorDriver::ValueFile { path: gateway.resolve_sysfs(&path), active_low },
                     ),
                     _ => {
                         return Err(ctx.err_at(
@@ -1511,7 +1536,7 @@ fn sensor_source(
             None => None,
         };
         return Ok(SensorSource::File {
-            path: path.clone(),
+            path: no_dotdot_in_sys(path, ctx)?,
             regex,
         });
     }
@@ -2108,6 +2133,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.gateway.sysfs_root, dir.path().join("tree"));
+    }
+
+    #[test]
+    fn dotdot_in_a_sys_path_is_an_error_with_its_place() {
+        for (section, line) in [
+            ("[[sensor]]\nid = \"s\"\ntype = \"temperature\"\npath = ", 8),
+            ("[[actuator]]\nid = \"l\"\ntype = \"led\"\npath = ", 8),
+            (
+                "[[actuator]]\nid = \"p\"\ntype = \"powerSwitch\"\npath = ",
+                8,
+            ),
+        ] {
+            let text = format!("{MIN}\n{section}\"/sys/class/../../etc/x\"\n");
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.position, Some((line, 8)), "{e}");
+            assert!(e.message.contains("must not contain \"..\""), "{e}");
+            assert!(e.to_string().starts_with("/etc/t.toml:8:8: "), "{e}");
+        }
+        // Other paths, and names merely containing dots, are as before.
+        let ok = format!(
+            "{MIN}\n[[sensor]]\nid = \"s\"\ntype = \"temperature\"\npath = \"/sys/a..b/x\"\n\
+             [[sensor]]\nid = \"t\"\ntype = \"temperature\"\npath = \"/tmp/../tmp/x\"\n"
+        );
+        assert_eq!(parse(&ok).unwrap().sensors.len(), 2);
     }
 
     #[test]
