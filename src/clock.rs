@@ -377,8 +377,10 @@ impl Clock {
     /// them: their boot-relative stamps stay valid until the machine
     /// reboots. Loads what an earlier run of this boot left there (in
     /// front of anything held since). A file from another boot cannot be
-    /// re-timed: it is moved aside to `<path>.previous-boot` and its
-    /// readings are counted in a warning. Returns the readings loaded.
+    /// re-timed: it is moved aside to `held-readings.previous-boot.jsonl`
+    /// (next to `path`, replacing an older one) and its readings are
+    /// counted in a warning; if it cannot be moved, the warning says so and
+    /// the file is replaced. Returns the readings loaded.
     ///
     /// Released readings stay in the file until [`Clock::release_committed`]
     /// says the buffer has committed them: a crash before that loads them
@@ -424,13 +426,23 @@ impl Clock {
         }
         if let Some((old_boot, n)) = previous_boot {
             let aside = path.with_extension("previous-boot.jsonl");
-            let _ = std::fs::rename(path, &aside);
-            tracing::warn!(
-                dropped = n,
-                previous_boot_id = old_boot.as_deref().unwrap_or("unknown"),
-                kept_in = %aside.display(),
-                "{n} readings held for the time by a run before the last reboot are dropped: their boot-relative times cannot be converted after a reboot"
-            );
+            let old_boot = old_boot.as_deref().unwrap_or("unknown");
+            match std::fs::rename(path, &aside) {
+                Ok(()) => tracing::warn!(
+                    dropped = n,
+                    previous_boot_id = old_boot,
+                    kept_in = %aside.display(),
+                    "{n} readings held for the time by a run before the last reboot are dropped: their boot-relative times cannot be converted after a reboot"
+                ),
+                Err(e) => tracing::warn!(
+                    dropped = n,
+                    previous_boot_id = old_boot,
+                    path = %path.display(),
+                    error = %e,
+                    "{n} readings held for the time by a run before the last reboot are dropped: their boot-relative times cannot be converted after a reboot; the file cannot be moved aside to {} and is replaced",
+                    aside.display()
+                ),
+            }
         }
         if bad_lines > 0 {
             tracing::warn!(path = %path.display(), skipped = bad_lines, "skipped unreadable lines of the held readings file (a write cut short)");
@@ -840,6 +852,55 @@ mod tests {
         drop(clock);
         let again = Clock::with_source(Box::new(fake.clone()));
         assert_eq!(again.persist_held(&path, "boot-1"), 7);
+    }
+
+    /// The log lines written while `f` runs.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let w = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || w.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&sink.0.lock().unwrap()).into_owned();
+        text
+    }
+
+    #[test]
+    fn an_earlier_boots_file_that_cannot_be_moved_aside_is_not_said_to_be_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HELD_FILE);
+        std::fs::write(&path, "{\"boot_id\":\"boot-1\"}\n[\"t\",1,1]\n").unwrap();
+        // The place aside is taken by a directory: the rename fails.
+        let aside = dir.path().join("held-readings.previous-boot.jsonl");
+        std::fs::create_dir(&aside).unwrap();
+        std::fs::write(aside.join("x"), "").unwrap();
+        let clock = Clock::with_source(Box::new(Fake::at(5_000, 10)));
+        let logs = logs_of(|| assert_eq!(clock.persist_held(&path, "boot-2"), 0));
+        assert!(logs.contains("cannot be moved aside"), "{logs}");
+        assert!(!logs.contains("kept_in"), "{logs}");
+        assert!(!path.exists());
+        // Moved aside when it can be, and the log says where.
+        std::fs::write(&path, "{\"boot_id\":\"boot-1\"}\n[\"t\",1,1]\n").unwrap();
+        std::fs::remove_dir_all(&aside).unwrap();
+        let logs = logs_of(|| assert_eq!(clock.persist_held(&path, "boot-2"), 0));
+        assert!(
+            logs.contains(&format!("kept_in={}", aside.display())),
+            "{logs}"
+        );
+        assert!(aside.is_file());
     }
 
     #[test]
