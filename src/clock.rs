@@ -30,6 +30,10 @@ pub trait TimeSource: Send + Sync {
     /// Whether NTP (the kernel's sync status or systemd-timesyncd) says the
     /// system clock is synchronised.
     fn synchronized(&self) -> bool;
+    /// The shift of a test clock ([`TEST_CLOCK_ENV`]); `None` for a real one.
+    fn test_offset_ms(&self) -> Option<i64> {
+        None
+    }
 }
 
 pub fn system_now_ms() -> i64 {
@@ -85,6 +89,9 @@ impl TimeSource for ShiftedSource {
     }
     fn synchronized(&self) -> bool {
         false
+    }
+    fn test_offset_ms(&self) -> Option<i64> {
+        Some(self.0)
     }
 }
 
@@ -217,6 +224,16 @@ impl Clock {
             ClockState::Plausible
         } else {
             ClockState::Untrusted
+        }
+    }
+
+    /// [`Clock::state`] in words, saying so when the time source is the
+    /// test clock of [`TEST_CLOCK_ENV`] (never meant for production).
+    pub fn describe(&self) -> String {
+        let state = self.state().to_string();
+        match self.source.test_offset_ms() {
+            Some(ms) => format!("{state} (test clock offset {ms} ms: {TEST_CLOCK_ENV} is set)"),
+            None => state,
         }
     }
 
@@ -921,6 +938,19 @@ mod tests {
         assert!(!path.exists());
         let aside = dir.path().join("held-readings.previous-boot.jsonl");
         assert_eq!(std::fs::read_to_string(aside).unwrap().lines().count(), 4);
+    }
+
+    #[test]
+    fn a_test_clock_says_so_in_its_state() {
+        let c = Clock::with_source(Box::new(ShiftedSource(-86_400_000)));
+        assert!(
+            c.describe().ends_with(
+                " (test clock offset -86400000 ms: THINGPLUS_GW_TEST_CLOCK_OFFSET_MS is set)"
+            ),
+            "{}",
+            c.describe()
+        );
+        assert_eq!(Clock::new().describe(), Clock::new().state().to_string());
     }
 
     #[test]

@@ -148,7 +148,7 @@ impl Sources {
                 .as_ref()
                 .and_then(|c| serde_json::to_value(c).ok()),
             clock_offset_ms: self.clock.offset_ms(),
-            clock: self.clock.state().to_string(),
+            clock: self.clock.describe(),
             clock_trusted: self.clock.state() != crate::clock::ClockState::Untrusted,
             clock_held: self.clock.held(),
             sw_update: self

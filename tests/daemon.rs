@@ -636,6 +636,24 @@ fn held_readings_survive_a_restart_before_the_time_is_known() {
         v["clock_held"].as_u64().unwrap_or(0) >= 3
     });
     assert_eq!(v["clock_trusted"], json!(false), "{v}");
+    // The test clock is visible in the status, not only in the log.
+    assert!(
+        v["clock"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("test clock offset {offset} ms")),
+        "{v}"
+    );
+    let (_, human, _) = run_cli(&[
+        "status",
+        "--socket",
+        dir.path().join("run/control.sock").to_str().unwrap(),
+    ]);
+    assert!(
+        human.contains(&format!("test clock offset {offset} ms")),
+        "{human}"
+    );
+    assert_eq!(first.count_warnings(thingplus_gw::clock::TEST_CLOCK_ENV), 1);
     first.kill9();
     let killed_at = thingplus_gw::clock::system_now_ms();
     let held_file = dir.path().join("state/held-readings.jsonl");
@@ -671,7 +689,15 @@ fn held_readings_survive_a_restart_before_the_time_is_known() {
         v.iter().any(|(t, _)| *t >= server)
     });
     second.wait_log("held readings released with corrected times");
-    assert!(!held_file.exists(), "released: nothing held on disk");
+    // Removed once the buffer has committed them, just after the release.
+    let deadline = Instant::now() + WAIT;
+    while held_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "released, but still held on disk"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let values = cloud.values_of("t");
     let times = strictly_increasing_dedup(&values).unwrap();
