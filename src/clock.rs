@@ -407,9 +407,18 @@ impl Clock {
     /// Each held reading is one `write` (no fsync): a killed process loses
     /// nothing the kernel has, and after a power cut the machine reboots,
     /// which makes them unusable anyway.
-    pub fn persist_held(&self, path: &Path, boot_id: &str) -> usize {
+    ///
+    /// Loaded readings of sensors for which `configured` is false (removed
+    /// from the configuration since) are dropped, counted in a warning.
+    pub fn persist_held(
+        &self,
+        path: &Path,
+        boot_id: &str,
+        configured: &dyn Fn(&str) -> bool,
+    ) -> usize {
         let mut loaded = VecDeque::new();
         let mut bad_lines = 0usize;
+        let mut unconfigured: std::collections::BTreeMap<String, usize> = Default::default();
         let mut previous_boot = None;
         match std::fs::read_to_string(path) {
             Ok(text) => {
@@ -420,9 +429,10 @@ impl Clock {
                     Some(h) if h.boot_id == boot_id => {
                         for l in lines {
                             match serde_json::from_str::<(String, i64, serde_json::Value)>(l) {
-                                Ok((id, boot, v)) => {
+                                Ok((id, boot, v)) if configured(&id) => {
                                     loaded.push_back((Arc::from(id), boot, Value::from_json(v)))
                                 }
+                                Ok((id, ..)) => *unconfigured.entry(id).or_default() += 1,
                                 // A line cut short by a crash in the middle of a write.
                                 Err(_) => bad_lines += 1,
                             }
@@ -460,6 +470,15 @@ impl Clock {
                     aside.display()
                 ),
             }
+        }
+        if !unconfigured.is_empty() {
+            let n: usize = unconfigured.values().sum();
+            let ids: Vec<&str> = unconfigured.keys().map(String::as_str).collect();
+            tracing::warn!(
+                dropped = n,
+                sensors = %ids.join(", "),
+                "{n} readings held before a restart are dropped: their sensors are no longer configured"
+            );
         }
         if bad_lines > 0 {
             tracing::warn!(path = %path.display(), skipped = bad_lines, "skipped unreadable lines of the held readings file (a write cut short)");
@@ -745,7 +764,7 @@ mod tests {
         let h: Arc<str> = "h".into();
         {
             let first = Clock::with_source(Box::new(fake.clone()));
-            assert_eq!(first.persist_held(&path, "boot-1"), 0);
+            assert_eq!(first.persist_held(&path, "boot-1", &|_| true), 0);
             assert!(first.stamp(&t, Value::Number(1.0)).readings.is_empty());
             fake.advance(100);
             assert!(first.stamp(&h, Value::Text("x".into())).readings.is_empty());
@@ -762,7 +781,7 @@ mod tests {
             .unwrap();
         let second = Clock::with_source(Box::new(fake.clone()));
         assert!(second.stamp(&t, Value::Number(0.5)).readings.is_empty()); // before loading
-        assert_eq!(second.persist_held(&path, "boot-1"), 2);
+        assert_eq!(second.persist_held(&path, "boot-1", &|_| true), 2);
         assert_eq!(second.held(), 3);
         fake.advance(100);
         assert!(second.stamp(&t, Value::Number(3.0)).readings.is_empty());
@@ -791,7 +810,7 @@ mod tests {
         assert!(!path.exists(), "committed: nothing held on disk");
         // A third run finds nothing.
         let third = Clock::with_source(Box::new(fake.clone()));
-        assert_eq!(third.persist_held(&path, "boot-1"), 0);
+        assert_eq!(third.persist_held(&path, "boot-1", &|_| true), 0);
     }
 
     #[test]
@@ -801,7 +820,7 @@ mod tests {
         let fake = Fake::at(5_000, 1_000);
         let t: Arc<str> = "t".into();
         let first = Clock::with_source(Box::new(fake.clone()));
-        first.persist_held(&path, "boot-1");
+        first.persist_held(&path, "boot-1", &|_| true);
         assert!(first.stamp(&t, Value::Number(1.0)).readings.is_empty());
         fake.advance(100);
         first.sync_to(SERVER);
@@ -811,7 +830,7 @@ mod tests {
         let again = Clock::with_source(Box::new(fake.clone()));
         drop(first); // killed before the buffer's commit
         assert_eq!(
-            again.persist_held(&path, "boot-1"),
+            again.persist_held(&path, "boot-1", &|_| true),
             1,
             "released, uncommitted: loaded again"
         );
@@ -819,7 +838,7 @@ mod tests {
         // reading joins the released one in the file, and the commit's
         // confirmation keeps only it.
         let third = Clock::with_source(Box::new(fake.clone()));
-        third.persist_held(&path, "boot-1");
+        third.persist_held(&path, "boot-1", &|_| true);
         fake.advance(100);
         third.sync_to(SERVER);
         let r = third.stamp(&t, Value::Number(3.0));
@@ -839,7 +858,7 @@ mod tests {
         let fake = Fake::at(5_000, 1_000);
         let t: Arc<str> = "t".into();
         let clock = Clock::with_source(Box::new(fake.clone()));
-        clock.persist_held(&path, "boot-1");
+        clock.persist_held(&path, "boot-1", &|_| true);
         let lines = || std::fs::read_to_string(&path).unwrap().lines().count();
         // A file handle that cannot write: the next write fails (as on a
         // full disk).
@@ -868,7 +887,7 @@ mod tests {
         assert!(clock.stamp(&t, Value::Number(6.0)).readings.is_empty());
         drop(clock);
         let again = Clock::with_source(Box::new(fake.clone()));
-        assert_eq!(again.persist_held(&path, "boot-1"), 7);
+        assert_eq!(again.persist_held(&path, "boot-1", &|_| true), 7);
     }
 
     /// The log lines written while `f` runs.
@@ -896,6 +915,34 @@ mod tests {
     }
 
     #[test]
+    fn held_readings_of_sensors_no_longer_configured_are_dropped_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HELD_FILE);
+        let fake = Fake::at(5_000, 1_000);
+        let first = Clock::with_source(Box::new(fake.clone()));
+        first.persist_held(&path, "boot-1", &|_| true);
+        for id in ["kept", "gone", "kept", "gone", "also-gone"] {
+            assert!(first
+                .stamp(&id.into(), Value::Number(1.0))
+                .readings
+                .is_empty());
+        }
+        drop(first);
+        let second = Clock::with_source(Box::new(fake.clone()));
+        let logs = logs_of(|| {
+            assert_eq!(second.persist_held(&path, "boot-1", &|id| id == "kept"), 2);
+        });
+        assert!(
+            logs.contains("3 readings held before a restart are dropped: their sensors are no longer configured")
+                && logs.contains("also-gone, gone"),
+            "{logs}"
+        );
+        assert_eq!(second.held(), 2);
+        // The file has only what is held now.
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
+    }
+
+    #[test]
     fn an_earlier_boots_file_that_cannot_be_moved_aside_is_not_said_to_be_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(HELD_FILE);
@@ -905,14 +952,14 @@ mod tests {
         std::fs::create_dir(&aside).unwrap();
         std::fs::write(aside.join("x"), "").unwrap();
         let clock = Clock::with_source(Box::new(Fake::at(5_000, 10)));
-        let logs = logs_of(|| assert_eq!(clock.persist_held(&path, "boot-2"), 0));
+        let logs = logs_of(|| assert_eq!(clock.persist_held(&path, "boot-2", &|_| true), 0));
         assert!(logs.contains("cannot be moved aside"), "{logs}");
         assert!(!logs.contains("kept_in"), "{logs}");
         assert!(!path.exists());
         // Moved aside when it can be, and the log says where.
         std::fs::write(&path, "{\"boot_id\":\"boot-1\"}\n[\"t\",1,1]\n").unwrap();
         std::fs::remove_dir_all(&aside).unwrap();
-        let logs = logs_of(|| assert_eq!(clock.persist_held(&path, "boot-2"), 0));
+        let logs = logs_of(|| assert_eq!(clock.persist_held(&path, "boot-2", &|_| true), 0));
         assert!(
             logs.contains(&format!("kept_in={}", aside.display())),
             "{logs}"
@@ -927,13 +974,13 @@ mod tests {
         let fake = Fake::at(5_000, 1_000);
         let t: Arc<str> = "t".into();
         let first = Clock::with_source(Box::new(fake.clone()));
-        first.persist_held(&path, "boot-1");
+        first.persist_held(&path, "boot-1", &|_| true);
         for _ in 0..3 {
             assert!(first.stamp(&t, Value::Number(1.0)).readings.is_empty());
         }
         drop(first);
         let after_reboot = Clock::with_source(Box::new(Fake::at(5_000, 10)));
-        assert_eq!(after_reboot.persist_held(&path, "boot-2"), 0);
+        assert_eq!(after_reboot.persist_held(&path, "boot-2", &|_| true), 0);
         assert_eq!(after_reboot.held(), 0);
         assert!(!path.exists());
         let aside = dir.path().join("held-readings.previous-boot.jsonl");

@@ -125,7 +125,13 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     // Readings held for the time survive a restart within this boot.
     match crate::clock::boot_id() {
         Some(boot) => {
-            clock.persist_held(&gw.state_dir.join(crate::clock::HELD_FILE), &boot);
+            let configured: std::collections::HashSet<&str> =
+                config.sensors.iter().map(|s| s.id.as_str()).collect();
+            clock.persist_held(
+                &gw.state_dir.join(crate::clock::HELD_FILE),
+                &boot,
+                &|id| configured.contains(id),
+            );
         }
         None => tracing::warn!(
             "cannot read the boot id (/proc/sys/kernel/random/boot_id): readings held for the time are kept in memory only"

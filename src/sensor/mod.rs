@@ -225,7 +225,7 @@ mod tests {
         let fsync = Fsync::Period(Duration::from_secs(3600));
         let store = SqliteStore::open(&buf_dir, SqliteOptions::unbounded(fsync)).unwrap();
         let clock = Arc::new(Clock::with_source(Box::new(At1970(AtomicI64::new(10_000)))));
-        clock.persist_held(&held_file, "boot-1");
+        clock.persist_held(&held_file, "boot-1", &|_| true);
         let (_tx, report_interval) = watch::channel(Duration::from_secs(60));
         let rt = SensorRuntime {
             buffer: Buffer::start(store, fsync),
