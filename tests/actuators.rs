@@ -247,22 +247,11 @@ fn reboot_poweroff_and_sw_update_when_enabled() {
         .contains("already running"));
     // While it runs, status says so (with the output so far).
     let socket = dir.path().join("run/control.sock");
+    // The update's part of status --json once `pred` holds, and the human table.
     let status = |what: &str, pred: &dyn Fn(&Value) -> bool| -> (Value, String) {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let (_, out, err) =
-                run_cli(&["status", "--json", "--socket", socket.to_str().unwrap()]);
-            let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-            if pred(&v["sw_update"]) {
-                let (_, human, _) = run_cli(&["status", "--socket", socket.to_str().unwrap()]);
-                return (v["sw_update"].clone(), human);
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out waiting for {what}: {v} {err}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        let v = wait_status_json(dir.path(), what, |v| pred(&v["sw_update"]));
+        let (_, human, _) = run_cli(&["status", "--socket", socket.to_str().unwrap()]);
+        (v["sw_update"].clone(), human)
     };
     let (u, human) = status("the running update's first output", &|u| {
         u["running"] == json!(true) && u["output_tail"] == json!("fetching\n")

@@ -586,28 +586,6 @@ fn frozen_broker_is_detected_by_the_ack_timeout_and_nothing_is_lost() {
     );
 }
 
-/// Polls `thingplus-gw status --json` of the daemon in `dir` until `pred` holds.
-fn wait_status_json(
-    dir: &std::path::Path,
-    what: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let socket = dir.join("run/control.sock");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (_, out, _) = run_cli(&["status", "--json", "--socket", socket.to_str().unwrap()]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        if pred(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A box whose clock is wrong (before 2026, not synchronised) holds its
 /// readings; the daemon is killed and started again (same boot), and after
 /// `timeSync` every held reading of both runs arrives, in order, with times
