@@ -180,6 +180,8 @@ pub struct Clock {
     offset_ms: AtomicI64,
     server_synced: AtomicBool,
     stamps: Mutex<Stamps>,
+    /// [`MAX_HELD_READINGS`], smaller in tests.
+    max_held: usize,
 }
 
 impl Default for Clock {
@@ -199,7 +201,15 @@ impl Clock {
             offset_ms: AtomicI64::new(0),
             server_synced: AtomicBool::new(false),
             stamps: Mutex::default(),
+            max_held: MAX_HELD_READINGS,
         }
+    }
+
+    /// Holds at most `max` readings instead of [`MAX_HELD_READINGS`].
+    #[cfg(test)]
+    fn with_max_held(mut self, max: usize) -> Self {
+        self.max_held = max;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Stamps> {
@@ -300,22 +310,19 @@ impl Clock {
             // they are in the file, not in `held`.
             if s.log
                 .as_ref()
-                .is_some_and(|l| l.unconfirmed.is_none() && l.lines > 2 * MAX_HELD_READINGS)
+                .is_some_and(|l| l.unconfirmed.is_none() && l.lines > 2 * self.max_held)
             {
                 let Stamps { log, held, .. } = &mut *s;
                 if let Some(log) = log.as_mut() {
-                    log.rewrite(
-                        held.iter()
-                            .skip(held.len().saturating_sub(MAX_HELD_READINGS)),
-                    );
+                    log.rewrite(held.iter().skip(held.len().saturating_sub(self.max_held)));
                 }
             }
-            if s.held.len() > MAX_HELD_READINGS {
+            if s.held.len() > self.max_held {
                 s.held.pop_front();
                 s.dropped_while_held += 1;
                 if s.dropped_while_held == 1 {
                     tracing::warn!(
-                        max = MAX_HELD_READINGS,
+                        max = self.max_held,
                         "still no trustworthy time: dropping the oldest held readings"
                     );
                 }
@@ -492,7 +499,7 @@ impl Clock {
             );
             let since = std::mem::take(&mut s.held);
             loaded.extend(since);
-            while loaded.len() > MAX_HELD_READINGS {
+            while loaded.len() > self.max_held {
                 loaded.pop_front();
                 s.dropped_while_held += 1;
             }
@@ -985,6 +992,47 @@ mod tests {
         assert!(!path.exists());
         let aside = dir.path().join("held-readings.previous-boot.jsonl");
         assert_eq!(std::fs::read_to_string(aside).unwrap().lines().count(), 4);
+    }
+
+    #[test]
+    fn the_held_readings_file_is_compacted_beyond_twice_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HELD_FILE);
+        let fake = Fake::at(5_000, 1_000);
+        let t: Arc<str> = "t".into();
+        let clock = Clock::with_source(Box::new(fake.clone())).with_max_held(3);
+        clock.persist_held(&path, "boot-1", &|_| true);
+        let lines = || {
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .skip(1)
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+        };
+        for v in 0..6 {
+            assert!(clock.stamp(&t, Value::Number(v as f64)).readings.is_empty());
+            fake.advance(1);
+        }
+        // Appended: the file grows past the cap (memory keeps the newest 3)...
+        assert_eq!(lines().len(), 6);
+        assert_eq!(clock.held(), 3);
+        // ...until it would hold more than twice the cap: then it is
+        // rewritten with what is held, the newest `cap` readings.
+        assert!(clock.stamp(&t, Value::Number(6.0)).readings.is_empty());
+        assert_eq!(
+            lines(),
+            vec!["[\"t\",1004,4]", "[\"t\",1005,5]", "[\"t\",1006,6]"]
+        );
+        assert_eq!(clock.held(), 3);
+        // Appending goes on from there, and a restart loads what memory has.
+        assert!(clock.stamp(&t, Value::Number(7.0)).readings.is_empty());
+        assert_eq!(lines().len(), 4);
+        drop(clock);
+        let again = Clock::with_source(Box::new(fake.clone())).with_max_held(3);
+        assert_eq!(again.persist_held(&path, "boot-1", &|_| true), 4);
+        assert_eq!(again.held(), 3, "the oldest beyond the cap dropped on load");
+        assert_eq!(lines().len(), 3);
     }
 
     #[test]
