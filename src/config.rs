@@ -112,6 +112,7 @@ struct RawGateway {
     report_interval: Option<Spanned<HumanDuration>>,
     status_validity: Option<Spanned<HumanDuration>>,
     state_dir: Option<PathBuf>,
+    sysfs_root: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -149,7 +150,7 @@ struct RawSensor {
     id: Spanned<String>,
     #[serde(rename = "type")]
     sensor_type: String,
-    path: Option<PathBuf>,
+    path: Option<Spanned<PathBuf>>,
     regex: Option<Spanned<String>>,
     scale: Option<f64>,
     offset: Option<f64>,
@@ -211,7 +212,7 @@ struct RawActuator {
     id: Spanned<String>,
     #[serde(rename = "type")]
     actuator_type: Spanned<String>,
-    path: Option<PathBuf>,
+    path: Option<Spanned<PathBuf>>,
     gpio_chip: Option<PathBuf>,
     line: Option<u32>,
     active_low: Option<bool>,
@@ -272,6 +273,34 @@ pub struct GatewayConfig {
     /// Status valid duration; `None`: 2 x the current report interval.
     pub status_validity: Option<Duration>,
     pub state_dir: PathBuf,
+    /// Where sysfs is: file sensors and LED/value-file actuators whose paths
+    /// start with `/sys/` are read and written under this directory instead
+    /// (tests, containers with a bind-mounted host /sys). Default `/sys`.
+    pub sysfs_root: PathBuf,
+}
+
+impl GatewayConfig {
+    /// `path` as the daemon opens it: under `sysfs_root` when it is a `/sys/...` path.
+    pub fn resolve_sysfs(&self, path: &Path) -> PathBuf {
+        under_sysfs_root(&self.sysfs_root, path)
+    }
+}
+
+/// Where sysfs is by default.
+pub const DEFAULT_SYSFS_ROOT: &str = "/sys";
+
+/// `path` with a leading `/sys` replaced by `root`; other paths unchanged.
+pub fn under_sysfs_root(root: &Path, path: &Path) -> PathBuf {
+    match path.strip_prefix(DEFAULT_SYSFS_ROOT) {
+        Ok(rest) if root != Path::new(DEFAULT_SYSFS_ROOT) => {
+            if rest.as_os_str().is_empty() {
+                root.to_path_buf()
+            } else {
+                root.join(rest)
+            }
+        }
+        _ => path.to_path_buf(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -713,6 +742,91 @@ impl Ctx<'_> {
 }
 
 /// 1-based line and column of a byte offset.
+/// A `/sys/...` path, checked: with `..` in it, it would mean something
+/// else under another `sysfs_root` (`/sys/../etc/x` is `/etc/x`, but
+/// `<root>/../etc/x` is next to the root), so it is refused.
+fn no_dotdot_in_sys(p: &Spanned<PathBuf>, ctx: &Ctx) -> Result<PathBuf, ConfigError> {
+    let path = p.get_ref();
+    if path.starts_with(DEFAULT_SYSFS_ROOT)
+        && path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(ctx.err_at(
+            p.span(),
+            format!(
+                "{}: a /sys/ path must not contain \"..\" (write the path it leads to)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(path.clone())
+}
+
+/// `p` if it is a directory, else why it cannot be the sysfs root.
+fn check_sysfs_root(p: PathBuf) -> Result<PathBuf, String> {
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_dir() => Ok(p),
+        Ok(_) => Err(format!("sysfs_root {} is not a directory: it must be a sysfs tree (such as /sys, or a copy of one)", p.display())),
+        Err(e) => Err(format!("sysfs_root {}: {e} (it must be an existing sysfs tree, such as /sys)", p.display())),
+    }
+}
+
+/// Only `[gateway] sysfs_root` of the configuration file at `path`
+/// (`None` when not set), read line by line: the rest of the file may be
+/// unfinished or invalid, and nothing else it names (such as `apikey_file`)
+/// is read. For `discover --config`, which runs while the configuration is
+/// being written. A set root must be an existing directory, as for `load`.
+pub fn read_sysfs_root(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
+    let err = |position, message: String| ConfigError {
+        path: path.to_path_buf(),
+        position,
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(None, format!("cannot read the configuration: {e}")))?;
+    let mut in_gateway = false;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let t = line.trim();
+        if t.starts_with('[') {
+            // `[gateway]`, possibly followed by a comment.
+            in_gateway = t
+                .strip_prefix('[')
+                .and_then(|r| r.split_once(']'))
+                .is_some_and(|(name, rest)| {
+                    name.trim() == "gateway"
+                        && matches!(rest.trim().chars().next(), None | Some('#'))
+                });
+            continue;
+        }
+        if !in_gateway {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() != "sysfs_root" {
+            continue;
+        }
+        let value_at = start + key.len() + 1 + (value.len() - value.trim_start().len());
+        let position = Some(line_col(&text, value_at));
+        let root = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| match t.remove("v") {
+                Some(toml::Value::String(s)) => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| err(position, "sysfs_root must be a string (a directory)".into()))?;
+        return check_sysfs_root(resolve_relative(path, Path::new(&root)))
+            .map(Some)
+            .map_err(|m| err(position, m));
+    }
+    Ok(None)
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
@@ -871,6 +985,12 @@ impl Config {
             })
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
 
+        let sysfs_root = match &g.sysfs_root {
+            None => PathBuf::from(DEFAULT_SYSFS_ROOT),
+            Some(r) => check_sysfs_root(resolve_relative(ctx.path, r.get_ref()))
+                .map_err(|m| ctx.err_at(r.span(), m))?,
+        };
+
         let gateway = GatewayConfig {
             id: id.clone(),
             id_source,
@@ -878,6 +998,7 @@ impl Config {
             report_interval,
             status_validity,
             state_dir: state_dir.clone(),
+            sysfs_root,
         };
 
         let mqtt = mqtt_from_raw(raw.mqtt, ctx, &mut warnings)?;
@@ -926,7 +1047,13 @@ impl Config {
             if !seen.insert(sid.clone()) {
                 return Err(ctx.err_at(s.id.span(), format!("duplicate sensor id \"{sid}\"")));
             }
-            let source = sensor_source(&s, &sid, &serial, &modbus, ctx)?;
+            let source = match sensor_source(&s, &sid, &serial, &modbus, ctx)? {
+                SensorSource::File { path, regex } => SensorSource::File {
+                    path: gateway.resolve_sysfs(&path),
+                    regex,
+                },
+                other => other,
+            };
             let value_type = match &s.value_type {
                 None => default_value_type(&s.sensor_type),
                 Some(v) => match v.get_ref().as_str() {
@@ -1014,29 +1141,35 @@ impl Config {
                 return Err(ctx.err_at(a.id.span(), format!("duplicate id \"{aid}\"")));
             }
             let need_path = |what: &str| {
-                a.path.clone().ok_or_else(|| {
-                    ctx.err_at(
-                        a.id.span(),
-                        format!("actuator \"{aid}\" needs path = \"...\" ({what})"),
-                    )
-                })
+                a.path
+                    .as_ref()
+                    .map(|p| no_dotdot_in_sys(p, ctx))
+                    .transpose()?
+                    .ok_or_else(|| {
+                        ctx.err_at(
+                            a.id.span(),
+                            format!("actuator \"{aid}\" needs path = \"...\" ({what})"),
+                        )
+                    })
             };
             let active_low = a.active_low.unwrap_or(false);
             let (actuator_type, driver) = match a.actuator_type.get_ref().as_str() {
                 "led" => (
                     ActuatorType::Led,
                     ActuatorDriver::Led {
-                        path: need_path("a sysfs LED directory such as /sys/class/leds/led0")?,
+                        path: gateway.resolve_sysfs(&need_path(
+                            "a sysfs LED directory such as /sys/class/leds/led0",
+                        )?),
                     },
                 ),
-                "powerSwitch" => match (&a.gpio_chip, a.line, &a.path) {
+                "powerSwitch" => match (&a.gpio_chip, a.line, a.path.as_ref().map(|p| no_dotdot_in_sys(p, ctx)).transpose()?) {
                     (Some(chip), Some(line), None) => (
                         ActuatorType::PowerSwitch,
                         ActuatorDriver::GpioLine { chip: chip.clone(), line, active_low },
                     ),
                     (None, None, Some(path)) => (
                         ActuatorType::PowerSwitch,
-                        ActuatorDriver::ValueFile { path: path.clone(), active_low },
+                        ActuatorDriver::ValueFile { path: gateway.resolve_sysfs(&path), active_low },
                     ),
                     _ => {
                         return Err(ctx.err_at(
@@ -1403,7 +1536,7 @@ fn sensor_source(
             None => None,
         };
         return Ok(SensorSource::File {
-            path: path.clone(),
+            path: no_dotdot_in_sys(path, ctx)?,
             regex,
         });
     }
@@ -1918,6 +2051,115 @@ mod tests {
     }
 
     #[test]
+    fn sysfs_root_moves_sys_paths_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        let c = parse(&format!(
+            "[gateway]\nid = \"gw1\"\napikey = \"k\"\nsysfs_root = \"{root}\"\n\
+             [[sensor]]\nid = \"t\"\ntype = \"temperature\"\npath = \"/sys/class/thermal/thermal_zone0/temp\"\n\
+             [[sensor]]\nid = \"f\"\ntype = \"temperature\"\npath = \"/var/lib/x/temp\"\n\
+             [[actuator]]\nid = \"l\"\ntype = \"led\"\npath = \"/sys/class/leds/led0\"\n\
+             [[actuator]]\nid = \"v\"\ntype = \"powerSwitch\"\npath = \"/sys/class/gpio/gpio17/value\"\n\
+             [[actuator]]\nid = \"g\"\ntype = \"powerSwitch\"\ngpio_chip = \"/dev/gpiochip0\"\nline = 1\n"
+        ))
+        .unwrap();
+        assert_eq!(c.gateway.sysfs_root, dir.path());
+        let paths: Vec<_> = c
+            .sensors
+            .iter()
+            .map(|s| match &s.source {
+                SensorSource::File { path, .. } => path.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                dir.path().join("class/thermal/thermal_zone0/temp"),
+                PathBuf::from("/var/lib/x/temp")
+            ]
+        );
+        assert_eq!(
+            c.actuators[0].driver,
+            ActuatorDriver::Led {
+                path: dir.path().join("class/leds/led0")
+            }
+        );
+        assert_eq!(
+            c.actuators[1].driver,
+            ActuatorDriver::ValueFile {
+                path: dir.path().join("class/gpio/gpio17/value"),
+                active_low: false
+            }
+        );
+        assert!(
+            matches!(&c.actuators[2].driver, ActuatorDriver::GpioLine { chip, .. } if chip == Path::new("/dev/gpiochip0"))
+        );
+        // Not /sysfoo: only whole components.
+        assert_eq!(
+            under_sysfs_root(dir.path(), Path::new("/sysfoo/x")),
+            PathBuf::from("/sysfoo/x")
+        );
+        // The default leaves everything as written.
+        let c = parse(&format!(
+            "{MIN}[[sensor]]\nid = \"t\"\ntype = \"temperature\"\npath = \"/sys/class/thermal/thermal_zone0/temp\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.gateway.sysfs_root, Path::new("/sys"));
+        assert!(
+            matches!(&c.sensors[0].source, SensorSource::File { path, .. } if path == Path::new("/sys/class/thermal/thermal_zone0/temp"))
+        );
+    }
+
+    #[test]
+    fn sysfs_root_must_be_an_existing_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let e = parse(&format!("{MIN}sysfs_root = \"{}\"\n", missing.display())).unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(4), "{e}");
+        assert!(
+            e.message.contains("sysfs_root") && e.message.contains("No such file"),
+            "{e}"
+        );
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let e = parse(&format!("{MIN}sysfs_root = \"{}\"\n", file.display())).unwrap_err();
+        assert!(e.message.contains("is not a directory"), "{e}");
+        // Relative to the configuration file.
+        std::fs::create_dir(dir.path().join("tree")).unwrap();
+        let c = Config::parse(
+            &format!("{MIN}sysfs_root = \"tree\"\n"),
+            &dir.path().join("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.gateway.sysfs_root, dir.path().join("tree"));
+    }
+
+    #[test]
+    fn dotdot_in_a_sys_path_is_an_error_with_its_place() {
+        for (section, line) in [
+            ("[[sensor]]\nid = \"s\"\ntype = \"temperature\"\npath = ", 8),
+            ("[[actuator]]\nid = \"l\"\ntype = \"led\"\npath = ", 8),
+            (
+                "[[actuator]]\nid = \"p\"\ntype = \"powerSwitch\"\npath = ",
+                8,
+            ),
+        ] {
+            let text = format!("{MIN}\n{section}\"/sys/class/../../etc/x\"\n");
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.position, Some((line, 8)), "{e}");
+            assert!(e.message.contains("must not contain \"..\""), "{e}");
+            assert!(e.to_string().starts_with("/etc/t.toml:8:8: "), "{e}");
+        }
+        // Other paths, and names merely containing dots, are as before.
+        let ok = format!(
+            "{MIN}\n[[sensor]]\nid = \"s\"\ntype = \"temperature\"\npath = \"/sys/a..b/x\"\n\
+             [[sensor]]\nid = \"t\"\ntype = \"temperature\"\npath = \"/tmp/../tmp/x\"\n"
+        );
+        assert_eq!(parse(&ok).unwrap().sensors.len(), 2);
+    }
+
+    #[test]
     fn unknown_key_names_line_and_column() {
         let e = parse(&format!("{MIN}reprot_interval = \"60s\"\n")).unwrap_err();
         assert_eq!(e.position.map(|p| p.0), Some(4), "{e}");
@@ -2382,8 +2624,10 @@ mod example_tests {
                 "apikey_file = \"/etc/thingplus-gw/apikey\"",
                 "apikey = \"k\"",
             )
-            .replace("id = \"auto\"", "id = \"example\"");
+            .replace("id = \"auto\"", "id = \"example\"")
+            .replace("# sysfs_root = ", "sysfs_root = ");
         let c = Config::parse(&text, Path::new("config/thingplus-gw.toml")).unwrap();
+        assert_eq!(c.gateway.sysfs_root, Path::new("/sys"));
         assert_eq!(c.gateway.report_interval, Duration::from_secs(60));
         assert!(c.rpc.allow_restart && !c.rpc.allow_reboot);
     }

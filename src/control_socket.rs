@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::actuator::ActuatorStates;
 use crate::buffer::Buffer;
 use crate::clock::{system_now_ms, Clock};
-use crate::rpc::LastCommand;
+use crate::rpc::{LastCommand, SwUpdateCell, SwUpdateReport};
 use crate::session::LinkState;
 use crate::status_board::StatusBoard;
 
@@ -56,6 +56,9 @@ pub struct BacklogReport {
 pub struct StatusReport {
     pub gateway_id: String,
     pub version: String,
+    /// The build id (git commit or packager's id), see `version::BUILD`.
+    #[serde(default)]
+    pub build: String,
     pub now_ms: i64,
     pub broker: String,
     pub connected: bool,
@@ -75,6 +78,9 @@ pub struct StatusReport {
     pub clock_trusted: bool,
     /// Readings held until the time is known.
     pub clock_held: usize,
+    /// The last software update (`swUpdate`) since the daemon started.
+    #[serde(default)]
+    pub sw_update: Option<SwUpdateReport>,
 }
 
 impl StatusReport {
@@ -94,6 +100,7 @@ pub struct Sources {
     pub board: Arc<StatusBoard>,
     pub actuators: ActuatorStates,
     pub last_command: Arc<Mutex<Option<LastCommand>>>,
+    pub sw_update: SwUpdateCell,
     pub clock: Arc<Clock>,
     pub report_interval: watch::Receiver<Duration>,
 }
@@ -109,7 +116,8 @@ impl Sources {
         });
         StatusReport {
             gateway_id: self.gateway_id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::version::VERSION.to_string(),
+            build: crate::version::BUILD.to_string(),
             now_ms: system_now_ms(),
             broker: self.broker.clone(),
             connected: link.connected,
@@ -140,9 +148,14 @@ impl Sources {
                 .as_ref()
                 .and_then(|c| serde_json::to_value(c).ok()),
             clock_offset_ms: self.clock.offset_ms(),
-            clock: self.clock.state().to_string(),
+            clock: self.clock.describe(),
             clock_trusted: self.clock.state() != crate::clock::ClockState::Untrusted,
             clock_held: self.clock.held(),
+            sw_update: self
+                .sw_update
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }

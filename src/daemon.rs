@@ -121,7 +121,22 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
 
     let buffer = Buffer::open(&config.buffer, config.mqtt.max_message_size)
         .map_err(|e| StartError::Other(e.to_string()))?;
-    let clock = Arc::new(Clock::new());
+    let clock = Arc::new(Clock::with_source(crate::clock::source_from_env()));
+    // Readings held for the time survive a restart within this boot.
+    match crate::clock::boot_id() {
+        Some(boot) => {
+            let configured: std::collections::HashSet<&str> =
+                config.sensors.iter().map(|s| s.id.as_str()).collect();
+            clock.persist_held(
+                &gw.state_dir.join(crate::clock::HELD_FILE),
+                &boot,
+                &|id| configured.contains(id),
+            );
+        }
+        None => tracing::warn!(
+            "cannot read the boot id (/proc/sys/kernel/random/boot_id): readings held for the time are kept in memory only"
+        ),
+    }
     let board = Arc::new(StatusBoard::new(
         config.sensors.iter().map(|s| s.id.clone()),
     ));
@@ -150,7 +165,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
 
     let actuators = Actuators::new(&config.actuators);
     let actuator_states = actuators.state_view();
-    let dispatcher = Dispatcher::new(
+    let mut dispatcher = Dispatcher::new(
         clock.clone(),
         actuators.clone(),
         state_file,
@@ -158,7 +173,11 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         config.rpc.clone(),
         actions_tx.clone(),
     );
+    // The last update, as an earlier run recorded it (often the update that
+    // restarted the service).
+    dispatcher.sw_update = crate::rpc::load_sw_update(&gw.state_dir);
     let last_command = dispatcher.last_command.clone();
+    let sw_update = dispatcher.sw_update.clone();
     let control_sources = control_socket::Sources {
         gateway_id: gw.id.clone(),
         broker: format!("{}:{}", config.mqtt.host, config.mqtt.port),
@@ -167,6 +186,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         board: board.clone(),
         actuators: actuator_states,
         last_command: dispatcher.last_command.clone(),
+        sw_update: dispatcher.sw_update.clone(),
         clock: clock.clone(),
         report_interval: ri_rx.clone(),
     };
@@ -194,7 +214,8 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         sensors = config.sensors.len(),
         actuators = config.actuators.len(),
         report_interval = %format_duration(report_interval),
-        "thingplus-gw {} started", env!("CARGO_PKG_VERSION")
+        build = crate::version::BUILD,
+        "thingplus-gw {} started", crate::version::VERSION
     );
 
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| StartError::Other(e.to_string()))?;
@@ -326,6 +347,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
                                 actions_tx.clone(),
                             );
                             dispatcher.last_command = last_command.clone();
+                            dispatcher.sw_update = sw_update.clone();
                             let session = Session {
                                 settings,
                                 topics: Topics::new(&new.gateway.id),

@@ -38,6 +38,20 @@ pub struct Discovery {
     pub serial: Vec<PathBuf>,
 }
 
+impl Discovery {
+    /// Found under `root`, shown as the `/sys/...` paths a configuration with
+    /// `sysfs_root = root` uses (the daemon maps them back under the root).
+    pub fn as_sys_paths(&mut self, root: &Path) {
+        let sys = |p: &mut PathBuf| {
+            if let Ok(rest) = p.strip_prefix(root) {
+                *p = Path::new(crate::config::DEFAULT_SYSFS_ROOT).join(rest);
+            }
+        };
+        self.sensors.iter_mut().for_each(|s| sys(&mut s.path));
+        self.leds.iter_mut().for_each(|l| sys(&mut l.path));
+    }
+}
+
 fn read_trim(p: &Path) -> Option<String> {
     std::fs::read_to_string(p)
         .ok()

@@ -23,3 +23,4 @@ pub mod systemd;
 pub mod thingplus;
 pub mod tls;
 pub mod units;
+pub mod version;

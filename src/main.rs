@@ -1,11 +1,10 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use thingplus_gw::cli;
 use thingplus_gw::cli::args::{Args, Command};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let (args, config_named) = Args::parse_with_source();
     match args.command {
         Command::Run => cli::run::run(&args.config),
         Command::Check => cli::check::run(&args.config),
@@ -19,7 +18,11 @@ fn main() -> ExitCode {
         Command::Discover {
             sysfs_root,
             dev_root,
-        } => cli::discover::run(&sysfs_root, &dev_root),
+        } => cli::discover::run(
+            sysfs_root.as_deref(),
+            config_named.then_some(args.config.as_path()),
+            &dev_root,
+        ),
         #[cfg(feature = "demo")]
         Command::Demo { duration } => cli::demo::run(duration),
     }

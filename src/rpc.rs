@@ -1,10 +1,11 @@
 //! Dispatch of the server's requests (`v/a/g/{gw}/req`) to the parts of the
 //! daemon that carry them out. Every request gets exactly one response.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 use tokio::sync::{mpsc, watch};
 
 use crate::actuator::{Actuators, Reply};
@@ -33,7 +34,84 @@ pub struct Dispatcher {
     pub actions: mpsc::UnboundedSender<SystemAction>,
     /// The last request received, for `thingplus-gw status`.
     pub last_command: Arc<std::sync::Mutex<Option<LastCommand>>>,
-    sw_update: Option<tokio::task::JoinHandle<()>>,
+    /// The last software update (running or finished), for `thingplus-gw
+    /// status`; shared so that a new dispatcher (after a reload) sees it.
+    pub sw_update: SwUpdateCell,
+}
+
+/// The last software update, shared between the dispatcher and the status report.
+pub type SwUpdateCell = Arc<std::sync::Mutex<Option<SwUpdateReport>>>;
+
+/// Bytes of the update command's output kept (its end: where errors are).
+pub const SW_UPDATE_TAIL_BYTES: usize = 4096;
+
+/// How long output is still read after the update command has exited: a
+/// process it left in the background may hold the pipe open for ever.
+pub const SW_UPDATE_DRAIN: Duration = Duration::from_millis(500);
+
+/// The last software update's record in the state directory, written when
+/// it starts and when it ends: status still shows it after a restart of the
+/// daemon (which an update often causes).
+pub const SW_UPDATE_FILE: &str = "sw-update.json";
+
+/// What a record still saying "running" means when the daemon starts.
+pub const SW_UPDATE_INTERRUPTED: &str = "interrupted (daemon restarted)";
+
+/// The last software update as recorded in `state_dir` by an earlier run
+/// of the daemon, for the status. One recorded as running did not finish
+/// in that run: it becomes [`SW_UPDATE_INTERRUPTED`] (and is saved so).
+pub fn load_sw_update(state_dir: &Path) -> SwUpdateCell {
+    let path = state_dir.join(SW_UPDATE_FILE);
+    let report = match std::fs::read(&path) {
+        Ok(bytes) => match serde_json::from_slice::<SwUpdateReport>(&bytes) {
+            Ok(mut r) => {
+                if r.running {
+                    r.running = false;
+                    r.success = Some(false);
+                    r.exit_code = None;
+                    r.outcome = Some(SW_UPDATE_INTERRUPTED.into());
+                    tracing::warn!(command = ?r.command, "the software update started by the previous run of the daemon did not finish in it: {SW_UPDATE_INTERRUPTED}");
+                    save_sw_update(&path, &r);
+                }
+                Some(r)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable software update record");
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    Arc::new(std::sync::Mutex::new(report))
+}
+
+/// Replaces the record at `path` (atomically); a failure is logged.
+fn save_sw_update(path: &Path, r: &SwUpdateReport) {
+    let tmp = path.with_extension("json.tmp");
+    let done = serde_json::to_vec(r)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = done {
+        tracing::warn!(path = %path.display(), error = %e, "cannot save the software update record: status will not show it after a restart");
+    }
+}
+
+/// A software update (`swUpdate`): what runs, since when, how it ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SwUpdateReport {
+    pub command: Vec<String>,
+    pub started_ms: i64,
+    pub running: bool,
+    pub finished_ms: Option<i64>,
+    /// `Some(true)` exit status 0; `Some(false)` any other end; `None` running.
+    pub success: Option<bool>,
+    /// The exit code, when it exited (not when killed by a signal or never started).
+    pub exit_code: Option<i32>,
+    /// How it ended, in words: "exit status 0", "killed by signal 9", "cannot run ...".
+    pub outcome: Option<String>,
+    /// The last [`SW_UPDATE_TAIL_BYTES`] of its stdout and stderr, as they came.
+    pub output_tail: String,
 }
 
 /// The last request the server sent, and how it went.
@@ -72,7 +150,7 @@ impl Dispatcher {
             rpc,
             actions,
             last_command: Default::default(),
-            sw_update: None,
+            sw_update: Default::default(),
         }
     }
 
@@ -121,12 +199,7 @@ impl Dispatcher {
         Reply::Now(match req.method.as_str() {
             "timeSync" => self.time_sync(req),
             "setProperty" => self.set_property(req),
-            "swInfo" => Ok(json!({
-                "name": env!("CARGO_PKG_NAME"),
-                "version": env!("CARGO_PKG_VERSION"),
-                "os": std::env::consts::OS,
-                "arch": std::env::consts::ARCH,
-            })),
+            "swInfo" => Ok(crate::version::sw_info()),
             "restart" => self.system_action(
                 self.rpc.allow_restart,
                 "restart",
@@ -236,33 +309,197 @@ impl Dispatcher {
         Ok(Json::String(String::new()))
     }
 
+    fn sw_update_file(&self) -> PathBuf {
+        let dir = self.state_file.path().parent().unwrap_or(Path::new("."));
+        dir.join(SW_UPDATE_FILE)
+    }
+
     fn sw_update(&mut self) -> Result<Json, RpcError> {
         let Some(cmd) = self.rpc.sw_update_command.clone().filter(|c| !c.is_empty()) else {
             return Err(RpcError::method_not_found(
                 "swUpdate is disabled on this gateway: set [rpc] sw_update_command to enable it",
             ));
         };
-        if self.sw_update.as_ref().is_some_and(|h| !h.is_finished()) {
-            return Err(RpcError::server("a software update is already running"));
-        }
-        self.sw_update = Some(tokio::spawn(async move {
-            tracing::info!(command = ?cmd, "software update started");
-            match tokio::process::Command::new(&cmd[0])
-                .args(&cmd[1..])
-                .output()
-                .await
-            {
-                Ok(out) if out.status.success() => tracing::info!("software update finished"),
-                Ok(out) => tracing::error!(
-                    status = %out.status,
-                    stderr = %String::from_utf8_lossy(&out.stderr).trim(),
-                    "software update failed"
-                ),
-                Err(e) => tracing::error!(error = %e, "cannot run the software update command"),
+        {
+            let mut cell = self.sw_update.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(running) = cell.as_ref().filter(|u| u.running) {
+                let secs = (clock::system_now_ms() - running.started_ms).max(0) / 1000;
+                return Err(RpcError::server(format!(
+                    "a software update is already running (started {secs} s ago)"
+                )));
             }
-        }));
+            let report = SwUpdateReport {
+                command: cmd.clone(),
+                started_ms: clock::system_now_ms(),
+                running: true,
+                finished_ms: None,
+                success: None,
+                exit_code: None,
+                outcome: None,
+                output_tail: String::new(),
+            };
+            save_sw_update(&self.sw_update_file(), &report);
+            *cell = Some(report);
+        }
+        tokio::spawn(run_sw_update(
+            cmd,
+            self.sw_update.clone(),
+            Some(self.sw_update_file()),
+        ));
         Ok(Json::String("started".into()))
     }
+}
+
+/// Runs the update command (no shell, no stdin), keeping the tail of its
+/// output in `cell` as it comes, and records (in `cell` and the `record`
+/// file) and logs how it ended. It ends when the command exits: output is
+/// read for at most [`SW_UPDATE_DRAIN`] after that, so a process left in
+/// the background holding the pipe does not keep it "running".
+async fn run_sw_update(cmd: Vec<String>, cell: SwUpdateCell, record: Option<PathBuf>) {
+    use std::process::Stdio;
+    use tokio::io::AsyncReadExt;
+
+    tracing::info!(command = ?cmd, "software update started");
+    let update = |f: &mut dyn FnMut(&mut SwUpdateReport)| {
+        if let Some(r) = cell.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            f(r);
+        }
+    };
+    // stdout and stderr into one pipe, so the tail keeps the order the
+    // program wrote in (as `2>&1` would).
+    let spawned = output_pipe().and_then(|(read, write)| {
+        let write2 = write.try_clone()?;
+        // The Command (holding our copies of the write end) is dropped at
+        // the end of this block, so the read end sees EOF when the program ends.
+        let child = tokio::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(write))
+            .stderr(Stdio::from(write2))
+            .spawn()?;
+        Ok((
+            child,
+            tokio::net::unix::pipe::Receiver::from_owned_fd(read)?,
+        ))
+    });
+    let (mut child, mut output) = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let outcome = format!("cannot run {}: {e}", cmd[0]);
+            tracing::error!(command = ?cmd, error = %e, "software update failed: cannot run the command");
+            update(&mut |r| {
+                r.running = false;
+                r.finished_ms = Some(clock::system_now_ms());
+                r.success = Some(false);
+                r.outcome = Some(outcome.clone());
+                if let Some(p) = &record {
+                    save_sw_update(p, r);
+                }
+            });
+            return;
+        }
+    };
+    // The output's end, bounded, published to the status as it comes.
+    let mut tail = Vec::<u8>::new();
+    let mut buf = [0u8; 1024];
+    let mut status = None;
+    // Until the command exits (or the pipe closes), then the rest of the
+    // output already written, waiting at most SW_UPDATE_DRAIN for it.
+    let mut drain_until = None;
+    loop {
+        let read = async {
+            match drain_until {
+                None => Some(output.read(&mut buf).await),
+                Some(t) => tokio::time::timeout_at(t, output.read(&mut buf)).await.ok(),
+            }
+        };
+        tokio::select! {
+            r = read => match r {
+                Some(Ok(0)) | Some(Err(_)) | None => break,
+                Some(Ok(n)) => {
+                    tail.extend_from_slice(&buf[..n]);
+                    if tail.len() > SW_UPDATE_TAIL_BYTES {
+                        let cut = tail.len() - SW_UPDATE_TAIL_BYTES;
+                        tail.drain(..cut);
+                    }
+                    let text = tail_text(&tail);
+                    update(&mut |r| r.output_tail = text.clone());
+                }
+            },
+            st = child.wait(), if status.is_none() => {
+                status = Some(st);
+                drain_until = Some(tokio::time::Instant::now() + SW_UPDATE_DRAIN);
+            }
+        }
+    }
+    let status = match status {
+        Some(st) => st,
+        None => child.wait().await,
+    };
+    let output_tail = tail_text(&tail);
+    let last_lines = last_lines(&output_tail, 5);
+    let (success, exit_code, outcome) = match status {
+        Ok(st) => {
+            use std::os::unix::process::ExitStatusExt;
+            let outcome = match (st.code(), st.signal()) {
+                (Some(c), _) => format!("exit status {c}"),
+                (None, Some(sig)) => format!("killed by signal {sig}"),
+                _ => st.to_string(),
+            };
+            (st.success(), st.code(), outcome)
+        }
+        Err(e) => (false, None, format!("cannot wait for the command: {e}")),
+    };
+    if success {
+        tracing::info!(command = ?cmd, outcome = %outcome, output = %last_lines, "software update finished");
+    } else {
+        tracing::error!(command = ?cmd, outcome = %outcome, output = %last_lines, "software update failed");
+    }
+    update(&mut |r| {
+        r.running = false;
+        r.finished_ms = Some(clock::system_now_ms());
+        r.success = Some(success);
+        r.exit_code = exit_code;
+        r.outcome = Some(outcome.clone());
+        r.output_tail = output_tail.clone();
+        if let Some(p) = &record {
+            save_sw_update(p, r);
+        }
+    });
+}
+
+/// A pipe (read end, write end), both close-on-exec (the child gets its
+/// own copies as stdout and stderr).
+fn output_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two new descriptors on success; each is owned once.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// The kept bytes as text; a line cut at the front by the bound is dropped.
+fn tail_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if bytes.len() >= SW_UPDATE_TAIL_BYTES {
+        if let Some(nl) = text.find('\n') {
+            return text[nl + 1..].to_string();
+        }
+    }
+    text.into_owned()
+}
+
+/// The last `n` non-empty lines, joined with " | " (for one log line).
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 /// Logs the outcome and encodes the response.
@@ -308,6 +545,7 @@ fn actuator_params(
 mod tests {
     use super::*;
     use crate::config::{ActuatorConfig, ActuatorDriver, ActuatorType, OnShutdown};
+    use serde_json::json;
 
     fn dispatcher(
         dir: &std::path::Path,
@@ -385,6 +623,167 @@ mod tests {
             assert_eq!(r["error"]["code"], json!(-32602), "{bad}: {r}");
         }
         assert_eq!(*rx.borrow(), Duration::from_secs(120));
+    }
+
+    fn report_after(cmd: &[&str]) -> SwUpdateReport {
+        let cell: SwUpdateCell = Arc::new(std::sync::Mutex::new(Some(SwUpdateReport {
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            started_ms: 1,
+            running: true,
+            finished_ms: None,
+            success: None,
+            exit_code: None,
+            outcome: None,
+            output_tail: String::new(),
+        })));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // Bounded, so that a hang fails the test instead of stalling it.
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                run_sw_update(
+                    cmd.iter().map(|s| s.to_string()).collect(),
+                    cell.clone(),
+                    None,
+                ),
+            )
+            .await
+            .expect("the update's outcome within 30 s")
+        });
+        let r = cell.lock().unwrap().clone().unwrap();
+        assert!(!r.running && r.finished_ms.is_some(), "{r:?}");
+        r
+    }
+
+    #[test]
+    fn sw_update_outcomes() {
+        let r = report_after(&["/bin/sh", "-c", "echo one; echo two >&2; exit 0"]);
+        assert_eq!((r.success, r.exit_code), (Some(true), Some(0)));
+        assert_eq!(r.outcome.as_deref(), Some("exit status 0"));
+        assert!(
+            r.output_tail.contains("one\n") && r.output_tail.contains("two\n"),
+            "{r:?}"
+        );
+
+        let r = report_after(&["/bin/sh", "-c", "echo E: broken >&2; exit 3"]);
+        assert_eq!((r.success, r.exit_code), (Some(false), Some(3)));
+        assert_eq!(r.output_tail, "E: broken\n");
+
+        let r = report_after(&["/bin/sh", "-c", "kill -9 $$"]);
+        assert_eq!((r.success, r.exit_code), (Some(false), None));
+        assert_eq!(r.outcome.as_deref(), Some("killed by signal 9"));
+
+        let r = report_after(&["/nonexistent/update"]);
+        assert_eq!(r.success, Some(false));
+        assert!(
+            r.outcome
+                .as_deref()
+                .unwrap()
+                .starts_with("cannot run /nonexistent/update"),
+            "{r:?}"
+        );
+
+        // A long output keeps its end only.
+        let r = report_after(&[
+            "/bin/sh",
+            "-c",
+            "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done",
+        ]);
+        assert!(r.output_tail.len() <= SW_UPDATE_TAIL_BYTES);
+        assert!(r.output_tail.ends_with("line 1999\n"), "{}", r.output_tail);
+    }
+
+    #[test]
+    fn sw_update_ends_when_the_command_exits_though_a_background_child_holds_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!(
+            "sleep 1000 & echo $! > {}; echo started the service; exit 0",
+            pid_file.display()
+        );
+        // The left-behind `sleep` still holds the pipe: ended however the
+        // test ends.
+        struct KillOnDrop(std::path::PathBuf);
+        impl Drop for KillOnDrop {
+            fn drop(&mut self) {
+                let pid = std::fs::read_to_string(&self.0).unwrap_or_default();
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY: a signal to the process this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let _sleep = KillOnDrop(pid_file.clone());
+        let r = report_after(&["/bin/sh", "-c", &script]);
+        assert_eq!((r.success, r.exit_code), (Some(true), Some(0)), "{r:?}");
+        assert_eq!(r.output_tail, "started the service\n");
+    }
+
+    #[tokio::test]
+    async fn the_last_sw_update_is_kept_across_a_restart_and_a_running_one_is_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join(SW_UPDATE_FILE);
+        assert!(load_sw_update(dir.path()).lock().unwrap().is_none());
+        // Through the dispatcher: recorded at the start...
+        let (mut d, _, _) = dispatcher(dir.path());
+        d.state_file = StateFile::new(dir.path());
+        d.rpc.sw_update_command = Some(vec!["/bin/sh".into(), "-c".into(), "exit 1".into()]);
+        let r = call(&mut d, r#"{"id":"1","method":"swUpdate"}"#);
+        assert_eq!(r["result"], json!("started"), "{r}");
+        // (The update's task has not run yet: this test's runtime has one thread.)
+        let started: SwUpdateReport =
+            serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        assert!(started.running, "{started:?}");
+        // ...and at the end.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let finished = loop {
+            let r: SwUpdateReport =
+                serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+            if !r.running {
+                break r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never recorded as finished"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(
+            finished.outcome.as_deref(),
+            Some("exit status 1"),
+            "{finished:?}"
+        );
+        // The next run of the daemon shows it as it was.
+        let loaded = load_sw_update(dir.path()).lock().unwrap().clone().unwrap();
+        assert_eq!(loaded, finished);
+        // One recorded as running by a run that ended before it did.
+        save_sw_update(&record, &started);
+        let loaded = load_sw_update(dir.path()).lock().unwrap().clone().unwrap();
+        assert!(!loaded.running, "{loaded:?}");
+        assert_eq!(loaded.success, Some(false));
+        assert_eq!(loaded.outcome.as_deref(), Some(SW_UPDATE_INTERRUPTED));
+        assert_eq!(loaded.started_ms, started.started_ms);
+        // Saved so: the run after that says the same.
+        let again: SwUpdateReport =
+            serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        assert_eq!(again, loaded);
+    }
+
+    #[test]
+    fn output_tail_is_bounded_and_starts_at_a_line() {
+        let mut long = Vec::new();
+        for i in 0..1000 {
+            long.extend_from_slice(format!("line {i}\n").as_bytes());
+        }
+        let kept = &long[long.len() - SW_UPDATE_TAIL_BYTES..];
+        let t = tail_text(kept);
+        assert!(t.len() <= SW_UPDATE_TAIL_BYTES);
+        assert!(t.starts_with("line ") && t.ends_with("line 999\n"), "{t}");
+        assert_eq!(tail_text(b"short\n"), "short\n");
+        assert_eq!(last_lines("a\nb\n\nc\nd\n", 2), "c | d");
     }
 
     #[tokio::test]

@@ -206,12 +206,16 @@ fn reboot_poweroff_and_sw_update_when_enabled() {
         &format!("echo reboot >> {}", marks.display()),
     );
     let gate = dir.path().join("gate");
+    let fail = dir.path().join("fail");
     let update = script(
         dir.path(),
         "update",
         &format!(
-            "while [ ! -e {} ]; do sleep 0.05; done\necho updated",
-            gate.display()
+            "echo fetching\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n\
+             if [ -e {fail} ]; then echo 'E: Unable to locate package' >&2; exit 3; fi\n\
+             echo warning: old config kept >&2\necho updated",
+            gate = gate.display(),
+            fail = fail.display()
         ),
     );
     let extra = format!(
@@ -219,10 +223,8 @@ fn reboot_poweroff_and_sw_update_when_enabled() {
         reboot.display(),
         update.display()
     );
-    let d = Daemon::spawn(
-        dir.path(),
-        &config_text(dir.path(), broker.port, "", &extra),
-    );
+    let cfg = config_text(dir.path(), broker.port, "", &extra);
+    let d = Daemon::spawn(dir.path(), &cfg);
     cloud.next_on(&format!("v/a/g/{GW}/mqtt/status"));
 
     assert_eq!(
@@ -243,11 +245,104 @@ fn reboot_poweroff_and_sw_update_when_enabled() {
         .as_str()
         .unwrap()
         .contains("already running"));
+    // While it runs, status says so (with the output so far).
+    let socket = dir.path().join("run/control.sock");
+    // The update's part of status --json once `pred` holds, and the human table.
+    let status = |what: &str, pred: &dyn Fn(&Value) -> bool| -> (Value, String) {
+        let v = wait_status_json(dir.path(), what, |v| pred(&v["sw_update"]));
+        let (_, human, _) = run_cli(&["status", "--socket", socket.to_str().unwrap()]);
+        (v["sw_update"].clone(), human)
+    };
+    let (u, human) = status("the running update's first output", &|u| {
+        u["running"] == json!(true) && u["output_tail"] == json!("fetching\n")
+    });
+    assert_eq!(u["command"], json!([update.to_str().unwrap()]), "{u}");
+    assert!(u["success"].is_null() && u["finished_ms"].is_null(), "{u}");
+    assert!(human.contains("sw update    RUNNING, started"), "{human}");
+    assert!(human.contains("| fetching"), "{human}");
+
     std::fs::write(&gate, "").unwrap();
     d.wait_log("software update finished");
+    let (u, human) = status("the finished update", &|u| u["running"] == json!(false));
+    assert_eq!(u["success"], json!(true), "{u}");
+    assert_eq!(u["exit_code"], json!(0), "{u}");
+    assert_eq!(u["outcome"], json!("exit status 0"), "{u}");
+    let tail = u["output_tail"].as_str().unwrap();
+    for line in ["fetching", "warning: old config kept", "updated"] {
+        assert!(tail.contains(line), "{u}");
+    }
+    assert!(human.contains("sw update    finished"), "{human}");
+    assert!(human.contains("(exit status 0)"), "{human}");
+    assert!(human.contains("| updated"), "{human}");
+
+    // A failing update: its status and the end of its output.
+    std::fs::write(&fail, "").unwrap();
     assert_eq!(
         cloud.request("u3", json!({"method":"swUpdate"}))["result"],
         json!("started")
     );
+    d.wait_log("software update failed");
+    let (u, human) = status("the failed update", &|u| u["success"] == json!(false));
+    assert_eq!(u["running"], json!(false), "{u}");
+    assert_eq!(u["exit_code"], json!(3), "{u}");
+    assert_eq!(u["outcome"], json!("exit status 3"), "{u}");
+    assert_eq!(
+        u["output_tail"],
+        json!("fetching\nE: Unable to locate package\n"),
+        "{u}"
+    );
+    assert!(human.contains("sw update    FAILED"), "{human}");
+    assert!(human.contains("(exit status 3)"), "{human}");
+    assert!(human.contains("| E: Unable to locate package"), "{human}");
+    // And the log says how it ended, with the output's last lines.
+    assert!(
+        d.log_lines()
+            .iter()
+            .any(|l| l.contains("software update failed")
+                && l.contains("exit status 3")
+                && l.contains("E: Unable to locate package")),
+        "{}",
+        d.log_lines().join("\n")
+    );
     assert_eq!(std::fs::read_to_string(&marks).unwrap(), "reboot\n");
+
+    // After a restart of the daemon (which an update often causes), status
+    // still shows the last update's outcome.
+    drop(d);
+    let d = Daemon::spawn(dir.path(), &cfg);
+    let (u, _) = status("the failed update after a restart", &|u| {
+        u["success"] == json!(false)
+    });
+    assert_eq!(u["outcome"], json!("exit status 3"), "{u}");
+    assert_eq!(
+        u["output_tail"],
+        json!("fetching\nE: Unable to locate package\n")
+    );
+    // A run that ended while its update was still running: interrupted.
+    drop(d);
+    let record = dir.path().join("state/sw-update.json");
+    let mut r: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    for (k, v) in [
+        ("running", json!(true)),
+        ("success", Value::Null),
+        ("exit_code", Value::Null),
+        ("finished_ms", Value::Null),
+        ("outcome", Value::Null),
+    ] {
+        r[k] = v;
+    }
+    std::fs::write(&record, r.to_string()).unwrap();
+    let _d = Daemon::spawn(dir.path(), &cfg);
+    let (u, human) = status("the interrupted update", &|u| {
+        u["outcome"] == json!("interrupted (daemon restarted)")
+    });
+    assert_eq!(
+        (&u["running"], &u["success"]),
+        (&json!(false), &json!(false)),
+        "{u}"
+    );
+    assert!(
+        human.contains("sw update    FAILED - (interrupted (daemon restarted))"),
+        "{human}"
+    );
 }

@@ -263,6 +263,64 @@ fn commands_are_answered() {
     let r = cloud.request("sw", json!({"method":"swInfo"}));
     assert_eq!(r["result"]["version"], json!(env!("CARGO_PKG_VERSION")));
     assert_eq!(r["result"]["name"], json!("thingplus-gw"));
+    // The build id embedded at compile time, the same `--version` prints.
+    let build = r["result"]["build"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!build.is_empty(), "{r}");
+    // No id given by a packager: the commit of this checkout, by build.rs's
+    // rule (only when the crate directory is a git top level, so that a
+    // tarball unpacked inside another repository says `unknown`).
+    if option_env!("THINGPLUS_GW_BUILD_ID").is_none_or(|v| v.trim().is_empty()) {
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(manifest)
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        let toplevel = git(&["rev-parse", "--show-toplevel"]).is_some_and(|top| {
+            std::path::Path::new(&top).canonicalize().ok() == manifest.canonicalize().ok()
+        });
+        if build != "unknown" || toplevel {
+            let head = git(&["rev-parse", "HEAD"]).unwrap_or_default();
+            assert!(
+                build.len() >= 7 && head.starts_with(&build),
+                "build {build} vs HEAD {head:?} (git top level here: {toplevel})"
+            );
+        }
+    }
+    let (st, version, _) = run_cli(&["--version"]);
+    assert!(st.success());
+    assert_eq!(
+        version.trim(),
+        format!("thingplus-gw {} (build {build})", env!("CARGO_PKG_VERSION"))
+    );
+    // The OS this runs on, as os-release and uname name it.
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let os = r["result"]["os"].as_str().unwrap_or_default();
+    assert!(
+        !os.is_empty() && (os_release.contains(os) || os == "Linux"),
+        "{r}"
+    );
+    let (_, uname_r, _) = {
+        let o = std::process::Command::new("uname")
+            .arg("-r")
+            .output()
+            .unwrap();
+        (
+            o.status,
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            (),
+        )
+    };
+    assert_eq!(r["result"]["kernel"], json!(uname_r.trim()), "{r}");
+    assert_eq!(r["result"]["arch"], json!(std::env::consts::ARCH), "{r}");
 
     // LED on / blink / off / timed on, and errors.
     let r = cloud.request(
@@ -526,4 +584,157 @@ fn frozen_broker_is_detected_by_the_ack_timeout_and_nothing_is_lost() {
         biggest_gap < 2_000,
         "a gap of {biggest_gap} ms: readings were lost"
     );
+}
+
+/// A box whose clock is wrong (before 2026, not synchronised) holds its
+/// readings; the daemon is killed and started again (same boot), and after
+/// `timeSync` every held reading of both runs arrives, in order, with times
+/// between the test's start and the sync.
+#[test]
+fn held_readings_survive_a_restart_before_the_time_is_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let mut cloud = Cloud::connect(broker.port);
+    let value = dir.path().join("value");
+    std::fs::write(&value, "1\n").unwrap();
+    let cfg = config_text(
+        dir.path(),
+        broker.port,
+        "",
+        &file_sensor("t", "temperature", &value, "interval = \"100ms\""),
+    );
+    let start = thingplus_gw::clock::system_now_ms();
+    // The box believes it is 2001.
+    let offset = (1_000_000_000_000 - start).to_string();
+    let env = [(thingplus_gw::clock::TEST_CLOCK_ENV, offset.as_str())];
+
+    let mut first = Daemon::spawn_with(dir.path(), &cfg, &env);
+    first.wait_log("readings are held with boot-relative times");
+    let v = wait_status_json(dir.path(), "three held readings", |v| {
+        v["clock_held"].as_u64().unwrap_or(0) >= 3
+    });
+    assert_eq!(v["clock_trusted"], json!(false), "{v}");
+    // The test clock is visible in the status, not only in the log.
+    assert!(
+        v["clock"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("test clock offset {offset} ms")),
+        "{v}"
+    );
+    let (_, human, _) = run_cli(&[
+        "status",
+        "--socket",
+        dir.path().join("run/control.sock").to_str().unwrap(),
+    ]);
+    assert!(
+        human.contains(&format!("test clock offset {offset} ms")),
+        "{human}"
+    );
+    assert_eq!(first.count_warnings(thingplus_gw::clock::TEST_CLOCK_ENV), 1);
+    first.kill9();
+    let killed_at = thingplus_gw::clock::system_now_ms();
+    let held_file = dir.path().join("state/held-readings.jsonl");
+    assert!(held_file.exists());
+
+    std::fs::write(&value, "2\n").unwrap();
+    let second = Daemon::spawn_with(dir.path(), &cfg, &env);
+    second.wait_log("are held again");
+    let line = second
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("are held again"))
+        .unwrap();
+    let loaded: u64 = line
+        .split("loaded=")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line}"));
+    assert!(loaded >= 3, "{line}");
+    wait_status_json(dir.path(), "readings of both runs held", |v| {
+        v["clock_held"].as_u64().unwrap_or(0) >= loaded + 3
+    });
+    assert!(
+        cloud.values_of("t").is_empty(),
+        "nothing left with a 2001 time"
+    );
+
+    let server = thingplus_gw::clock::system_now_ms();
+    let r = cloud.request("ts", json!({"method":"timeSync","params":{"time": server}}));
+    assert_eq!(r["result"], json!(""), "{r}");
+    cloud.wait_values("t", "a reading taken after timeSync", |v| {
+        v.iter().any(|(t, _)| *t >= server)
+    });
+    second.wait_log("held readings released with corrected times");
+    // Removed once the buffer has committed them, just after the release.
+    let deadline = Instant::now() + WAIT;
+    while held_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "released, but still held on disk"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let values = cloud.values_of("t");
+    let times = strictly_increasing_dedup(&values).unwrap();
+    assert_eq!(times.len(), {
+        let mut t: Vec<i64> = values.iter().map(|(t, _)| *t).collect();
+        t.dedup();
+        t.len()
+    });
+    let mut seen = std::collections::HashSet::new();
+    let distinct: Vec<_> = values
+        .into_iter()
+        .filter(|(t, _)| seen.insert(*t))
+        .collect();
+    // Every reading of the first run, then the second's, in sampling order.
+    let ones = distinct.iter().take_while(|(_, v)| *v == json!(1)).count();
+    assert_eq!(ones as u64, loaded, "{distinct:?}");
+    assert!(
+        distinct[ones..].iter().all(|(_, v)| *v == json!(2)),
+        "{distinct:?}"
+    );
+    // Re-timed into the real time they were taken: the first run's before
+    // it was killed, all held ones after the test started.
+    for (t, _) in &distinct[..ones] {
+        assert!(
+            (start..=killed_at).contains(t),
+            "{t} not in {start}..={killed_at}"
+        );
+    }
+    for (t, _) in distinct.iter().filter(|(t, _)| *t < server) {
+        assert!(*t >= start, "{t} before the test started ({start})");
+    }
+}
+
+/// Held readings of a run before a reboot cannot be re-timed: dropped,
+/// counted in a warning, the file moved aside.
+#[test]
+fn held_readings_from_an_earlier_boot_are_dropped_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("held-readings.jsonl"),
+        "{\"boot_id\":\"00000000-0000-0000-0000-000000000000\"}\n[\"t\",1000,1]\n[\"t\",1100,2]\n",
+    )
+    .unwrap();
+    let value = dir.path().join("value");
+    std::fs::write(&value, "5\n").unwrap();
+    let cfg = config_text(
+        dir.path(),
+        broker.port,
+        "",
+        &file_sensor("t", "temperature", &value, "interval = \"100ms\""),
+    );
+    let cloud = Cloud::connect(broker.port);
+    let d = Daemon::spawn(dir.path(), &cfg);
+    d.wait_log("2 readings held for the time by a run before the last reboot are dropped");
+    assert_eq!(d.count_warnings("before the last reboot are dropped"), 1);
+    assert!(state.join("held-readings.previous-boot.jsonl").exists());
+    cloud.wait_values("t", "a fresh value", |v| !v.is_empty());
+    assert!(cloud.values_of("t").iter().all(|(_, v)| *v == json!(5)));
 }

@@ -74,6 +74,18 @@ fn status_online_failing_sensor_and_offline_backlog() {
     });
     assert_eq!(code, Some(0), "{human}");
     assert_eq!(v["gateway_id"], json!(GW));
+    // Version and build, the same `--version` prints.
+    let (_, version, _) = run_cli(&["--version"]);
+    let build = v["build"].as_str().unwrap().to_string();
+    assert!(!build.is_empty(), "{v}");
+    assert!(version.contains(&format!("(build {build})")), "{version}");
+    assert!(
+        human.starts_with(&format!(
+            "thingplus-gw {} (build {build}) gateway {GW}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{human}"
+    );
     assert_eq!(v["sensors"][0]["id"], json!("t"));
     assert_eq!(v["sensors"][0]["value"], json!(21.5));
     assert_eq!(v["actuators"][0], json!(["led", "off"]));

@@ -258,6 +258,8 @@ enum Command {
     },
     Ack(Range<u64>),
     Stats(oneshot::Sender<StoreResult<BufferStats>>),
+    /// Commit now; answered once everything appended before is committed.
+    Commit(oneshot::Sender<StoreResult<()>>),
     Close(oneshot::Sender<StoreResult<()>>),
 }
 
@@ -410,6 +412,16 @@ impl Buffer {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Stats(reply))?;
         rx.await.map_err(|_| gone())?
+    }
+
+    /// Commits everything appended before this call, without waiting for
+    /// the `fsync` period, and answers once it is committed (durable against
+    /// a crash of the process; synced at the period as usual). For the rare
+    /// appends whose source must not be discarded before they are safe.
+    pub fn commit(&self) -> Reply<()> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(Command::Commit(reply));
+        Reply(sent.map(|()| rx))
     }
 
     /// Commits and syncs what is pending and stops the thread.
@@ -645,6 +657,24 @@ fn run(
                 }
                 Command::Stats(reply) => {
                     let _ = reply.send(store.stats());
+                }
+                Command::Commit(reply) => {
+                    let result = store.commit();
+                    commit_log.record(
+                        "commit",
+                        result
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| StoreError::Failed(e.to_string())),
+                    );
+                    if let Some(since) = dirty_since.take() {
+                        unsynced_since.get_or_insert(since);
+                    } else if acked {
+                        unsynced_since.get_or_insert_with(Instant::now);
+                    }
+                    uncommitted = 0;
+                    acked = false;
+                    let _ = reply.send(result);
                 }
                 Command::Close(reply) => {
                     closing = Some(reply);

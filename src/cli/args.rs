@@ -12,7 +12,7 @@ use crate::config::DEFAULT_PATH;
 #[derive(Parser, Debug)]
 #[command(
     name = "thingplus-gw",
-    version,
+    version = crate::version::LONG_VERSION,
     about,
     long_about = "Thing+ gateway daemon: reads sensors from sysfs files and serial ports, \
 keeps every reading in a crash-safe buffer on disk and delivers it over MQTT to the \
@@ -65,9 +65,11 @@ pub enum Command {
     /// List the sensors and LEDs this box exposes in sysfs, with current
     /// values, as ready-to-paste TOML.
     Discover {
-        /// Where sysfs is (another tree for tests and containers).
-        #[arg(long, default_value = "/sys")]
-        sysfs_root: PathBuf,
+        /// Where sysfs is (another tree for tests and containers). Default:
+        /// `[gateway] sysfs_root` of the configuration when --config (or
+        /// THINGPLUS_GW_CONFIG) is given, else /sys.
+        #[arg(long)]
+        sysfs_root: Option<PathBuf>,
         /// Where /dev is (for /dev/serial/by-id).
         #[arg(long, default_value = "/dev")]
         dev_root: PathBuf,
@@ -86,6 +88,20 @@ impl Args {
     /// The clap command, for generating the man page and completions.
     pub fn command() -> clap::Command {
         <Args as clap::CommandFactory>::command()
+    }
+
+    /// Parses the process arguments; also says whether the configuration
+    /// was named (--config or THINGPLUS_GW_CONFIG) rather than defaulted.
+    pub fn parse_with_source() -> (Args, bool) {
+        use clap::FromArgMatches;
+        let matches = Self::command().get_matches();
+        let named = matches
+            .value_source("config")
+            .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
+        match Args::from_arg_matches(&matches) {
+            Ok(a) => (a, named),
+            Err(e) => e.exit(),
+        }
     }
 }
 

@@ -51,6 +51,17 @@ pub fn describe(c: &Config) -> String {
     );
     let _ = writeln!(o, "report interval  {}", format_duration(g.report_interval));
     let _ = writeln!(o, "state dir        {}", g.state_dir.display());
+    let moved = g.sysfs_root != std::path::Path::new(crate::config::DEFAULT_SYSFS_ROOT);
+    let _ = writeln!(
+        o,
+        "sysfs root       {}{}",
+        g.sysfs_root.display(),
+        if moved {
+            " (paths under /sys/ are read and written there)"
+        } else {
+            ""
+        }
+    );
     let m = &c.mqtt;
     let _ = writeln!(
         o,

@@ -11,6 +11,8 @@ use crate::control_socket::{query, StatusReport};
 
 pub const EXIT_UNHEALTHY: u8 = 1;
 pub const EXIT_UNREACHABLE: u8 = 2;
+/// Lines of the last software update's output in the human report (`--json` has its tail).
+const SW_UPDATE_LINES: usize = 10;
 
 pub fn run(socket: &Path, json: bool) -> ExitCode {
     let report = match query(socket, Duration::from_secs(10)) {
@@ -51,7 +53,13 @@ fn ago(now: i64, t: i64) -> String {
 pub fn render(r: &StatusReport) -> String {
     let mut o = String::new();
     let now = r.now_ms;
-    let _ = writeln!(o, "thingplus-gw {} gateway {}", r.version, r.gateway_id);
+    let _ = writeln!(
+        o,
+        "thingplus-gw {} (build {}) gateway {}",
+        r.version,
+        if r.build.is_empty() { "?" } else { &r.build },
+        r.gateway_id
+    );
     if r.connected {
         let _ = writeln!(
             o,
@@ -113,6 +121,28 @@ pub fn render(r: &StatusReport) -> String {
             c["method"].as_str().unwrap_or("?"),
             c["id"]
         );
+    }
+    if let Some(u) = &r.sw_update {
+        let state = if u.running {
+            format!("RUNNING, started {}", ago(now, u.started_ms))
+        } else {
+            format!(
+                "{} {} ({}), started {}",
+                if u.success == Some(true) {
+                    "finished"
+                } else {
+                    "FAILED"
+                },
+                u.finished_ms.map_or("-".to_string(), |t| ago(now, t)),
+                u.outcome.as_deref().unwrap_or("?"),
+                ago(now, u.started_ms)
+            )
+        };
+        let _ = writeln!(o, "sw update    {state}: {}", u.command.join(" "));
+        let lines: Vec<&str> = u.output_tail.lines().collect();
+        for l in &lines[lines.len().saturating_sub(SW_UPDATE_LINES)..] {
+            let _ = writeln!(o, "             | {l}");
+        }
     }
     let _ = writeln!(
         o,

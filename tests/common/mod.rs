@@ -633,6 +633,28 @@ impl Drop for Daemon {
     }
 }
 
+/// Polls `thingplus-gw status --json` of the daemon in `dir` until `pred` holds.
+pub fn wait_status_json(
+    dir: &Path,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let socket = dir.join("run/control.sock");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, out, err) = run_cli(&["status", "--json", "--socket", socket.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {v} {err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Runs the binary with arguments to completion; returns (status, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
     let out = Command::new(bin()).args(args).output().unwrap();
