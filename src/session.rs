@@ -620,7 +620,7 @@ impl Session {
                 conn,
                 &topic,
                 false,
-                msg.payload.into_bytes(),
+                msg.payload,
                 Tag::Values {
                     seqs: msg.seqs,
                     count: msg.count,

@@ -44,7 +44,7 @@ impl std::borrow::Borrow<Reading> for Stored {
 pub struct Packed {
     /// The `v/a/g/{gw}` payload; larger than the bound asked only when it
     /// holds a single reading.
-    pub payload: String,
+    pub payload: Vec<u8>,
     /// From the first reading's seq to just past the last one's: the range
     /// to acknowledge.
     pub seqs: Range<u64>,
@@ -75,7 +75,7 @@ impl<'a> MessageBuilder<'a> {
 
     /// Adds a reading whose value is JSON text. Returns false, without taking
     /// it, once `max_messages` messages are complete.
-    pub fn add(&mut self, seq: u64, sensor_id: &'a str, time_ms: i64, value_json: &str) -> bool {
+    pub fn add(&mut self, seq: u64, sensor_id: &'a str, time_ms: i64, value_json: &[u8]) -> bool {
         if self.out.len() >= self.max_messages {
             return false;
         }
@@ -137,7 +137,7 @@ pub fn pack_messages(
                 &text
             }
         };
-        if !b.add(s.seq, &r.sensor_id, r.time_ms, v) {
+        if !b.add(s.seq, &r.sensor_id, r.time_ms, v.as_bytes()) {
             return b.finish(true);
         }
     }

@@ -531,8 +531,19 @@ impl SqliteStore {
         let mut damaged = Vec::new();
         let messages = {
             let names = &self.names;
-            let name =
-                |sensor: i64| -> &str { names.get(&sensor).map_or("unknown-sensor", |n| &**n) };
+            // A few sensors at a time, usually: a short list before the map.
+            let mut recent: Vec<(i64, &str)> = Vec::with_capacity(8);
+            let mut name = |sensor: i64| -> &str {
+                if let Some((_, n)) = recent.iter().find(|(id, _)| *id == sensor) {
+                    return n;
+                }
+                let n = names.get(&sensor).map_or("unknown-sensor", |n| &**n);
+                if recent.len() == 8 {
+                    recent.remove(0);
+                }
+                recent.push((sensor, n));
+                n
+            };
             let mut b = MessageBuilder::new(max_bytes, max_messages);
             let mut stmt = self.conn.prepare_cached(
                 "SELECT last_seq, n, data FROM chunks WHERE last_seq >= ?1 ORDER BY last_seq",
@@ -571,7 +582,12 @@ impl SqliteStore {
                 for e in self.tail.range(start..) {
                     text.clear();
                     e.reading.value.write_json(&mut text);
-                    if !b.add(e.seq, &e.reading.sensor_id, e.reading.time_ms, &text) {
+                    if !b.add(
+                        e.seq,
+                        &e.reading.sensor_id,
+                        e.reading.time_ms,
+                        text.as_bytes(),
+                    ) {
                         break;
                     }
                 }
@@ -1562,7 +1578,7 @@ pub fn export(path: &Path, out: &mut dyn io::Write) -> Result<ExportSummary, Str
                             line.push_str(",\"time\":");
                             line.push_str(&rec.t.to_string());
                             line.push_str(",\"value\":");
-                            line.push_str(rec.value);
+                            line.push_str(&String::from_utf8_lossy(rec.value));
                             line.push_str("}\n");
                             if out.write_all(line.as_bytes()).is_err() {
                                 return Err(codec::DecodeError("write failed"));

@@ -72,12 +72,13 @@ pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (Str
                 &text
             }
         };
-        if !packer.push(&r.sensor_id, r.time_ms, v) {
+        if !packer.push(&r.sensor_id, r.time_ms, v.as_bytes()) {
             break;
         }
     }
     let n = packer.len();
-    (packer.finish(), n)
+    let msg = String::from_utf8(packer.finish()).expect("JSON built from str is UTF-8");
+    (msg, n)
 }
 
 /// Builds one `v/a/g/{gw}` message reading by reading, within a size bound:
@@ -90,9 +91,54 @@ pub struct Packer<'a> {
     // Readings of one sensor usually share their id's allocation, so the
     // entry is found by pointer first; a map helps once there are many.
     index: HashMap<&'a str, usize>,
-    entries: Vec<(&'a str, String)>,
+    entries: Vec<(&'a str, Vec<u8>)>,
     total: usize,
     count: usize,
+    times: TimeText,
+}
+
+/// Formats times in ms, rewriting only the last six digits when the rest
+/// is as in the previous one (readings of a batch are close in time).
+struct TimeText {
+    buf: [u8; 24],
+    len: usize,
+    /// `t / 1_000_000` of the text in `buf`, when `t >= 1_000_000`.
+    high: Option<i64>,
+}
+
+impl TimeText {
+    fn new() -> Self {
+        TimeText {
+            buf: [0; 24],
+            len: 0,
+            high: None,
+        }
+    }
+
+    fn format(&mut self, t: i64) -> &[u8] {
+        const DIGITS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+            2021222324252627282930313233343536373839\
+            4041424344454647484950515253545556575859\
+            6061626364656667686970717273747576777879\
+            8081828384858687888990919293949596979899";
+        if t >= 1_000_000 && self.high == Some(t / 1_000_000) {
+            let mut low = (t % 1_000_000) as usize;
+            for i in 0..3 {
+                let d = (low % 100) * 2;
+                low /= 100;
+                let at = self.len - 2 * (i + 1);
+                self.buf[at] = DIGITS[d];
+                self.buf[at + 1] = DIGITS[d + 1];
+            }
+        } else {
+            let mut f = itoa::Buffer::new();
+            let text = f.format(t).as_bytes();
+            self.buf[..text.len()].copy_from_slice(text);
+            self.len = text.len();
+            self.high = (t >= 1_000_000).then_some(t / 1_000_000);
+        }
+        &self.buf[..self.len]
+    }
 }
 
 impl<'a> Packer<'a> {
@@ -105,6 +151,7 @@ impl<'a> Packer<'a> {
             entries: Vec::new(),
             total: 2, // {}
             count: 0,
+            times: TimeText::new(),
         }
     }
 
@@ -118,15 +165,16 @@ impl<'a> Packer<'a> {
             .or_else(|| self.entries.iter().position(|(e, _)| *e == id))
     }
 
-    /// Adds a reading whose value is already JSON text. Returns false, adding
+    /// Adds a reading whose value is already JSON text (copied as it is).
+    /// Returns false, adding
     /// nothing, when the message would outgrow the bound; the first reading is
     /// always taken, so a message is never empty (and may be oversized: a
     /// caller checks [`Packer::bytes`]).
-    pub fn push(&mut self, id: &'a str, time_ms: i64, value_json: &str) -> bool {
-        let mut times = itoa::Buffer::new();
-        let t = times.format(time_ms);
+    pub fn push(&mut self, id: &'a str, time_ms: i64, value_json: &[u8]) -> bool {
+        let t = self.times.format(time_ms);
+        let t_len = t.len();
         // "t,v"
-        let pair_len = t.len() + 1 + value_json.len();
+        let pair_len = t_len + 1 + value_json.len();
         let found = self.find(id);
         let added = match found {
             Some(_) => pair_len + 1,
@@ -141,11 +189,11 @@ impl<'a> Packer<'a> {
         let body = match found {
             Some(i) => {
                 let body = &mut self.entries[i].1;
-                body.push(',');
+                body.push(b',');
                 body
             }
             None => {
-                self.entries.push((id, String::with_capacity(256)));
+                self.entries.push((id, Vec::with_capacity(4096)));
                 if self.entries.len() > Self::SCAN {
                     if self.index.is_empty() {
                         let all = self.entries.iter().enumerate().map(|(i, (e, _))| (*e, i));
@@ -157,9 +205,9 @@ impl<'a> Packer<'a> {
                 &mut self.entries.last_mut().expect("just pushed").1
             }
         };
-        body.push_str(t);
-        body.push(',');
-        body.push_str(value_json);
+        body.extend_from_slice(&self.times.buf[..t_len]);
+        body.push(b',');
+        body.extend_from_slice(value_json);
         true
     }
 
@@ -177,19 +225,23 @@ impl<'a> Packer<'a> {
         self.total
     }
 
-    pub fn finish(self) -> String {
-        let mut out = String::with_capacity(self.total);
-        out.push('{');
-        for (i, (id, body)) in self.entries.iter().enumerate() {
+    /// The message (UTF-8 when every value pushed was).
+    pub fn finish(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.total);
+        let mut id = String::new();
+        out.push(b'{');
+        for (i, (name, body)) in self.entries.iter().enumerate() {
             if i > 0 {
-                out.push(',');
+                out.push(b',');
             }
-            write_json_string(id, &mut out);
-            out.push_str(":[");
-            out.push_str(body);
-            out.push(']');
+            id.clear();
+            write_json_string(name, &mut id);
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b":[");
+            out.extend_from_slice(body);
+            out.push(b']');
         }
-        out.push('}');
+        out.push(b'}');
         debug_assert_eq!(out.len(), self.total);
         out
     }
@@ -321,6 +373,47 @@ mod tests {
             start += n;
         }
         assert_eq!(seen, rs.len());
+    }
+
+    #[test]
+    fn times_are_formatted_like_itoa() {
+        let mut tt = TimeText::new();
+        let mut x: u64 = 1;
+        let mut t: i64 = 1_699_999_000_000;
+        for _ in 0..100_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            t += match x % 5 {
+                0 => 1,
+                1 => 999,
+                2 => 1_000_001,
+                3 => -((x >> 40) as i64 % 2_000_000),
+                _ => (x >> 50) as i64,
+            };
+            let t = if x % 97 == 0 { -(t % 10_000_000) } else { t };
+            assert_eq!(
+                tt.format(t),
+                itoa::Buffer::new().format(t).as_bytes(),
+                "{t}"
+            );
+        }
+        for t in [
+            0,
+            999_999,
+            1_000_000,
+            1_000_001,
+            9_999_999,
+            10_000_000,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            assert_eq!(
+                tt.format(t),
+                itoa::Buffer::new().format(t).as_bytes(),
+                "{t}"
+            );
+        }
     }
 
     #[test]
