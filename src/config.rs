@@ -26,6 +26,8 @@ pub const SERVICE_MIN_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 pub const PROTOCOL_MIN_RECONNECT: Duration = Duration::from_secs(10);
 /// Largest configuration file read: a config is a few KiB; anything larger is a mistake.
 pub const MAX_CONFIG_SIZE: u64 = 1 << 20;
+/// Largest `apikey_file` read: an APIKEY is a few dozen bytes.
+pub const MAX_SECRET_FILE_SIZE: u64 = 64 << 10;
 
 /// A configuration error, with the place in the file when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -755,10 +757,22 @@ impl Config {
     /// resolve `apikey_file`.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let ctx = Ctx { path, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            path: path.to_path_buf(),
-            position: e.span().map(|s| line_col(text, s.start)),
-            message: e.message().trim_end().to_string(),
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let position = e.span().map(|s| line_col(text, s.start));
+            // An error on the APIKEY's own line may quote the value (an
+            // unquoted key that looks like a number): never show it.
+            let on_apikey_line = position
+                .and_then(|(line, _)| text.lines().nth(line - 1))
+                .is_some_and(text_has_apikey);
+            ConfigError {
+                path: path.to_path_buf(),
+                position,
+                message: if on_apikey_line {
+                    "[gateway] apikey must be text in quotes: apikey = \"...\" (the value is not shown: it is the secret)".to_string()
+                } else {
+                    e.message().trim_end().to_string()
+                },
+            }
         })?;
         Config::from_raw(raw, &ctx)
     }
@@ -805,9 +819,8 @@ impl Config {
             (Some(k), None) => k,
             (None, Some(f)) => {
                 let p = resolve_relative(ctx.path, f.get_ref());
-                let key = std::fs::read_to_string(&p).map_err(|e| {
-                    ctx.err_at(f.span(), format!("cannot read apikey_file {}: {e}", p.display()))
-                })?;
+                let key = read_secret_file(&p)
+                    .map_err(|e| ctx.err_at(f.span(), format!("apikey_file {}: {e}", p.display())))?;
                 warnings.extend(secret_file_warning(&p, "apikey_file"));
                 key.trim().to_string()
             }
@@ -1166,6 +1179,35 @@ pub fn secret_file_warning(path: &Path, what: &str) -> Option<String> {
     } else {
         None
     }
+}
+
+/// Reads a small file holding a secret: a regular file of at most
+/// [`MAX_SECRET_FILE_SIZE`] bytes. Opened without blocking, so a FIFO or a
+/// device named by mistake neither hangs the daemon nor fills its memory.
+pub fn read_secret_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    let mut text = String::new();
+    file.take(MAX_SECRET_FILE_SIZE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if text.len() as u64 > MAX_SECRET_FILE_SIZE {
+        return Err(format!(
+            "larger than the limit of {MAX_SECRET_FILE_SIZE} bytes for a key file"
+        ));
+    }
+    Ok(text)
 }
 
 fn text_has_apikey(text: &str) -> bool {
@@ -2000,6 +2042,69 @@ mod tests {
             .iter()
             .any(|w| w.contains("readable by every user")));
         assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn errors_on_the_apikey_line_do_not_quote_it() {
+        for v in [
+            "123456789012345",
+            "1.5e300",
+            "[\"Xk9-SeCrEt\"]",
+            "\"Xk9-SeCrEt",
+            "Xk9-SeCrEt",
+            "{ k = \"Xk9-SeCrEt\" }",
+        ] {
+            let text = format!("[gateway]\nid = \"gw\"\n  apikey = {v}\n");
+            let e = Config::parse(&text, Path::new("c.toml")).unwrap_err();
+            let shown = e.to_string();
+            assert!(shown.starts_with("c.toml:3:"), "{shown}");
+            assert!(shown.contains("apikey must be text in quotes"), "{shown}");
+            for secret in ["123456789012345", "1.5e300", "Xk9-SeCrEt"] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+        }
+        // Other errors keep their message.
+        let e =
+            Config::parse("[gateway]\nid = 5\napikey = \"k\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.message.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn apikey_file_must_be_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        let load = |key: &str| {
+            std::fs::write(
+                &cfg,
+                format!("[gateway]\nid = \"gw\"\napikey_file = \"{key}\"\n"),
+            )
+            .unwrap();
+            Config::load(&cfg)
+        };
+        // Too large: refused at the limit, not read whole.
+        let big = dir.path().join("big");
+        std::fs::write(&big, "k".repeat(MAX_SECRET_FILE_SIZE as usize + 1)).unwrap();
+        let e = load(big.to_str().unwrap()).unwrap_err();
+        assert!(e.message.contains("limit of 65536 bytes"), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(3), "{e}");
+        // A device that never ends, a FIFO nobody writes to, a directory:
+        // errors at once (no endless read, no hang).
+        for (path, why) in [
+            ("/dev/zero", "not a regular file"),
+            (dir.path().to_str().unwrap(), "not a regular file"),
+        ] {
+            let e = load(path).unwrap_err();
+            assert!(e.message.contains(why), "{path}: {e}");
+        }
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = load(fifo.to_str().unwrap()).unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{e}");
+        // At the limit is fine.
+        std::fs::write(&big, "k".repeat(MAX_SECRET_FILE_SIZE as usize)).unwrap();
+        assert!(load(big.to_str().unwrap()).is_ok());
     }
 
     #[test]

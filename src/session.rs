@@ -137,6 +137,12 @@ pub fn classify(e: &ConnectionError, gateway_id: &str, broker: &str) -> Failure 
             Unreachable,
             format!("cannot reach the broker {broker}: no answer in time: check the network and [mqtt] host and port"),
         ),
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => (
+            Lost,
+            format!("connection to {broker} dropped: it sent a packet of {n} bytes, over the limit of {MAX_INCOMING_PACKET} bytes; reconnecting"),
+        ),
         other => match tls_alert(other) {
             // TLS 1.3 reports a refused client certificate after the handshake.
             Some(alert) => (

@@ -70,3 +70,135 @@ fn the_apikey_stays_secret_everywhere() {
     assert!(seen.contains("gw-test"), "the outputs were captured");
     assert!(!seen.contains(APIKEY), "the APIKEY leaked:\n{seen}");
 }
+
+/// The lines of a PEM file between its BEGIN and END lines.
+fn pem_body(pem: &str) -> Vec<String> {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        .map(str::to_string)
+        .collect()
+}
+
+fn assert_no_key_in(seen: &str, key_lines: &[String]) {
+    for l in key_lines {
+        assert!(
+            !seen.contains(l.as_str()),
+            "the client key leaked ({l}):\n{seen}"
+        );
+    }
+}
+
+#[test]
+fn the_client_key_stays_secret_everywhere() {
+    use rcgen::{CertificateParams, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let mut cloud = Cloud::connect(broker.port);
+    let run = dir.path().join("run");
+
+    // A client certificate and its private key, as an operator installs them.
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![GW.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let key_pem = key.serialize_pem();
+    let key_lines = pem_body(&key_pem);
+    assert!(!key_lines.is_empty());
+    let key_path = dir.path().join("client.key");
+    let cert_path = dir.path().join("client.pem");
+    std::fs::write(&key_path, &key_pem).unwrap();
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    let chmod = |mode: u32| {
+        let mut p = std::fs::metadata(&key_path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut p, mode);
+        std::fs::set_permissions(&key_path, p).unwrap();
+    };
+    chmod(0o600);
+
+    let cfg = config_text(
+        dir.path(),
+        broker.tls_port,
+        &format!(
+            "ca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"",
+            broker.pki.ca_cert.display(),
+            cert_path.display(),
+            key_path.display()
+        ),
+        "",
+    )
+    .replace("tls = false", "tls = true")
+    .replace("host = \"127.0.0.1\"", "host = \"localhost\"");
+    let mut seen = String::new();
+
+    // A TLS session with the client certificate, logged at the most verbose level.
+    let mut d = Daemon::spawn_with(
+        dir.path(),
+        &cfg,
+        &[
+            ("RUST_LOG", "trace"),
+            ("RUNTIME_DIRECTORY", run.to_str().unwrap()),
+        ],
+    );
+    cloud.next_on(&format!("v/a/g/{GW}/mqtt/status"));
+    let socket = run.join("control.sock");
+    for args in [
+        vec!["status", "--json", "--socket", socket.to_str().unwrap()],
+        vec!["status", "--socket", socket.to_str().unwrap()],
+    ] {
+        let (_, out, err) = run_cli(&args);
+        seen += &out;
+        seen += &err;
+    }
+    assert_eq!(d.terminate().code(), Some(0));
+    let log = d.log_lines().join("\n");
+    assert!(log.contains("connected to Thing+ broker"), "{log}");
+    seen += &log;
+
+    // check and id, with the key readable by everybody (a warning names the
+    // file, not its content).
+    chmod(0o644);
+    let cfg_path = dir.path().join("config.toml");
+    for args in [vec!["check"], vec!["id"]] {
+        let mut a = args.clone();
+        a.extend(["--config", cfg_path.to_str().unwrap()]);
+        let (_, out, err) = run_cli(&a);
+        seen += &out;
+        seen += &err;
+        if args[0] == "check" {
+            assert!(
+                err.contains(&format!(
+                    "[mqtt] client_key {} is readable by every user",
+                    key_path.display()
+                )),
+                "{err}"
+            );
+        }
+    }
+    chmod(0o600);
+
+    // A damaged key: check and run refuse it without quoting it.
+    let mut damaged = key_pem.clone();
+    let mid = key_pem.find('\n').unwrap() + 10;
+    damaged.replace_range(mid..mid + 4, "!!!!");
+    std::fs::write(&key_path, &damaged).unwrap();
+    let damaged_lines = pem_body(&damaged);
+    for cmd in ["check", "run"] {
+        let (st, out, err) = run_cli(&[cmd, "--config", cfg_path.to_str().unwrap()]);
+        assert_eq!(st.code(), Some(78), "{cmd}: {out}{err}");
+        assert!(err.contains("client_key"), "{cmd}: {err}");
+        seen += &out;
+        seen += &err;
+    }
+    // A key that does not match the certificate.
+    let other = KeyPair::generate().unwrap().serialize_pem();
+    std::fs::write(&key_path, &other).unwrap();
+    let (st, out, err) = run_cli(&["check", "--config", cfg_path.to_str().unwrap()]);
+    assert_eq!(st.code(), Some(78), "{out}{err}");
+    seen += &out;
+    seen += &err;
+
+    assert_no_key_in(&seen, &key_lines);
+    assert_no_key_in(&seen, &damaged_lines);
+    assert_no_key_in(&seen, &pem_body(&other));
+}

@@ -125,6 +125,40 @@ mod tests {
         assert_eq!(v, Value::Text("Charging".into()));
     }
 
+    fn text_sensor(path: &Path) -> SensorConfig {
+        SensorConfig {
+            id: "t".into(),
+            sensor_type: "string".into(),
+            source: crate::config::SensorSource::File {
+                path: path.to_path_buf(),
+                regex: None,
+            },
+            value_type: ValueType::Text,
+            scale: 1.0,
+            offset: 0.0,
+            interval: None,
+            event: false,
+        }
+    }
+
+    #[test]
+    fn reads_stop_at_64_kib() {
+        // A file that never ends: one bounded read, not an endless one.
+        let cfg = text_sensor(Path::new("/dev/zero"));
+        let Value::Text(t) = read(Path::new("/dev/zero"), None, &cfg).unwrap() else {
+            panic!("a text sensor gives text");
+        };
+        assert_eq!(t.len() as u64, MAX_FILE_READ);
+        // A larger file: its first 64 KiB only.
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, "x".repeat(1 << 20)).unwrap();
+        let Value::Text(t) = read(&big, None, &text_sensor(&big)).unwrap() else {
+            panic!("a text sensor gives text");
+        };
+        assert_eq!(t.len() as u64, MAX_FILE_READ);
+    }
+
     #[test]
     fn garbage_is_an_error() {
         assert!(parse("abc", None, ValueType::Number, 1.0, 0.0)

@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_modbus::client::{Client, Context, Reader};
+use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::SlaveContext;
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 
 use crate::config::{
     ModbusBusConfig, ModbusDataType, ModbusFunction, ModbusPoint, SensorConfig, SensorSource,
@@ -171,7 +171,9 @@ struct Group {
     batches: Vec<Batch>,
 }
 
-enum Outcome {
+/// What one read gave.
+#[derive(Debug)]
+pub enum Outcome {
     Data(Data),
     Exception(ExceptionCode),
     Failed(ProblemKind, String),
@@ -407,49 +409,66 @@ impl BusTask {
     }
 
     async fn read(&mut self, ctx: &mut Context, b: &Batch) -> Outcome {
-        ctx.set_slave(Slave(b.unit));
-        let request = async {
-            match b.function {
-                ModbusFunction::Holding => ctx
-                    .read_holding_registers(b.start, b.count)
-                    .await
-                    .map(|r| r.map(Data::Words)),
-                ModbusFunction::Input => ctx
-                    .read_input_registers(b.start, b.count)
-                    .await
-                    .map(|r| r.map(Data::Words)),
-                ModbusFunction::Coil => ctx
-                    .read_coils(b.start, b.count)
-                    .await
-                    .map(|r| r.map(Data::Bits)),
-                ModbusFunction::Discrete => ctx
-                    .read_discrete_inputs(b.start, b.count)
-                    .await
-                    .map(|r| r.map(Data::Bits)),
-            }
-        };
-        match tokio::time::timeout(self.bus.timeout, request).await {
+        match tokio::time::timeout(self.bus.timeout, read_batch(ctx, b)).await {
             Err(_) => Outcome::Failed(
                 ProblemKind::Timeout,
                 format!("no reply within {}", format_duration(self.bus.timeout)),
             ),
-            Ok(Err(e)) => Outcome::Failed(ProblemKind::Io, e.to_string()),
-            Ok(Ok(Err(code))) => Outcome::Exception(code),
-            Ok(Ok(Ok(data))) => {
-                let got = match &data {
-                    Data::Words(w) => w.len(),
-                    Data::Bits(bits) => bits.len(),
-                };
-                if got < usize::from(b.count) {
-                    Outcome::Failed(
-                        ProblemKind::Io,
-                        format!("short reply: {got} of {} values", b.count),
-                    )
-                } else {
-                    Outcome::Data(data)
-                }
-            }
+            Ok(outcome) => outcome,
         }
+    }
+}
+
+/// One request on the wire and what the device answered: the batch's data,
+/// an exception, or a failure. The reply's length is checked here
+/// (tokio-modbus's typed readers only debug-assert it, which panics in debug
+/// builds on a device's bad reply); coils and discrete inputs come back
+/// padded to whole bytes and are cut to the count asked for. No timeout:
+/// the caller sets one.
+pub async fn read_batch(ctx: &mut Context, b: &Batch) -> Outcome {
+    ctx.set_slave(Slave(b.unit));
+    let (start, count) = (b.start, b.count);
+    let request = match b.function {
+        ModbusFunction::Holding => Request::ReadHoldingRegisters(start, count),
+        ModbusFunction::Input => Request::ReadInputRegisters(start, count),
+        ModbusFunction::Coil => Request::ReadCoils(start, count),
+        ModbusFunction::Discrete => Request::ReadDiscreteInputs(start, count),
+    };
+    let data = match ctx.call(request).await {
+        Err(e) => return Outcome::Failed(ProblemKind::Io, e.to_string()),
+        Ok(Err(code)) => return Outcome::Exception(code),
+        Ok(Ok(Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words)))
+            if !b.function.is_bits() =>
+        {
+            Data::Words(words)
+        }
+        Ok(Ok(Response::ReadCoils(bits) | Response::ReadDiscreteInputs(bits)))
+            if b.function.is_bits() =>
+        {
+            Data::Bits(bits)
+        }
+        Ok(Ok(other)) => {
+            return Outcome::Failed(
+                ProblemKind::Io,
+                format!("a reply of another kind: {other:?}"),
+            )
+        }
+    };
+    let want = usize::from(count);
+    match data {
+        Data::Bits(mut bits) if bits.len() >= want => {
+            bits.truncate(want);
+            Outcome::Data(Data::Bits(bits))
+        }
+        Data::Words(words) if words.len() == want => Outcome::Data(Data::Words(words)),
+        Data::Bits(v) => Outcome::Failed(
+            ProblemKind::Io,
+            format!("short reply: {} of {want} values", v.len()),
+        ),
+        Data::Words(v) => Outcome::Failed(
+            ProblemKind::Io,
+            format!("a reply of {} values to a request for {want}", v.len()),
+        ),
     }
 }
 

@@ -5,5 +5,8 @@ pub mod payload;
 pub mod rpc;
 pub mod topics;
 
-pub use payload::{encode_status, encode_values, pack_values, parse_values, Packer, Status};
+pub use payload::{
+    encode_status, encode_values, pack_values, parse_status, parse_values, Packer, ParsedStatus,
+    Status,
+};
 pub use topics::Topics;

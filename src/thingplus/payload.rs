@@ -48,6 +48,45 @@ pub fn encode_status<'a>(
     out
 }
 
+/// A status payload read back: the gateway's status and valid duration, then
+/// `(sensor id, status, valid duration)` per sensor.
+pub type ParsedStatus = (Status, i64, Vec<(String, Status, i64)>);
+
+/// Parses a `v/a/g/{gw}/status` payload (the inverse of [`encode_status`],
+/// for sensor ids made of the protocol's id characters). Used by the tests,
+/// the demo cloud and the round-trip fuzz target.
+pub fn parse_status(text: &str) -> Result<ParsedStatus, String> {
+    fn status(s: &str) -> Result<Status, String> {
+        match s {
+            "on" => Ok(Status::On),
+            "off" => Ok(Status::Off),
+            "err" => Ok(Status::Err(None)),
+            _ => match s.strip_prefix("err:") {
+                Some(detail) => Ok(Status::Err(Some(detail.to_string()))),
+                None => Err(format!("unknown status {s:?}")),
+            },
+        }
+    }
+    fn valid(s: &str) -> Result<i64, String> {
+        s.parse::<i64>()
+            .map_err(|_| format!("bad valid duration {s:?}"))
+    }
+    let fields: Vec<&str> = text.split(',').collect();
+    if fields.len() < 2 || (fields.len() - 2) % 3 != 0 {
+        return Err(format!(
+            "{} fields: expected status,valid then id,status,valid per sensor",
+            fields.len()
+        ));
+    }
+    let gateway = status(fields[0])?;
+    let valid_s = valid(fields[1])?;
+    let sensors = fields[2..]
+        .chunks(3)
+        .map(|c| Ok((c[0].to_string(), status(c[1])?, valid(c[2])?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok((gateway, valid_s, sensors))
+}
+
 /// Encodes readings as one `v/a/g/{gw}` object: `{"sensorId":[t,v,t,v,...],...}`.
 /// Sensors appear in order of first reading; each sensor's pairs keep input order.
 pub fn encode_values<R: Borrow<Reading>>(readings: &[R]) -> String {
@@ -317,6 +356,25 @@ mod tests {
             s,
             "on,120,b827eb1dcccc-temperature-0,on,120,b827eb1dcccc-onoff-0,err,120"
         );
+    }
+
+    #[test]
+    fn status_parses_back() {
+        let text = "on,120,a-temperature-0,on,120,a-onoff-0,err:no file  x,120,b,off,120,c,err,120";
+        let (gw, valid, sensors) = parse_status(text).unwrap();
+        assert_eq!((gw, valid), (Status::On, 120));
+        assert_eq!(sensors.len(), 4);
+        assert_eq!(sensors[1].1, Status::Err(Some("no file  x".into())));
+        assert_eq!(sensors[3].1, Status::Err(None));
+        let again = encode_status(
+            &Status::On,
+            120,
+            sensors.iter().map(|(id, s, _)| (id.as_str(), s)),
+        );
+        assert_eq!(again, text);
+        for bad in ["", "on", "on,x", "maybe,1", "on,1,a,on", "on,1,a,on,x"] {
+            assert!(parse_status(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub struct Pki {
 
 impl Pki {
     pub fn generate(dir: &Path, name: &str) -> Pki {
+        Self::generate_for(dir, name, &["localhost", "127.0.0.1"])
+    }
+
+    /// A CA and a server certificate valid for `server_names` only.
+    pub fn generate_for(dir: &Path, name: &str, server_names: &[&str]) -> Pki {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -62,11 +67,16 @@ impl Pki {
             .push(DnType::CommonName, format!("{name} test CA"));
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let srv_key = KeyPair::generate().unwrap();
-        let mut srv_params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let mut srv_params = CertificateParams::new(
+            server_names
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
         srv_params
             .distinguished_name
-            .push(DnType::CommonName, "localhost");
+            .push(DnType::CommonName, server_names[0]);
         let srv = srv_params.signed_by(&srv_key, &ca, &ca_key).unwrap();
         let cli_key = KeyPair::generate().unwrap();
         let mut cli_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -107,9 +117,14 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(dir: &Path) -> Mosquitto {
+        Self::start_with_names(dir, &["localhost", "127.0.0.1"])
+    }
+
+    /// A broker whose TLS certificate names only `server_names`.
+    pub fn start_with_names(dir: &Path, server_names: &[&str]) -> Mosquitto {
         let dir = dir.join("mosquitto");
         std::fs::create_dir_all(&dir).unwrap();
-        let pki = Pki::generate(&dir, "broker");
+        let pki = Pki::generate_for(&dir, "broker", server_names);
         let passwd = dir.join("passwd");
         for (i, (user, pass)) in [(GW, APIKEY), (CLOUD_USER, CLOUD_PASS)].iter().enumerate() {
             let mut cmd = Command::new("mosquitto_passwd");
