@@ -516,6 +516,16 @@ impl Daemon {
     }
 }
 
+impl Drop for Daemon {
+    /// A bench that fails part-way leaves no daemon behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
