@@ -6,11 +6,12 @@
 //! sensor is stamped strictly later than the one before, whatever the
 //! system clock does.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::fasthash::FxHashMap;
 use crate::sensor::{Reading, Value};
 
 /// A system clock reading before this (2026-01-01T00:00:00Z) is certainly
@@ -99,15 +100,24 @@ struct Stamps {
     dropped_while_held: u64,
     warned: bool,
     /// The last time given to each sensor.
-    last: HashMap<Arc<str>, i64>,
+    last: FxHashMap<Arc<str>, i64>,
 }
 
 impl Stamps {
     fn next_time(&mut self, id: &Arc<str>, t: i64) -> i64 {
-        let last = self.last.entry(id.clone()).or_insert(i64::MIN);
-        let t = t.max(last.saturating_add(1));
-        *last = t;
-        t
+        // Looked up before inserting: no reference count traffic per reading.
+        match self.last.get_mut(id) {
+            Some(last) => {
+                let t = t.max(last.saturating_add(1));
+                *last = t;
+                t
+            }
+            None => {
+                let t = t.max(i64::MIN.saturating_add(1));
+                self.last.insert(id.clone(), t);
+                t
+            }
+        }
     }
 }
 
@@ -192,9 +202,14 @@ impl Clock {
     /// buffer, oldest first: none while the time is untrusted (the sample is
     /// held), else any held readings with their corrected times, then this one.
     pub fn stamp(&self, sensor_id: &Arc<str>, value: Value) -> Vec<Reading> {
-        let state = self.state();
+        // `state() == Untrusted`, with the checks in the order that spares
+        // the two system calls of `synchronized()` whenever the clock is
+        // plausible or the server gave the time: nearly every reading.
+        let untrusted = !self.server_synced.load(Ordering::Relaxed)
+            && self.now_ms() < PLAUSIBLE_AFTER_MS
+            && !self.source.synchronized();
         let mut s = self.lock();
-        if state == ClockState::Untrusted {
+        if untrusted {
             if !s.warned {
                 tracing::warn!(
                     system_time_ms = self.now_ms(),
@@ -218,6 +233,7 @@ impl Clock {
         }
         let mut out = Vec::with_capacity(1 + s.held.len());
         if !s.held.is_empty() {
+            let state = self.state();
             let (now, boot_now) = (self.now_ms(), self.source.boottime_ms());
             let held: Vec<_> = s.held.drain(..).collect();
             let n = held.len();

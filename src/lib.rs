@@ -9,6 +9,7 @@ pub mod config;
 pub mod control_socket;
 pub mod daemon;
 pub mod discover;
+pub mod fasthash;
 pub mod gateway_id;
 pub mod logging;
 pub mod register;

@@ -432,7 +432,9 @@ impl Session {
                     conn.shutdown_deadline = Some(Instant::now() + self.settings.mqtt.shutdown_timeout);
                     conn.want_drain = true;
                 }
-                _ = housekeeping.tick() => {
+                // Only while something awaits its PUBACK: an idle link is not
+                // woken four times a second for nothing.
+                _ = housekeeping.tick(), if !conn.inflight.is_empty() || !conn.queued.is_empty() => {
                     let ack_timeout = self.settings.mqtt.ack_timeout;
                     let oldest = conn.inflight.values().map(|(_, t)| *t)
                         .chain(conn.queued.iter().map(|(_, t)| *t))

@@ -4,6 +4,7 @@
 
 use std::sync::Mutex;
 
+use crate::fasthash::FxHashMap;
 use crate::sensor::Value;
 use crate::thingplus::Status;
 
@@ -18,36 +19,65 @@ pub struct SensorState {
 
 #[derive(Debug, Default)]
 pub struct StatusBoard {
-    sensors: Mutex<Vec<SensorState>>,
+    sensors: Mutex<Board>,
+}
+
+/// The sensors in order, and where each id is: every reading records its
+/// value here, so finding a sensor must not cost a scan of all of them.
+#[derive(Debug, Default)]
+struct Board {
+    list: Vec<SensorState>,
+    index: FxHashMap<String, usize>,
+}
+
+impl Board {
+    fn new(list: Vec<SensorState>) -> Self {
+        let mut index = FxHashMap::default();
+        index.reserve(list.len());
+        for (i, s) in list.iter().enumerate() {
+            // The first of duplicate ids wins, as a scan would find it.
+            index.entry(s.id.clone()).or_insert(i);
+        }
+        Board { list, index }
+    }
+}
+
+fn off(id: String) -> SensorState {
+    SensorState {
+        id,
+        status: Status::Off,
+        last_value: None,
+        last_time_ms: None,
+        error: None,
+    }
 }
 
 impl StatusBoard {
     /// A board listing `ids` in order, all `off` until their first sample.
     pub fn new<I: IntoIterator<Item = String>>(ids: I) -> Self {
-        let sensors = ids
-            .into_iter()
-            .map(|id| SensorState {
-                id,
-                status: Status::Off,
-                last_value: None,
-                last_time_ms: None,
-                error: None,
-            })
-            .collect();
         StatusBoard {
-            sensors: Mutex::new(sensors),
+            sensors: Mutex::new(Board::new(ids.into_iter().map(off).collect())),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.sensors.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn with<R>(&self, id: &str, f: impl FnOnce(&mut SensorState) -> R) -> Option<R> {
-        let mut s = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
-        s.iter_mut().find(|x| x.id == id).map(f)
+        let mut b = self.lock();
+        let i = *b.index.get(id)?;
+        b.list.get_mut(i).map(f)
     }
 
     pub fn record_value(&self, id: &str, time_ms: i64, value: &Value) {
         self.with(id, |s| {
             s.status = Status::On;
-            s.last_value = Some(value.clone());
+            match (&mut s.last_value, value) {
+                // A number (nearly every reading) replaces a number in place.
+                (Some(Value::Number(n)), Value::Number(v)) => *n = *v,
+                (last, v) => *last = Some(v.clone()),
+            }
             s.last_time_ms = Some(time_ms);
             s.error = None;
         });
@@ -63,28 +93,20 @@ impl StatusBoard {
     /// Replaces the list of sensors (after a reload), in the new order;
     /// sensors that stay keep their state, new ones start `off`.
     pub fn set_sensors<I: IntoIterator<Item = String>>(&self, ids: I) {
-        let mut s = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
-        let old = std::mem::take(&mut *s);
-        *s = ids
+        let mut b = self.lock();
+        let old = std::mem::take(&mut *b);
+        let list = ids
             .into_iter()
-            .map(|id| match old.iter().find(|x| x.id == id) {
-                Some(kept) => kept.clone(),
-                None => SensorState {
-                    id,
-                    status: Status::Off,
-                    last_value: None,
-                    last_time_ms: None,
-                    error: None,
-                },
+            .map(|id| match old.index.get(&id) {
+                Some(&i) => old.list[i].clone(),
+                None => off(id),
             })
             .collect();
+        *b = Board::new(list);
     }
 
     pub fn snapshot(&self) -> Vec<SensorState> {
-        self.sensors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.lock().list.clone()
     }
 }
 

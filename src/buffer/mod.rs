@@ -11,8 +11,9 @@ pub mod memory;
 mod proptests;
 pub mod sqlite;
 
+use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -212,6 +213,12 @@ pub const NEVER_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// Appends are also committed as soon as this many readings wait.
 pub const COMMIT_READINGS: usize = 8192;
 
+/// How long the buffer thread, woken by the first append of a burst, lets
+/// the rest of the burst gather before taking it (any other command cuts
+/// it short). Appends reach the store that much later; reads, acks and
+/// stats never wait for it.
+const STAGING_LINGER: Duration = Duration::from_millis(1);
+
 /// How the buffer thread runs its store.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BufferOptions {
@@ -231,7 +238,13 @@ impl BufferOptions {
 }
 
 enum Command {
+    /// One append (the thread's own view of a staged one).
     Append(Vec<Reading>),
+    /// Sent by [`Buffer::append`] when the staging area was empty: take
+    /// what is staged, if it is still of this generation.
+    Staged(u64),
+    /// Staged appends handed over whole, ahead of another command.
+    Appends(Vec<Vec<Reading>>),
     Read {
         from: u64,
         max: usize,
@@ -252,7 +265,46 @@ enum Command {
 /// same store, and commands are carried out in the order they are sent.
 #[derive(Clone)]
 pub struct Buffer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     tx: mpsc::Sender<Command>,
+    /// Appends the thread has not taken yet (see [`Buffer::append`]).
+    staged: Arc<Mutex<Staging>>,
+}
+
+/// Appends on their way to the thread, each kept whole so that the thread
+/// carries them out one by one, exactly as if each had been sent alone.
+#[derive(Default)]
+struct Staging {
+    appends: Vec<Vec<Reading>>,
+    /// Bumped each time the appends are taken: a `Staged` message of an
+    /// older generation finds nothing of its own left to take.
+    generation: u64,
+}
+
+impl Staging {
+    fn take(&mut self) -> Vec<Vec<Reading>> {
+        self.generation += 1;
+        std::mem::take(&mut self.appends)
+    }
+}
+
+fn lock(staged: &Mutex<Staging>) -> MutexGuard<'_, Staging> {
+    staged.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Sends `c` after whatever is staged. The lock is held across both
+    /// sends, so the order of appends and commands is the order of calls.
+    fn send(&self, c: Command) -> Result<(), mpsc::SendError<Command>> {
+        let mut staged = lock(&self.staged);
+        if !staged.appends.is_empty() {
+            self.tx.send(Command::Appends(staged.take()))?;
+        }
+        self.tx.send(c)
+    }
 }
 
 impl Buffer {
@@ -264,13 +316,16 @@ impl Buffer {
     /// Starts the buffer thread over `store`.
     pub fn start_with(store: impl Store, options: BufferOptions) -> Buffer {
         let (tx, rx) = mpsc::channel();
+        let staged = Arc::new(Mutex::new(Staging::default()));
+        let taken = staged.clone();
         thread::Builder::new()
             .name("buffer".into())
-            .spawn(move || run(store, options, rx))
+            .spawn(move || run(store, options, rx, &taken))
             .expect("spawn buffer thread");
-        Buffer { tx }
+        Buffer {
+            shared: Arc::new(Shared { tx, staged }),
+        }
     }
-
     /// The daemon's buffer: the SQLite store in `config.dir`.
     ///
     /// A corrupt database is moved aside and replaced (see
@@ -300,9 +355,20 @@ impl Buffer {
     }
 
     /// Queues readings for appending; never waits for the disk.
+    ///
+    /// The thread is woken only when everything appended before was taken:
+    /// appends made while it has not got round to them yet (the other
+    /// sensors of the same timer tick) wait in a staging area that it takes
+    /// whole. One wake-up per burst instead of one per reading; the thread
+    /// still carries out each append on its own, in order.
     pub fn append(&self, readings: Vec<Reading>) {
-        if !readings.is_empty() {
-            let _ = self.tx.send(Command::Append(readings));
+        if readings.is_empty() {
+            return;
+        }
+        let mut staged = lock(&self.shared.staged);
+        staged.appends.push(readings);
+        if staged.appends.len() == 1 {
+            let _ = self.shared.tx.send(Command::Staged(staged.generation));
         }
     }
 
@@ -337,7 +403,7 @@ impl Buffer {
     }
 
     pub fn ack(&self, range: Range<u64>) {
-        let _ = self.tx.send(Command::Ack(range));
+        let _ = self.shared.send(Command::Ack(range));
     }
 
     pub async fn stats(&self) -> StoreResult<BufferStats> {
@@ -354,7 +420,7 @@ impl Buffer {
     }
 
     fn send(&self, c: Command) -> StoreResult<()> {
-        self.tx.send(c).map_err(|_| gone())
+        self.shared.send(c).map_err(|_| gone())
     }
 }
 
@@ -462,7 +528,12 @@ impl Oversize {
     }
 }
 
-fn run(mut store: impl Store, options: BufferOptions, rx: mpsc::Receiver<Command>) {
+fn run(
+    mut store: impl Store,
+    options: BufferOptions,
+    rx: mpsc::Receiver<Command>,
+    staged: &Mutex<Staging>,
+) {
     // When appends are committed and synced:
     // - "always": after every burst of commands, each commit reaching the
     //   disk (the store is opened with synchronous=FULL);
@@ -492,7 +563,11 @@ fn run(mut store: impl Store, options: BufferOptions, rx: mpsc::Receiver<Command
     let mut closing = None;
     // Acknowledgements since the last commit.
     let mut acked = false;
-    while !disconnected && closing.is_none() {
+    // Appends taken from the staging area, carried out before anything else,
+    // then a command that came while waiting for them.
+    let mut taken: VecDeque<Vec<Reading>> = VecDeque::new();
+    let mut early: Option<Command> = None;
+    while (!disconnected || !taken.is_empty()) && closing.is_none() {
         let deadline = [
             dirty_since.map(|t| t + commit_after),
             unsynced_since.zip(sync_every).map(|(t, p)| t + p),
@@ -500,26 +575,49 @@ fn run(mut store: impl Store, options: BufferOptions, rx: mpsc::Receiver<Command
         .into_iter()
         .flatten()
         .min();
-        let mut next = match deadline {
-            Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
-                Ok(c) => Some(c),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    disconnected = true;
-                    None
-                }
-            },
-            None => match rx.recv() {
-                Ok(c) => Some(c),
-                Err(_) => {
-                    disconnected = true;
-                    None
-                }
-            },
-        };
+        let mut next = taken
+            .pop_front()
+            .map(Command::Append)
+            .or_else(|| early.take());
+        if next.is_none() {
+            next = match deadline {
+                Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                    Ok(c) => Some(c),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        disconnected = true;
+                        None
+                    }
+                },
+                None => match rx.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => {
+                        disconnected = true;
+                        None
+                    }
+                },
+            };
+        }
         // Carry out a burst of commands, then commit once for all of them.
         while let Some(cmd) = next.take() {
             match cmd {
+                Command::Staged(generation) => {
+                    // The first append of a burst: let the rest of it (the
+                    // other sensors of the same tick) gather for a moment,
+                    // unless another command asks for the thread first.
+                    if early.is_none() && lock(staged).generation == generation {
+                        match rx.recv_timeout(STAGING_LINGER) {
+                            Ok(c) => early = Some(c),
+                            Err(mpsc::RecvTimeoutError::Timeout) => {}
+                            Err(mpsc::RecvTimeoutError::Disconnected) => disconnected = true,
+                        }
+                    }
+                    let mut s = lock(staged);
+                    if s.generation == generation {
+                        taken.extend(s.take());
+                    }
+                }
+                Command::Appends(appends) => taken.extend(appends),
                 Command::Append(mut readings) => {
                     if let Some(max) = options.max_reading_bytes {
                         oversize.filter(&mut readings, max);
@@ -555,6 +653,14 @@ fn run(mut store: impl Store, options: BufferOptions, rx: mpsc::Receiver<Command
             }
             if uncommitted >= COMMIT_READINGS {
                 break;
+            }
+            if let Some(readings) = taken.pop_front() {
+                next = Some(Command::Append(readings));
+                continue;
+            }
+            if let Some(c) = early.take() {
+                next = Some(c);
+                continue;
             }
             match rx.try_recv() {
                 Ok(c) => next = Some(c),
@@ -594,5 +700,137 @@ fn run(mut store: impl Store, options: BufferOptions, rx: mpsc::Receiver<Command
         let _ = reply.send(result);
     } else if let Err(e) = result {
         tracing::error!(error = %e, "cannot commit the buffer at exit");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensor::Value;
+
+    /// A store that records the size of each append it gets, and can hold
+    /// its first append until told to go on.
+    struct Recording {
+        inner: MemoryStore,
+        seen: Arc<Mutex<Vec<usize>>>,
+        hold_first: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+    }
+
+    impl Store for Recording {
+        fn append(&mut self, readings: Vec<Reading>) -> StoreResult<()> {
+            self.seen.lock().unwrap().push(readings.len());
+            if let Some((entered, go)) = self.hold_first.take() {
+                entered.send(()).unwrap();
+                go.recv().unwrap();
+            }
+            self.inner.append(readings)
+        }
+        fn commit(&mut self) -> StoreResult<()> {
+            self.inner.commit()
+        }
+        fn read(&mut self, from: u64, max: usize) -> StoreResult<Vec<Stored>> {
+            self.inner.read(from, max)
+        }
+        fn ack(&mut self, range: Range<u64>) -> StoreResult<()> {
+            self.inner.ack(range)
+        }
+        fn stats(&mut self) -> StoreResult<BufferStats> {
+            self.inner.stats()
+        }
+    }
+
+    fn r(t: i64) -> Reading {
+        Reading::new("s", t, Value::Number(t as f64))
+    }
+
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn appends_made_while_the_thread_is_busy_reach_it_as_one_batch() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (entered_tx, entered) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        let store = Recording {
+            inner: MemoryStore::new(u64::MAX),
+            seen: seen.clone(),
+            hold_first: Some((entered_tx, go_rx)),
+        };
+        let b = Buffer::start(store, Fsync::Never);
+        b.append(vec![r(1)]);
+        entered.recv().unwrap(); // the thread is appending 1 and waits
+        for t in 2..=4 {
+            b.append(vec![r(t)]);
+        }
+        // Three appends, and the thread was woken once for them: after the
+        // first append's message, only the read's.
+        go.send(()).unwrap();
+        let rt = current_thread();
+        let got = rt.block_on(b.read(0, 100)).unwrap();
+        let times: Vec<i64> = got.iter().map(|s| s.reading.time_ms).collect();
+        assert_eq!(times, vec![1, 2, 3, 4]);
+        // Each append still reaches the store on its own, as before.
+        assert_eq!(*seen.lock().unwrap(), vec![1, 1, 1, 1]);
+        rt.block_on(b.close()).unwrap();
+    }
+
+    #[test]
+    fn commands_and_appends_keep_the_order_of_calls() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (entered_tx, entered) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        let store = Recording {
+            inner: MemoryStore::new(u64::MAX),
+            seen: seen.clone(),
+            hold_first: Some((entered_tx, go_rx)),
+        };
+        let b = Buffer::start(store, Fsync::Never);
+        let rt = current_thread();
+        b.append(vec![r(1)]);
+        entered.recv().unwrap(); // busy with 1
+        b.append(vec![r(2)]); // staged, the thread told
+        let early = b.request_read(0, 100); // hands 2 over ahead of itself
+        b.append(vec![r(3)]); // staged anew, after the read
+        go.send(()).unwrap();
+        let got = rt.block_on(early).unwrap();
+        let times: Vec<i64> = got.iter().map(|s| s.reading.time_ms).collect();
+        assert_eq!(times, vec![1, 2]);
+        let got = rt.block_on(b.read(0, 100)).unwrap();
+        let times: Vec<i64> = got.iter().map(|s| s.reading.time_ms).collect();
+        assert_eq!(times, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn appends_reach_the_store_without_help_from_the_caller() {
+        // Appended from a runtime that then blocks: nothing waits for it.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let store = Recording {
+            inner: MemoryStore::new(u64::MAX),
+            seen: seen.clone(),
+            hold_first: None,
+        };
+        let b = Buffer::start(store, Fsync::Never);
+        current_thread().block_on(async {
+            for t in 0..100 {
+                b.append(vec![r(t)]);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while seen.lock().unwrap().iter().sum::<usize>() < 100 {
+                assert!(Instant::now() < deadline, "{:?}", seen.lock().unwrap());
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        // Commands keep their order with appends still staged.
+        let rt = current_thread();
+        for t in 100..110 {
+            b.append(vec![r(t)]);
+            let last = rt.block_on(b.read(0, usize::MAX)).unwrap();
+            assert_eq!(last.last().unwrap().reading.time_ms, t);
+        }
+        assert_eq!(rt.block_on(b.stats()).unwrap().pending, 110);
     }
 }

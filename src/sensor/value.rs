@@ -90,6 +90,12 @@ pub fn number_json(n: f64, buf: &mut NumberBuffer) -> &str {
 /// Writes `s` as a JSON string literal.
 pub fn write_json_string(s: &str, out: &mut String) {
     out.push('"');
+    if !needs_escape(s) {
+        // Sensor ids and most values: nothing to escape.
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -104,6 +110,21 @@ pub fn write_json_string(s: &str, out: &mut String) {
         }
     }
     out.push('"');
+}
+
+/// Whether [`write_json_string`] must escape something in `s`.
+fn needs_escape(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// The length of `s` as a JSON string literal, without writing it.
+pub fn json_string_len(s: &str) -> usize {
+    if !needs_escape(s) {
+        return s.len() + 2;
+    }
+    let mut tmp = String::with_capacity(s.len() + 8);
+    write_json_string(s, &mut tmp);
+    tmp.len()
 }
 
 /// One sample of one sensor: `(sensor id, Unix time in ms, value)`.
@@ -143,6 +164,24 @@ mod tests {
         assert_eq!(s, r#""a\"b\\c\n\u0001""#);
         let back: String = serde_json::from_str(&s).unwrap();
         assert_eq!(back, "a\"b\\c\n\u{1}");
+    }
+
+    #[test]
+    fn escaping_fast_path_agrees() {
+        for s in [
+            "plain-id_1.~",
+            "",
+            "é and ü",
+            "tab\t",
+            "q\"",
+            "back\\",
+            "\u{1f}",
+        ] {
+            let mut out = String::new();
+            write_json_string(s, &mut out);
+            assert_eq!(out.len(), json_string_len(s));
+            assert_eq!(serde_json::from_str::<String>(&out).unwrap(), s);
+        }
     }
 
     #[test]
