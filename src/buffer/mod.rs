@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use crate::config::{BufferConfig, Fsync};
 use crate::sensor::value::{number_json, NumberBuffer};
 use crate::sensor::{Reading, Value};
-use crate::thingplus::Packer;
+use crate::thingplus::{Compression, Packer};
 
 pub use memory::MemoryStore;
 pub use sqlite::{OpenError, SqliteOptions, SqliteStore};
@@ -43,8 +43,9 @@ impl std::borrow::Borrow<Reading> for Stored {
 /// A values message ready to publish, and the readings it carries.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Packed {
-    /// The `v/a/g/{gw}` payload; larger than the bound asked only when it
-    /// holds a single reading.
+    /// The `v/a/g/{gw}` payload (gzip-compressed when asked, see
+    /// [`Buffer::request_packed`]); larger than the bound asked only when
+    /// it holds a single reading, and then never compressed.
     pub payload: Vec<u8>,
     /// From the first reading's seq to just past the last one's: the range
     /// to acknowledge.
@@ -254,6 +255,7 @@ enum Command {
         from: u64,
         max_bytes: usize,
         max_messages: usize,
+        compress: Compression,
         reply: oneshot::Sender<StoreResult<Vec<Packed>>>,
     },
     Ack(Range<u64>),
@@ -386,17 +388,22 @@ impl Buffer {
 
     /// Asks for up to `max_messages` values messages packed from `from` on
     /// (see [`Store::read_packed`]), to await later.
+    /// Payloads are compressed as `compress` says (on the buffer thread,
+    /// not on the async runtime); the size bound applies to the JSON before
+    /// compression, so splitting does not depend on it.
     pub fn request_packed(
         &self,
         from: u64,
         max_bytes: usize,
         max_messages: usize,
+        compress: Compression,
     ) -> Reply<Vec<Packed>> {
         let (reply, rx) = oneshot::channel();
         let sent = self.send(Command::ReadPacked {
             from,
             max_bytes,
             max_messages,
+            compress,
             reply,
         });
         Reply(sent.map(|()| rx))
@@ -635,9 +642,20 @@ fn run(
                     from,
                     max_bytes,
                     max_messages,
+                    compress,
                     reply,
                 } => {
-                    let _ = reply.send(store.read_packed(from, max_bytes, max_messages));
+                    let mut packed = store.read_packed(from, max_bytes, max_messages);
+                    if let (Ok(msgs), Compression::Gzip { .. }) = (&mut packed, compress) {
+                        for m in msgs {
+                            // An oversized single reading stays as it is:
+                            // the session drops it by its JSON size.
+                            if m.payload.len() <= max_bytes {
+                                m.payload = compress.apply(std::mem::take(&mut m.payload));
+                            }
+                        }
+                    }
+                    let _ = reply.send(packed);
                 }
                 Command::Ack(range) => {
                     ack_log.record("ack", store.ack(range));
