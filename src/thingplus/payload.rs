@@ -129,6 +129,9 @@ pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (Str
 /// [`Packer::finish`] then writes each sensor's pairs together (a counting
 /// sort of their places). No string per sensor, and sensors are found with
 /// a fast hash: a message from a backlog of 1,000 sensors holds 1,000 of them.
+/// What a [`Packer`] allocates up front at most (the default message bound).
+const PRESIZE_BYTES: usize = 64 << 10;
+
 pub struct Packer<'a> {
     max_bytes: usize,
     index: FxHashMap<&'a str, usize>,
@@ -193,8 +196,10 @@ impl<'a> Packer<'a> {
             max_bytes,
             index: FxHashMap::default(),
             entries: Vec::new(),
-            pairs: Vec::new(),
-            taken: Vec::new(),
+            // Sized for a full message of a drain (no regrowth while it
+            // fills); capped for callers that pass no real bound.
+            pairs: Vec::with_capacity(max_bytes.min(PRESIZE_BYTES)),
+            taken: Vec::with_capacity(max_bytes.min(PRESIZE_BYTES) / 16),
             total: 2, // {}
             times: TimeText::new(),
         }
