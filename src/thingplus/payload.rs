@@ -129,8 +129,8 @@ pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (Str
 /// [`Packer::finish`] then writes each sensor's pairs together (a counting
 /// sort of their places). No string per sensor, and sensors are found with
 /// a fast hash: a message from a backlog of 1,000 sensors holds 1,000 of them.
-/// What a [`Packer`] allocates up front at most (the default message bound).
-const PRESIZE_BYTES: usize = 64 << 10;
+/// Bounds up to this get their room allocated up front.
+const PRESIZE_BYTES: usize = 1 << 20;
 
 pub struct Packer<'a> {
     max_bytes: usize,
@@ -192,14 +192,19 @@ impl TimeText {
 
 impl<'a> Packer<'a> {
     pub fn new(max_bytes: usize) -> Self {
+        let presize = if max_bytes <= PRESIZE_BYTES {
+            max_bytes
+        } else {
+            0
+        };
         Packer {
             max_bytes,
             index: FxHashMap::default(),
             entries: Vec::new(),
             // Sized for a full message of a drain (no regrowth while it
-            // fills); capped for callers that pass no real bound.
-            pairs: Vec::with_capacity(max_bytes.min(PRESIZE_BYTES)),
-            taken: Vec::with_capacity(max_bytes.min(PRESIZE_BYTES) / 16),
+            // fills); not for callers without a real bound (one reading).
+            pairs: Vec::with_capacity(presize),
+            taken: Vec::with_capacity(presize / 16),
             total: 2, // {}
             times: TimeText::new(),
         }
