@@ -731,7 +731,7 @@ fn main() {
     );
 
     // What [mqtt] compress = "gzip" does to the same backlog: every message
-    // is over the 1 KiB threshold, so each goes gzipped (level 6).
+    // is over the 1 KiB threshold, so each goes gzipped (level 3).
     let json_bytes: usize = messages.iter().map(String::len).sum();
     let start = Instant::now();
     let gzip_bytes: usize = messages

@@ -11,6 +11,9 @@ use std::io::{Read, Write};
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 
+/// gzip level (see [`gzip`]).
+const LEVEL: u32 = 3;
+
 /// The first two bytes of every gzip stream (RFC 1952).
 pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
@@ -46,13 +49,16 @@ impl Compression {
     }
 }
 
-/// gzip at the default level (6): the values JSON is mostly digits and
-/// repeated ids; level 1 saves about a fifth less for about half the CPU
-/// time, and the bandwidth is what the operator turned this on for.
+/// gzip at level 3. Measured on a drain's 64 KiB values messages (4
+/// number sensors): level 1 keeps 25 % of the bytes for 114 ns per reading,
+/// 3 keeps 18.5 % for 200 ns, 6 (the zlib default) 17.3 % for about 900 ns,
+/// 9 the same for 3 us: level 3 saves nearly all there is to save at a
+/// quarter of the default's CPU, which on an edge box's slow core bounds
+/// how fast a backlog drains.
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = GzEncoder::new(
         Vec::with_capacity(data.len() / 4 + 64),
-        flate2::Compression::default(),
+        flate2::Compression::new(LEVEL),
     );
     e.write_all(data).expect("writing to a Vec cannot fail");
     e.finish().expect("writing to a Vec cannot fail")
