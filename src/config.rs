@@ -16,6 +16,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::gateway_id;
+use crate::thingplus::Compression;
 use crate::units::{format_duration, ByteSize, HumanDuration};
 
 pub const DEFAULT_PATH: &str = "/etc/thingplus-gw/config.toml";
@@ -133,6 +134,8 @@ struct RawMqtt {
     max_message_size: Option<Spanned<ByteSize>>,
     max_inflight: Option<Spanned<u16>>,
     shutdown_timeout: Option<HumanDuration>,
+    compress: Option<Spanned<String>>,
+    compress_min_bytes: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -323,6 +326,9 @@ pub struct MqttConfig {
     pub max_inflight: u16,
     /// How long shutdown may spend delivering what is pending.
     pub shutdown_timeout: Duration,
+    /// gzip of large values and status payloads (`max_message_size`
+    /// bounds them before compression).
+    pub compress: Compression,
 }
 
 impl MqttConfig {
@@ -1434,6 +1440,28 @@ fn mqtt_from_raw(
         Some(n) => *n.get_ref(),
         None => 8,
     };
+    let min_bytes = match &m.compress_min_bytes {
+        Some(s) => usize::try_from(s.get_ref().0).unwrap_or(usize::MAX),
+        None => crate::thingplus::compress::DEFAULT_MIN_BYTES,
+    };
+    let compress = match &m.compress {
+        None => Compression::Off,
+        Some(c) => match c.get_ref().as_str() {
+            "off" => Compression::Off,
+            "gzip" => Compression::Gzip { min_bytes },
+            other => {
+                return Err(ctx.err_at(
+                    c.span(),
+                    format!("invalid compress \"{other}\": expected \"gzip\" or \"off\""),
+                ))
+            }
+        },
+    };
+    if compress == Compression::Off && m.compress_min_bytes.is_some() {
+        warnings.push(
+            "compress_min_bytes is set but compress is not \"gzip\": nothing is compressed".into(),
+        );
+    }
     Ok(MqttConfig {
         host,
         port,
@@ -1449,6 +1477,7 @@ fn mqtt_from_raw(
         max_message_size,
         max_inflight,
         shutdown_timeout: m.shutdown_timeout.map_or(Duration::from_secs(5), |d| d.0),
+        compress,
     })
 }
 
@@ -2046,6 +2075,7 @@ mod tests {
         assert_eq!(c.mqtt.reconnect_max, Duration::from_secs(300));
         assert_eq!(c.buffer.fsync, Fsync::Period(Duration::from_secs(1)));
         assert_eq!(c.buffer.max_size, 256 << 20);
+        assert_eq!(c.mqtt.compress, Compression::Off);
         assert_eq!(c.status_validity_secs(c.gateway.report_interval), 120);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
@@ -2157,6 +2187,49 @@ mod tests {
              [[sensor]]\nid = \"t\"\ntype = \"temperature\"\npath = \"/tmp/../tmp/x\"\n"
         );
         assert_eq!(parse(&ok).unwrap().sensors.len(), 2);
+    }
+
+    #[test]
+    fn compress_is_gzip_or_off_with_a_threshold() {
+        let c = parse(&format!("{MIN}[mqtt]\ncompress = \"gzip\"\n")).unwrap();
+        assert_eq!(c.mqtt.compress, Compression::Gzip { min_bytes: 1024 });
+        let c = parse(&format!(
+            "{MIN}[mqtt]\ncompress = \"gzip\"\ncompress_min_bytes = \"4KiB\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.mqtt.compress, Compression::Gzip { min_bytes: 4096 });
+        let c = parse(&format!("{MIN}[mqtt]\ncompress = \"off\"\n")).unwrap();
+        assert_eq!(c.mqtt.compress, Compression::Off);
+        let c = parse(&format!("{MIN}[mqtt]\ncompress_min_bytes = 100\n")).unwrap();
+        assert_eq!(c.mqtt.compress, Compression::Off);
+        assert!(
+            c.warnings[0].contains("nothing is compressed"),
+            "{:?}",
+            c.warnings
+        );
+        let e = parse(&format!("{MIN}[mqtt]\ncompress = \"zip\"\n")).unwrap_err();
+        assert_eq!(e.position, Some((5, 12)), "{e}");
+        assert!(e.message.contains("expected \"gzip\" or \"off\""), "{e}");
+    }
+
+    /// The commented compression lines of the reference file are valid.
+    #[test]
+    fn reference_compress_lines_parse_when_uncommented() {
+        let text = include_str!("../config/thingplus-gw.toml");
+        let lines: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# compress"))
+            .map(|l| format!("compress{}\n", l.split('#').next().unwrap()))
+            .collect();
+        assert_eq!(lines.lines().count(), 2, "{lines}");
+        let c = parse(&format!("{MIN}[mqtt]\n{lines}")).unwrap();
+        assert_eq!(c.mqtt.compress, Compression::Off);
+        let c = parse(&format!(
+            "{MIN}[mqtt]\n{}",
+            lines.replace("\"off\"", "\"gzip\"")
+        ))
+        .unwrap();
+        assert_eq!(c.mqtt.compress, Compression::Gzip { min_bytes: 1024 });
     }
 
     #[test]

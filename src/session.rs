@@ -340,8 +340,10 @@ impl Session {
             valid,
             sensors.iter().map(|s| (s.id.as_str(), &s.status)),
         );
+        // Once per report interval: cheap enough on the runtime even gzipped.
+        let payload = self.settings.mqtt.compress.apply(payload.into_bytes());
         let topic = self.topics.status.clone();
-        self.publish(conn, &topic, false, payload.into_bytes(), Tag::Other);
+        self.publish(conn, &topic, false, payload, Tag::Other);
     }
 
     /// One connection, from connect to loss or goodbye.
@@ -578,13 +580,14 @@ impl Session {
     async fn fill_window(&mut self, conn: &mut Conn) {
         let max_size = self.settings.mqtt.max_message_size;
         let window = self.settings.mqtt.max_inflight as usize;
+        let compress = self.settings.mqtt.compress;
         while conn.values_outstanding < window {
             if conn.ready.is_empty() {
                 let request = match conn.read_ahead.take() {
                     Some(r) => r,
                     None => self
                         .buffer
-                        .request_packed(conn.cursor, max_size, PACK_BATCH),
+                        .request_packed(conn.cursor, max_size, PACK_BATCH, compress),
                 };
                 match request.await {
                     Ok(batch) => {
@@ -600,6 +603,7 @@ impl Session {
                                 conn.cursor,
                                 max_size,
                                 PACK_BATCH,
+                                compress,
                             ));
                         }
                     }
@@ -628,7 +632,7 @@ impl Session {
                 conn,
                 &topic,
                 false,
-                msg.payload.into_bytes(),
+                msg.payload,
                 Tag::Values {
                     seqs: msg.seqs,
                     count: msg.count,

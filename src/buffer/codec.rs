@@ -56,12 +56,12 @@ impl Encoder {
         let mut text = std::mem::take(&mut self.scratch);
         text.clear();
         value.write_json(&mut text);
-        self.push_json(seq, sensor, t, &text);
+        self.push_json(seq, sensor, t, text.as_bytes());
         self.scratch = text;
     }
 
     /// Adds a record whose value is already JSON text.
-    pub fn push_json(&mut self, seq: u64, sensor: i64, t: i64, value: &str) {
+    pub fn push_json(&mut self, seq: u64, sensor: i64, t: i64, value: &[u8]) {
         if self.n == 0 {
             self.buf.clear();
             self.buf.push(VERSION);
@@ -75,7 +75,7 @@ impl Encoder {
         put_varint(&mut self.buf, sensor as u64);
         put_varint(&mut self.buf, zigzag(t.wrapping_sub(self.t0)));
         put_varint(&mut self.buf, value.len() as u64);
-        self.buf.extend_from_slice(value.as_bytes());
+        self.buf.extend_from_slice(value);
         self.last = seq;
         self.n += 1;
     }
@@ -110,16 +110,16 @@ pub struct Record<'a> {
     pub seq: u64,
     pub sensor: i64,
     pub t: i64,
-    /// The value's JSON text.
-    pub value: &'a str,
+    /// The value's JSON text (not checked: it is copied into messages as it is).
+    pub value: &'a [u8],
 }
 
 impl Record<'_> {
     /// The value, parsed back from its JSON text.
     pub fn value(&self) -> Value {
-        match serde_json::from_str(self.value) {
+        match serde_json::from_slice(self.value) {
             Ok(j) => Value::from_json(j),
-            Err(_) => Value::Text(self.value.to_string()),
+            Err(_) => Value::Text(String::from_utf8_lossy(self.value).into_owned()),
         }
     }
 }
@@ -186,8 +186,7 @@ impl<'a> Decoder<'a> {
         let sensor = self.varint()? as i64;
         let t = self.t0.wrapping_add(unzigzag(self.varint()?));
         let len = self.varint()?;
-        let b = self.bytes(len)?;
-        let value = std::str::from_utf8(b).map_err(|_| DecodeError("bad UTF-8"))?;
+        let value = self.bytes(len)?;
         Ok(Record {
             seq,
             sensor,
@@ -253,7 +252,8 @@ mod tests {
                 prop_assert_eq!(g.sensor, *sensor);
                 prop_assert_eq!(g.t, *t);
                 // Kept as Thing+ receives it.
-                prop_assert_eq!(g.value, v.to_json_string());
+                let text = v.to_json_string();
+                prop_assert_eq!(g.value, text.as_bytes());
                 prop_assert_eq!(g.value().to_json_string(), v.to_json_string());
             }
         }

@@ -177,7 +177,7 @@ mod tests {
             }
             for m in &msgs {
                 assert!(m.payload.len() <= 1024);
-                let back = crate::thingplus::parse_values(m.payload.as_bytes()).unwrap();
+                let back = crate::thingplus::parse_values(&m.payload).unwrap();
                 assert_eq!(back.len(), m.count);
                 assert_eq!(back[0].time_ms as u64, m.seqs.start);
                 assert_eq!(m.seqs.end - m.seqs.start, m.count as u64);

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use crate::config::{BufferConfig, Fsync};
 use crate::sensor::value::{number_json, NumberBuffer};
 use crate::sensor::{Reading, Value};
-use crate::thingplus::Packer;
+use crate::thingplus::{Compression, Packer};
 
 pub use memory::MemoryStore;
 pub use sqlite::{OpenError, SqliteOptions, SqliteStore};
@@ -43,9 +43,10 @@ impl std::borrow::Borrow<Reading> for Stored {
 /// A values message ready to publish, and the readings it carries.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Packed {
-    /// The `v/a/g/{gw}` payload; larger than the bound asked only when it
-    /// holds a single reading.
-    pub payload: String,
+    /// The `v/a/g/{gw}` payload (gzip-compressed when asked, see
+    /// [`Buffer::request_packed`]); larger than the bound asked only when
+    /// it holds a single reading, and then never compressed.
+    pub payload: Vec<u8>,
     /// From the first reading's seq to just past the last one's: the range
     /// to acknowledge.
     pub seqs: Range<u64>,
@@ -76,7 +77,7 @@ impl<'a> MessageBuilder<'a> {
 
     /// Adds a reading whose value is JSON text. Returns false, without taking
     /// it, once `max_messages` messages are complete.
-    pub fn add(&mut self, seq: u64, sensor_id: &'a str, time_ms: i64, value_json: &str) -> bool {
+    pub fn add(&mut self, seq: u64, sensor_id: &'a str, time_ms: i64, value_json: &[u8]) -> bool {
         if self.out.len() >= self.max_messages {
             return false;
         }
@@ -138,7 +139,7 @@ pub fn pack_messages(
                 &text
             }
         };
-        if !b.add(s.seq, &r.sensor_id, r.time_ms, v) {
+        if !b.add(s.seq, &r.sensor_id, r.time_ms, v.as_bytes()) {
             return b.finish(true);
         }
     }
@@ -254,6 +255,7 @@ enum Command {
         from: u64,
         max_bytes: usize,
         max_messages: usize,
+        compress: Compression,
         reply: oneshot::Sender<StoreResult<Vec<Packed>>>,
     },
     Ack(Range<u64>),
@@ -388,17 +390,22 @@ impl Buffer {
 
     /// Asks for up to `max_messages` values messages packed from `from` on
     /// (see [`Store::read_packed`]), to await later.
+    /// Payloads are compressed as `compress` says (on the buffer thread,
+    /// not on the async runtime); the size bound applies to the JSON before
+    /// compression, so splitting does not depend on it.
     pub fn request_packed(
         &self,
         from: u64,
         max_bytes: usize,
         max_messages: usize,
+        compress: Compression,
     ) -> Reply<Vec<Packed>> {
         let (reply, rx) = oneshot::channel();
         let sent = self.send(Command::ReadPacked {
             from,
             max_bytes,
             max_messages,
+            compress,
             reply,
         });
         Reply(sent.map(|()| rx))
@@ -647,9 +654,20 @@ fn run(
                     from,
                     max_bytes,
                     max_messages,
+                    compress,
                     reply,
                 } => {
-                    let _ = reply.send(store.read_packed(from, max_bytes, max_messages));
+                    let mut packed = store.read_packed(from, max_bytes, max_messages);
+                    if let (Ok(msgs), Compression::Gzip { .. }) = (&mut packed, compress) {
+                        for m in msgs {
+                            // An oversized single reading stays as it is:
+                            // the session drops it by its JSON size.
+                            if m.payload.len() <= max_bytes {
+                                m.payload = compress.apply(std::mem::take(&mut m.payload));
+                            }
+                        }
+                    }
+                    let _ = reply.send(packed);
                 }
                 Command::Ack(range) => {
                     ack_log.record("ack", store.ack(range));

@@ -298,7 +298,7 @@ impl Harness {
                 let mut i = 0;
                 for m in &got {
                     let (payload, n) = crate::thingplus::pack_values(&want[i..], max_bytes);
-                    prop_assert_eq!(&m.payload, &payload);
+                    prop_assert_eq!(&m.payload[..], payload.as_bytes());
                     prop_assert_eq!(m.count, n);
                     prop_assert_eq!(m.seqs.clone(), want[i].seq..want[i + n - 1].seq + 1);
                     prop_assert!(m.payload.len() <= max_bytes || n == 1);

@@ -26,7 +26,7 @@ pub enum BufferCommand {
         no_integrity: bool,
     },
     /// Write the pending readings as JSON lines, oldest first:
-    /// {"seq":..,"sensor":"..","time":<ms>,"value":..}. Nothing is removed.
+    /// {"seq":..,"sensor":"..","time":..,"value":..} (time in ms). Nothing is removed.
     Export {
         #[command(flatten)]
         target: Target,

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config::{ActuatorDriver, Config, Fsync, SensorSource, WordOrder};
+use crate::thingplus::Compression;
 use crate::units::format_duration;
 
 use super::EXIT_CONFIG;
@@ -83,6 +84,16 @@ pub fn describe(c: &Config) -> String {
         format_duration(m.keep_alive_for(g.report_interval)),
         format_duration(m.reconnect_min),
         format_duration(m.reconnect_max)
+    );
+    let _ = writeln!(
+        o,
+        "messages         at most {} bytes of JSON, {} in flight; {}",
+        m.max_message_size,
+        m.max_inflight,
+        match m.compress {
+            Compression::Off => "not compressed".to_string(),
+            Compression::Gzip { min_bytes } => format!("gzip above {min_bytes} bytes"),
+        }
     );
     let fsync = match c.buffer.fsync {
         Fsync::Always => "always".to_string(),

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::daemon::{self, Control};
-use crate::thingplus::{parse_values, Topics};
+use crate::thingplus::{compress, parse_values, Topics};
 
 const DEMO_APIKEY: &str = "demo-apikey";
 const MAX_REAL_SENSORS: usize = 6;
@@ -379,7 +379,15 @@ async fn simulated_cloud(
     loop {
         match ev.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let text = String::from_utf8_lossy(&p.payload).into_owned();
+                // Like Thing+, take gzip payloads by their magic ([mqtt] compress).
+                let payload = match compress::decode(&p.payload, 16 << 20) {
+                    Ok(b) => b.into_owned(),
+                    Err(e) => {
+                        println!("[cloud] {}: bad gzip payload: {e}", p.topic);
+                        continue;
+                    }
+                };
+                let text = String::from_utf8_lossy(&payload).into_owned();
                 if p.topic == topics.mqtt_status {
                     println!("[cloud] connection status: {text}");
                 } else if p.topic == topics.status {
@@ -387,7 +395,7 @@ async fn simulated_cloud(
                 } else if p.topic == topics.response {
                     println!("[cloud] <- response {text}");
                 } else if p.topic == topics.values {
-                    match parse_values(&p.payload) {
+                    match parse_values(&payload) {
                         Ok(readings) => {
                             received += readings.len();
                             let mut by_sensor: Vec<(String, usize, String)> = Vec::new();

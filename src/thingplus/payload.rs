@@ -111,12 +111,13 @@ pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (Str
                 &text
             }
         };
-        if !packer.push(&r.sensor_id, r.time_ms, v) {
+        if !packer.push(&r.sensor_id, r.time_ms, v.as_bytes()) {
             break;
         }
     }
     let n = packer.len();
-    (packer.finish(), n)
+    let msg = String::from_utf8(packer.finish()).expect("JSON built from str is UTF-8");
+    (msg, n)
 }
 
 /// Builds one `v/a/g/{gw}` message reading by reading, within a size bound:
@@ -128,40 +129,118 @@ pub fn pack_values<R: Borrow<Reading>>(readings: &[R], max_bytes: usize) -> (Str
 /// [`Packer::finish`] then writes each sensor's pairs together (a counting
 /// sort of their places). No string per sensor, and sensors are found with
 /// a fast hash: a message from a backlog of 1,000 sensors holds 1,000 of them.
+/// Bounds up to this get their room allocated up front.
+const PRESIZE_BYTES: usize = 1 << 20;
+
 pub struct Packer<'a> {
     max_bytes: usize,
     index: FxHashMap<&'a str, usize>,
     /// (sensor id, readings it has in the message, its length as JSON)
     entries: Vec<(&'a str, usize, usize)>,
-    /// Every reading's `t,v`, one after the other.
-    pairs: String,
+    /// Every reading's `t,v`, one after the other. Bytes: values kept
+    /// encoded on disk are copied without a UTF-8 check each.
+    pairs: Vec<u8>,
     /// Per reading taken: (its entry, the end of its text in `pairs`).
     taken: Vec<(usize, usize)>,
     total: usize,
+    times: TimeText,
+}
+
+/// Formats times in ms, rewriting only the last six digits when the rest
+/// is as in the previous one (readings of a batch are close in time).
+struct TimeText {
+    buf: [u8; 24],
+    len: usize,
+    /// `t / 1_000_000` of the text in `buf`, when `t >= 1_000_000`.
+    high: Option<i64>,
+}
+
+impl TimeText {
+    fn new() -> Self {
+        TimeText {
+            buf: [0; 24],
+            len: 0,
+            high: None,
+        }
+    }
+
+    fn format(&mut self, t: i64) -> &[u8] {
+        const DIGITS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+            2021222324252627282930313233343536373839\
+            4041424344454647484950515253545556575859\
+            6061626364656667686970717273747576777879\
+            8081828384858687888990919293949596979899";
+        if t >= 1_000_000 && self.high == Some(t / 1_000_000) {
+            let mut low = (t % 1_000_000) as usize;
+            for i in 0..3 {
+                let d = (low % 100) * 2;
+                low /= 100;
+                let at = self.len - 2 * (i + 1);
+                self.buf[at] = DIGITS[d];
+                self.buf[at + 1] = DIGITS[d + 1];
+            }
+        } else {
+            let mut f = itoa::Buffer::new();
+            let text = f.format(t).as_bytes();
+            self.buf[..text.len()].copy_from_slice(text);
+            self.len = text.len();
+            self.high = (t >= 1_000_000).then_some(t / 1_000_000);
+        }
+        &self.buf[..self.len]
+    }
 }
 
 impl<'a> Packer<'a> {
     pub fn new(max_bytes: usize) -> Self {
+        let presize = if max_bytes <= PRESIZE_BYTES {
+            max_bytes
+        } else {
+            0
+        };
         Packer {
             max_bytes,
             index: FxHashMap::default(),
             entries: Vec::new(),
-            pairs: String::new(),
-            taken: Vec::new(),
+            // Sized for a full message of a drain (no regrowth while it
+            // fills); not for callers without a real bound (one reading).
+            pairs: Vec::with_capacity(presize),
+            taken: Vec::with_capacity(presize / 16),
             total: 2, // {}
+            times: TimeText::new(),
         }
     }
 
-    /// Adds a reading whose value is already JSON text. Returns false, adding
-    /// nothing, when the message would outgrow the bound; the first reading is
-    /// always taken, so a message is never empty (and may be oversized: a
-    /// caller checks [`Packer::bytes`]).
-    pub fn push(&mut self, id: &'a str, time_ms: i64, value_json: &str) -> bool {
-        let mut times = itoa::Buffer::new();
-        let t = times.format(time_ms);
+    /// Up to this many sensors, entries are found by scanning them.
+    const SCAN: usize = 8;
+
+    /// The entry of `id`. A backlog from the disk buffer names each sensor
+    /// with one allocation, so with a few sensors a scan comparing pointers
+    /// finds it without hashing or comparing the text (the hash lookup was
+    /// a fifth of the drain's packing time); many sensors use the map.
+    fn find(&self, id: &str) -> Option<usize> {
+        if self.entries.len() > Self::SCAN {
+            return self.index.get(id).copied();
+        }
+        let same = |(e, _, _): &(&str, usize, usize)| {
+            std::ptr::eq(e.as_ptr(), id.as_ptr()) && e.len() == id.len()
+        };
+        self.entries
+            .iter()
+            .position(same)
+            .or_else(|| self.entries.iter().position(|(e, _, _)| *e == id))
+    }
+
+    /// Adds a reading whose value is already JSON text (`&str` or bytes,
+    /// copied as they are). Returns false, adding nothing, when the message
+    /// would outgrow the bound; the first reading is always taken, so a
+    /// message is never empty (and may be oversized: a caller checks
+    /// [`Packer::bytes`]).
+    pub fn push(&mut self, id: &'a str, time_ms: i64, value_json: impl AsRef<[u8]>) -> bool {
+        let value_json = value_json.as_ref();
+        let entry = self.find(id);
+        let t = self.times.format(time_ms);
         // "t,v"
         let pair_len = t.len() + 1 + value_json.len();
-        let entry = self.index.get(id).copied();
         let id_len = match entry {
             Some(_) => 0,
             None => json_string_len(id),
@@ -178,15 +257,22 @@ impl<'a> Packer<'a> {
         let e = match entry {
             Some(e) => e,
             None => {
-                self.index.insert(id, self.entries.len());
                 self.entries.push((id, 0, id_len));
+                if self.entries.len() > Self::SCAN {
+                    if self.index.is_empty() {
+                        let all = self.entries.iter().enumerate().map(|(i, e)| (e.0, i));
+                        self.index.extend(all);
+                    } else {
+                        self.index.insert(id, self.entries.len() - 1);
+                    }
+                }
                 self.entries.len() - 1
             }
         };
         self.entries[e].1 += 1;
-        self.pairs.push_str(t);
-        self.pairs.push(',');
-        self.pairs.push_str(value_json);
+        self.pairs.extend_from_slice(t);
+        self.pairs.push(b',');
+        self.pairs.extend_from_slice(value_json);
         self.taken.push((e, self.pairs.len()));
         true
     }
@@ -205,7 +291,8 @@ impl<'a> Packer<'a> {
         self.total
     }
 
-    pub fn finish(self) -> String {
+    /// The message (UTF-8 when every value pushed was).
+    pub fn finish(self) -> Vec<u8> {
         // Where each sensor's pairs start among all the pairs, in entry order.
         let mut next: Vec<usize> = Vec::with_capacity(self.entries.len());
         let mut at = 0;
@@ -220,31 +307,34 @@ impl<'a> Packer<'a> {
             next[e] += 1;
             start = end;
         }
-        let mut out = String::with_capacity(self.total);
-        out.push('{');
+        let mut out = Vec::with_capacity(self.total);
+        out.push(b'{');
         let mut spans = spans.iter();
+        let mut escaped = String::new();
         for (i, &(id, n, id_len)) in self.entries.iter().enumerate() {
             if i > 0 {
-                out.push(',');
+                out.push(b',');
             }
             if id_len == id.len() + 2 {
                 // Nothing to escape (every valid sensor id).
-                out.push('"');
-                out.push_str(id);
-                out.push('"');
+                out.push(b'"');
+                out.extend_from_slice(id.as_bytes());
+                out.push(b'"');
             } else {
-                write_json_string(id, &mut out);
+                escaped.clear();
+                write_json_string(id, &mut escaped);
+                out.extend_from_slice(escaped.as_bytes());
             }
-            out.push_str(":[");
+            out.extend_from_slice(b":[");
             for (k, &(s, e)) in spans.by_ref().take(n).enumerate() {
                 if k > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&self.pairs[s..e]);
+                out.extend_from_slice(&self.pairs[s..e]);
             }
-            out.push(']');
+            out.push(b']');
         }
-        out.push('}');
+        out.push(b'}');
         debug_assert_eq!(out.len(), self.total);
         out
     }
@@ -295,6 +385,7 @@ pub fn parse_values(bytes: &[u8]) -> Result<Vec<Reading>, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn r(id: &str, t: i64, v: f64) -> Reading {
         Reading::new(id, t, Value::Number(v))
@@ -366,6 +457,45 @@ mod tests {
         assert_eq!(a, vec![1, 3]);
     }
 
+    /// Entries found by pointer, by text (the same id in another
+    /// allocation) and, past a few sensors, through the map.
+    #[test]
+    fn many_sensors_and_copied_ids_group_the_same() {
+        for sensors in [3, 8, 9, 40] {
+            // Each reading's id is its own allocation: no pointer matches.
+            let rs: Vec<Reading> = (0..sensors * 5)
+                .map(|i| r(&format!("s{}", i % sensors), i as i64, i as f64))
+                .collect();
+            let msg = encode_values(&rs);
+            let v: serde_json::Value = serde_json::from_str(&msg).unwrap();
+            let obj = v.as_object().unwrap();
+            assert_eq!(obj.len(), sensors, "{msg}");
+            for k in 0..sensors {
+                let want: Vec<f64> = (0..5)
+                    .flat_map(|j| {
+                        let i = (j * sensors + k) as f64;
+                        [i, i]
+                    })
+                    .collect();
+                let got: Vec<f64> = obj[&format!("s{k}")]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect();
+                assert_eq!(got, want, "{msg}");
+            }
+            // Shared allocations (as the disk buffer gives them) pack alike.
+            let ids: Vec<Arc<str>> = (0..sensors).map(|k| Arc::from(format!("s{k}"))).collect();
+            let shared: Vec<Reading> = rs
+                .iter()
+                .enumerate()
+                .map(|(i, x)| Reading::new(ids[i % sensors].clone(), x.time_ms, x.value.clone()))
+                .collect();
+            assert_eq!(encode_values(&shared), msg);
+        }
+    }
+
     #[test]
     fn pack_respects_the_limit_and_reports_exact_length() {
         let rs: Vec<Reading> = (0..1000)
@@ -389,6 +519,47 @@ mod tests {
             start += n;
         }
         assert_eq!(seen, rs.len());
+    }
+
+    #[test]
+    fn times_are_formatted_like_itoa() {
+        let mut tt = TimeText::new();
+        let mut x: u64 = 1;
+        let mut t: i64 = 1_699_999_000_000;
+        for _ in 0..100_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            t += match x % 5 {
+                0 => 1,
+                1 => 999,
+                2 => 1_000_001,
+                3 => -((x >> 40) as i64 % 2_000_000),
+                _ => (x >> 50) as i64,
+            };
+            let t = if x % 97 == 0 { -(t % 10_000_000) } else { t };
+            assert_eq!(
+                tt.format(t),
+                itoa::Buffer::new().format(t).as_bytes(),
+                "{t}"
+            );
+        }
+        for t in [
+            0,
+            999_999,
+            1_000_000,
+            1_000_001,
+            9_999_999,
+            10_000_000,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            assert_eq!(
+                tt.format(t),
+                itoa::Buffer::new().format(t).as_bytes(),
+                "{t}"
+            );
+        }
     }
 
     #[test]
