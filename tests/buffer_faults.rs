@@ -541,3 +541,33 @@ async fn appends_are_committed_by_the_policy_of_each_mode() {
         assert_eq!(pending(&mut again), n, "{fsync:?}");
     }
 }
+
+/// A child spawned by another thread holds a copy of the lock's descriptor
+/// until its exec; reopening the store in that moment must wait it out, not
+/// report the directory as taken by "another" process.
+#[test]
+fn a_lock_held_for_a_moment_by_this_process_is_waited_for() {
+    use std::os::unix::io::AsRawFd;
+    let tmp = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(tmp.path(), opts()).unwrap());
+    // Stand-in for the inherited copy: this process locks the file itself
+    // (it names this pid, as the store wrote it) and lets go from a thread.
+    let lock = fs::File::open(tmp.path().join("buffer.lock")).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let releaser = std::thread::spawn(move || {
+        rx.recv().unwrap(); // the open below has started
+        std::thread::sleep(Duration::from_millis(50));
+        drop(lock);
+    });
+    tx.send(()).unwrap();
+    let store = SqliteStore::open(tmp.path(), opts());
+    releaser.join().unwrap();
+    assert!(store.is_ok(), "{:?}", store.err());
+    let pid = fs::read_to_string(tmp.path().join("buffer.lock")).unwrap();
+    assert_eq!(pid, format!("{}\n", std::process::id()));
+}

@@ -52,7 +52,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Read as _, Seek as _, Write as _};
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
@@ -1335,20 +1335,35 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(io_err)?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                return Err(OpenError::Locked {
-                    dir: dir.to_owned(),
-                    pid: text.trim().parse().ok(),
-                });
+        // A child being spawned by another thread of this process holds a
+        // copy of our previous lock's descriptor until its exec closes it, so
+        // a lock that names this very process is retried for a moment before
+        // it counts as held.
+        let own_retry_until = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
             }
-            return Err(io_err(err));
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io_err(err));
+            }
+            let mut text = String::new();
+            let _ = file.seek(io::SeekFrom::Start(0));
+            let _ = file.read_to_string(&mut text);
+            let pid: Option<u32> = text.trim().parse().ok();
+            if pid == Some(std::process::id()) && std::time::Instant::now() < own_retry_until {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            return Err(OpenError::Locked {
+                dir: dir.to_owned(),
+                pid,
+            });
         }
         file.set_len(0).map_err(io_err)?;
+        file.seek(io::SeekFrom::Start(0)).map_err(io_err)?;
         file.write_all(format!("{}\n", std::process::id()).as_bytes())
             .map_err(io_err)?;
         Ok(DirLock { _file: file })
