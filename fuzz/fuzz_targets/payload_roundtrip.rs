@@ -7,6 +7,7 @@ use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value as Json;
 use thingplus_gw::sensor::{Reading, Value};
+use thingplus_gw::thingplus::compress::{self, Compression};
 use thingplus_gw::thingplus::{
     encode_status, encode_values, pack_values, parse_status, parse_values, Status,
 };
@@ -130,6 +131,11 @@ fn run(u: &mut Unstructured) -> Result<()> {
         );
         let part = parse_values(msg.as_bytes()).unwrap_or_else(|e| panic!("{e}: {msg}"));
         assert_eq!(per_sensor(&part), per_sensor(&readings[start..start + n]));
+        // gzip, as `[mqtt] compress` sends it, gives back the message.
+        let sent = Compression::Gzip { min_bytes: 0 }.apply(msg.as_bytes().to_vec());
+        assert!(sent.len() <= msg.len());
+        let got = compress::decode(&sent, msg.len()).expect("gunzip");
+        assert_eq!(&*got, msg.as_bytes());
         again.extend_from_slice(&readings[start..start + n]);
         start += n;
     }
@@ -173,10 +179,17 @@ fn reparse(data: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // First byte: 'v'/'s'/'{' (a payload) or anything else (structured readings).
+    // First byte: 'v'/'s'/'{' (a payload), 'z' (a gzip payload) or anything else (structured readings).
     match data.first() {
         Some(b'{') => reparse(data),
         Some(b'v' | b's') => reparse(&data[1..]),
+        // A gzip payload: gunzipping is bounded, and what it gives parses as above.
+        Some(b'z') => {
+            if let Ok(out) = compress::decode(&data[1..], 1 << 16) {
+                assert!(out.len() <= 1 << 16);
+                reparse(&out);
+            }
+        }
         _ => {
             let _ = run(&mut Unstructured::new(data));
         }
