@@ -6,7 +6,8 @@
 //! minutes. Numbers on a shared machine vary from run to run: each drain is
 //! run 3 times, interleaved, and the median and best are shown.
 //! `BENCH_READINGS` changes the number of readings (default 1000000);
-//! `BENCH_PREFILL_ONLY=<dir>` only writes a buffer directory holding them (to
+//! `BENCH_PHASES_ONLY=1` only measures the buffer thread's phases of a drain
+//! in process (no broker); `BENCH_PREFILL_ONLY=<dir>` only writes a buffer directory holding them (to
 //! profile the daemon by hand).
 //!
 //! 1. Appends per second through the `Buffer` handle over the SQLite store,
@@ -15,6 +16,8 @@
 //!    FULL). Then the database side of a drain (read 4096, delete, commit)
 //!    for one row per reading in plain SQLite against the store's batch rows:
 //!    the measurement behind the choice of batch rows.
+//!    Then the buffer thread's side of a drain in process, phase by phase
+//!    (read and pack 64 KiB messages, acknowledge, commit), in ns per reading.
 //! 2. Drain of a backlog of BENCH_READINGS readings by the daemon binary
 //!    through a local Mosquitto, against a plain rumqttc publisher sending the
 //!    same messages (pre-encoded), with rumqttc's default window (100) and
@@ -180,6 +183,49 @@ fn store_drain(rs: &[Reading]) -> Duration {
         store.commit().unwrap();
     }
     start.elapsed()
+}
+
+/// The buffer thread's side of a drain, as the session asks for it, in
+/// process (no broker): pack 4 messages of 64 KiB, acknowledge each, commit
+/// after each. Returns the time spent in each phase (read and pack, ack,
+/// commit).
+fn store_drain_phases(rs: &[Reading]) -> [Duration; 3] {
+    let tmp = tempfile::tempdir().unwrap();
+    prefill(tmp.path(), rs);
+    let mut store = SqliteStore::open(
+        tmp.path(),
+        SqliteOptions::unbounded(Fsync::Period(Duration::from_secs(1))),
+    )
+    .unwrap();
+    let phases = drain_phases(&mut store);
+    assert_eq!(phases.1, rs.len());
+    phases.0
+}
+
+/// The drain loop alone (a function of its own, for
+/// `valgrind --tool=callgrind --toggle-collect='*drain_phases*'`).
+#[inline(never)]
+fn drain_phases(store: &mut SqliteStore) -> ([Duration; 3], usize) {
+    let mut phases = [Duration::ZERO; 3];
+    let mut from = 0;
+    let mut seen = 0;
+    loop {
+        let t0 = Instant::now();
+        let msgs = store.read_packed(from, MAX_MESSAGE, 4).unwrap();
+        phases[0] += t0.elapsed();
+        let Some(last) = msgs.last() else { break };
+        from = last.seqs.end;
+        for m in msgs {
+            seen += m.count;
+            let t1 = Instant::now();
+            store.ack(m.seqs).unwrap();
+            let t2 = Instant::now();
+            store.commit_acks().unwrap();
+            phases[1] += t2 - t1;
+            phases[2] += t2.elapsed();
+        }
+    }
+    (phases, seen)
 }
 
 fn ours(rs: &[Reading], fsync: Fsync, per_append: usize) -> Duration {
@@ -545,6 +591,25 @@ fn main() {
         return;
     }
     println!("# thingplus-gw buffer benchmarks ({n} readings)\n");
+    println!("\n## The buffer thread's work in a drain, in process ({RUNS} runs, median)\n");
+    let mut runs: Vec<[Duration; 3]> = (0..RUNS).map(|_| store_drain_phases(&rs)).collect();
+    let ns = |d: Duration| d.as_nanos() as f64 / n as f64;
+    println!("| phase | ns per reading |");
+    println!("|---|---:|");
+    for (i, what) in [
+        "read the chunks and pack 64 KiB messages",
+        "acknowledge each message",
+        "commit after each acknowledgement",
+    ]
+    .iter()
+    .enumerate()
+    {
+        runs.sort_by_key(|r| r[i]);
+        println!("| {what} | {:.1} |", ns(runs[RUNS / 2][i]));
+    }
+    if std::env::var_os("BENCH_PHASES_ONLY").is_some() {
+        return;
+    }
 
     println!("## Appends\n");
     println!("| what | readings/s | vs plain SQLite |");

@@ -157,7 +157,26 @@ impl<'a> Decoder<'a> {
         Ok(b)
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, DecodeError> {
+        // One or two bytes: every field of a record, nearly always.
+        if let Some(&b) = self.data.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+            if let Some(&c) = self.data.get(self.pos + 1) {
+                if c < 0x80 {
+                    self.pos += 2;
+                    return Ok(u64::from(b & 0x7f) | (u64::from(c) << 7));
+                }
+            }
+        }
+        self.varint_long()
+    }
+
+    #[cold]
+    fn varint_long(&mut self) -> Result<u64, DecodeError> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -169,6 +188,7 @@ impl<'a> Decoder<'a> {
         Err(DecodeError("varint too long"))
     }
 
+    #[inline]
     fn bytes(&mut self, len: u64) -> Result<&'a [u8], DecodeError> {
         let len = usize::try_from(len).map_err(|_| DecodeError("length"))?;
         let end = self
@@ -181,6 +201,7 @@ impl<'a> Decoder<'a> {
         Ok(s)
     }
 
+    #[inline]
     fn record(&mut self) -> Result<Record<'a>, DecodeError> {
         let seq = self.seq0.wrapping_add(self.varint()?);
         let sensor = self.varint()? as i64;
@@ -199,6 +220,7 @@ impl<'a> Decoder<'a> {
 impl<'a> Iterator for Decoder<'a> {
     type Item = Result<Record<'a>, DecodeError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.pos >= self.data.len() {
             return None;

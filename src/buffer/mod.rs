@@ -77,6 +77,7 @@ impl<'a> MessageBuilder<'a> {
 
     /// Adds a reading whose value is JSON text. Returns false, without taking
     /// it, once `max_messages` messages are complete.
+    #[inline]
     pub fn add(&mut self, seq: u64, sensor_id: &'a str, time_ms: i64, value_json: &[u8]) -> bool {
         if self.out.len() >= self.max_messages {
             return false;
