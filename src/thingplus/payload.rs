@@ -335,16 +335,7 @@ impl<'a> Packer<'a> {
             if i > 0 {
                 out.push(b',');
             }
-            if id_len == id.len() + 2 {
-                // Nothing to escape (every valid sensor id).
-                out.push(b'"');
-                out.extend_from_slice(id.as_bytes());
-                out.push(b'"');
-            } else {
-                escaped.clear();
-                write_json_string(id, &mut escaped);
-                out.extend_from_slice(escaped.as_bytes());
-            }
+            push_key(&mut out, id, id_len, &mut escaped);
             out.extend_from_slice(b":[");
             for (k, &(s, e)) in spans.by_ref().take(n).enumerate() {
                 if k > 0 {
@@ -369,15 +360,7 @@ impl<'a> Packer<'a> {
             if i > 0 {
                 out.push(b',');
             }
-            if id_len == id.len() + 2 {
-                out.push(b'"');
-                out.extend_from_slice(id.as_bytes());
-                out.push(b'"');
-            } else {
-                escaped.clear();
-                write_json_string(id, &mut escaped);
-                out.extend_from_slice(escaped.as_bytes());
-            }
+            push_key(&mut out, id, id_len, &mut escaped);
             out.extend_from_slice(b":[");
             let mut start = 0;
             let mut first = true;
@@ -396,6 +379,21 @@ impl<'a> Packer<'a> {
         out.push(b'}');
         debug_assert_eq!(out.len(), self.total);
         out
+    }
+}
+
+/// A sensor id as a JSON key: written straight when nothing needs escaping
+/// (`id_len`, its quoted length, is then `id.len() + 2`: every valid id).
+#[inline]
+fn push_key(out: &mut Vec<u8>, id: &str, id_len: usize, escaped: &mut String) {
+    if id_len == id.len() + 2 {
+        out.push(b'"');
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'"');
+    } else {
+        escaped.clear();
+        write_json_string(id, escaped);
+        out.extend_from_slice(escaped.as_bytes());
     }
 }
 
