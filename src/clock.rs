@@ -369,11 +369,7 @@ impl Clock {
         if let Some(log) = log.as_mut() {
             if log.unconfirmed.is_some_and(|n| n <= release.0) {
                 log.unconfirmed = None;
-                if held.is_empty() {
-                    log.clear();
-                } else {
-                    log.rewrite(held.iter());
-                }
+                log.reset_to(held);
             }
         }
     }
@@ -514,13 +510,7 @@ impl Clock {
             unconfirmed: None,
         };
         // What is held now, and only that, is in the file from here on.
-        let held = std::mem::take(&mut s.held);
-        if held.is_empty() {
-            log.clear();
-        } else {
-            log.rewrite(held.iter());
-        }
-        s.held = held;
+        log.reset_to(&s.held);
         s.log = Some(log);
         n
     }
@@ -599,6 +589,15 @@ impl HeldLog {
                 }
                 Err(e) => self.fail("write", e),
             }
+        }
+    }
+
+    /// The file holds exactly `held`: no file when nothing is held.
+    fn reset_to(&mut self, held: &VecDeque<(Arc<str>, i64, Value)>) {
+        if held.is_empty() {
+            self.clear();
+        } else {
+            self.rewrite(held.iter());
         }
     }
 

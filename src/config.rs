@@ -747,7 +747,6 @@ impl Ctx<'_> {
     }
 }
 
-/// 1-based line and column of a byte offset.
 /// A `/sys/...` path, checked: with `..` in it, it would mean something
 /// else under another `sysfs_root` (`/sys/../etc/x` is `/etc/x`, but
 /// `<root>/../etc/x` is next to the root), so it is refused.
@@ -833,6 +832,7 @@ pub fn read_sysfs_root(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
     Ok(None)
 }
 
+/// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];

@@ -114,6 +114,22 @@ pub struct SwUpdateReport {
     pub output_tail: String,
 }
 
+impl SwUpdateReport {
+    /// An update of `command` that has just started.
+    pub fn started(command: Vec<String>, started_ms: i64) -> Self {
+        SwUpdateReport {
+            command,
+            started_ms,
+            running: true,
+            finished_ms: None,
+            success: None,
+            exit_code: None,
+            outcome: None,
+            output_tail: String::new(),
+        }
+    }
+}
+
 /// The last request the server sent, and how it went.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LastCommand {
@@ -328,16 +344,7 @@ impl Dispatcher {
                     "a software update is already running (started {secs} s ago)"
                 )));
             }
-            let report = SwUpdateReport {
-                command: cmd.clone(),
-                started_ms: clock::system_now_ms(),
-                running: true,
-                finished_ms: None,
-                success: None,
-                exit_code: None,
-                outcome: None,
-                output_tail: String::new(),
-            };
+            let report = SwUpdateReport::started(cmd.clone(), clock::system_now_ms());
             save_sw_update(&self.sw_update_file(), &report);
             *cell = Some(report);
         }
@@ -626,16 +633,10 @@ mod tests {
     }
 
     fn report_after(cmd: &[&str]) -> SwUpdateReport {
-        let cell: SwUpdateCell = Arc::new(std::sync::Mutex::new(Some(SwUpdateReport {
-            command: cmd.iter().map(|s| s.to_string()).collect(),
-            started_ms: 1,
-            running: true,
-            finished_ms: None,
-            success: None,
-            exit_code: None,
-            outcome: None,
-            output_tail: String::new(),
-        })));
+        let cell: SwUpdateCell = Arc::new(std::sync::Mutex::new(Some(SwUpdateReport::started(
+            cmd.iter().map(|s| s.to_string()).collect(),
+            1,
+        ))));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
