@@ -571,3 +571,139 @@ fn a_lock_held_for_a_moment_by_this_process_is_waited_for() {
     let pid = fs::read_to_string(tmp.path().join("buffer.lock")).unwrap();
     assert_eq!(pid, format!("{}\n", std::process::id()));
 }
+
+/// A chunk as the first release wrote it (codec version 1), by hand.
+fn chunk_v1(records: &[(u64, i64, i64, &str)]) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    let zigzag = |v: i64| ((v << 1) ^ (v >> 63)) as u64;
+    let (seq0, _, t0, _) = records[0];
+    let mut out = vec![1];
+    varint(&mut out, seq0);
+    varint(&mut out, zigzag(t0));
+    for &(seq, sensor, t, value) in records {
+        varint(&mut out, seq - seq0);
+        varint(&mut out, sensor as u64);
+        varint(&mut out, zigzag(t - t0));
+        varint(&mut out, value.len() as u64);
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+#[test]
+fn a_buffer_of_the_first_schema_is_upgraded_in_place_and_drains_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = 1_700_000_000_000i64;
+    {
+        let c = rusqlite::Connection::open(tmp.path().join(DB_FILE)).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE chunks(last_seq INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL);
+             CREATE TABLE sensors(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, last_t INTEGER NOT NULL);
+             CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+             PRAGMA application_id=1414547287;
+             PRAGMA user_version=1;",
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO sensors VALUES (1, 'gw-temp-0', ?1), (2, 'gw-loc-0', ?2)",
+            rusqlite::params![t0 + 2, t0 + 3],
+        )
+        .unwrap();
+        let a = chunk_v1(&[(1, 1, t0, "20.5"), (2, 2, t0 + 1, r#"{"lat":1}"#)]);
+        let b = chunk_v1(&[(3, 1, t0 + 2, "21"), (4, 2, t0 + 3, r#""a,b""#)]);
+        c.execute(
+            "INSERT INTO chunks VALUES (2, 1, 2, ?1), (4, 3, 2, ?2)",
+            rusqlite::params![a, b],
+        )
+        .unwrap();
+        c.execute("INSERT INTO meta VALUES ('next_seq', 5)", [])
+            .unwrap();
+    }
+    let old = |i: usize| {
+        let values = [
+            Value::Number(20.5),
+            Value::Json(serde_json::json!({"lat": 1})),
+            Value::Number(21.0),
+            Value::Text("a,b".into()),
+        ];
+        let sensor = ["gw-temp-0", "gw-loc-0"][i % 2];
+        Reading::new(sensor, t0 + i as i64, values[i].clone())
+    };
+    let (store, logs) = with_logs(|| SqliteStore::open(tmp.path(), opts()));
+    let mut store = store.unwrap();
+    assert!(logs.contains("upgraded to schema 2"), "{logs}");
+    let got: Vec<_> = store.read(0, 100).unwrap();
+    assert_eq!(
+        got.iter()
+            .map(|s| (s.seq, s.reading.clone()))
+            .collect::<Vec<_>>(),
+        (0..4).map(|i| (i as u64 + 1, old(i))).collect::<Vec<_>>()
+    );
+    // Old chunks and new ones in one drain, in order.
+    let fresh = Reading::new("gw-temp-0", t0 + 10, Value::Number(22.0));
+    store.append(vec![fresh.clone()]).unwrap();
+    store.commit().unwrap();
+    let packed = store.read_packed(0, 65536, 4).unwrap();
+    let mut all: Vec<Reading> = (0..4).map(old).collect();
+    all.push(fresh.clone());
+    assert_eq!(packed.len(), 1);
+    assert_eq!(
+        packed[0].payload,
+        thingplus_gw::thingplus::pack_values(&all, usize::MAX)
+            .0
+            .as_bytes()
+    );
+    assert_eq!(packed[0].seqs, 1..6);
+    store.ack(1..4).unwrap();
+    store.commit().unwrap();
+    drop(store);
+    let mut store = SqliteStore::open(tmp.path(), opts()).unwrap();
+    let left: Vec<_> = store.read(0, 100).unwrap();
+    assert_eq!(
+        left.iter()
+            .map(|s| (s.seq, s.reading.clone()))
+            .collect::<Vec<_>>(),
+        vec![(4, old(3)), (5, fresh)]
+    );
+    drop(store);
+    let c = rusqlite::Connection::open(tmp.path().join(DB_FILE)).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 2);
+}
+
+#[test]
+fn a_buffer_of_a_newer_schema_is_refused_and_left_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join(DB_FILE);
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE chunks(last_seq INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL);
+             PRAGMA application_id=1414547287;
+             PRAGMA user_version=3;",
+        )
+        .unwrap();
+    }
+    let err = SqliteStore::open(tmp.path(), opts())
+        .err()
+        .expect("refused");
+    let text = err.to_string();
+    assert!(matches!(err, OpenError::Db { .. }), "{text}");
+    assert!(text.contains("newer thingplus-gw (schema 3"), "{text}");
+    assert!(text.contains("left untouched"), "{text}");
+    assert!(corrupt_files(tmp.path()).is_empty(), "not moved aside");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 3, "not downgraded");
+}

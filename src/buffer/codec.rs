@@ -1,19 +1,37 @@
 //! The compact encoding of a batch of readings, as one BLOB of the `chunks`
 //! table.
 //!
+//! Version 2 (written since the drain fast path) keeps each sensor's
+//! readings as the very text a values message carries, so that a drain
+//! copies a chunk into a message sensor by sensor, without touching a
+//! single reading:
 //! ```text
-//! chunk  := version:u8 (=1)  seq0:varint  t0:zigzag  record*
+//! chunk2 := 2:u8  seq0:varint  n:varint  groups:varint
+//!           (sensor:varint  text_len:varint){groups}
+//!           (seq - seq0:varint  group:varint  pair_len:varint){n}   the index
+//!           text{groups}                                         at the end
+//! text   := "t,v" ("," "t,v")*   one sensor's readings in seq order, as in
+//!                                `{"sensor":[t,v,t,v]}` (time in ms, value JSON)
+//! ```
+//! The index gives each reading's seq, sensor and the length of its `t,v`
+//! text, so a chunk can still be read (and filtered) reading by reading.
+//! The texts are found from the end of the chunk, so copying them needs no
+//! walk of the index.
+//!
+//! Version 1 (still read: files written before it) is a list of records:
+//! ```text
+//! chunk1 := 1:u8  seq0:varint  t0:zigzag  record*
 //! record := (seq - seq0):varint  sensor:varint  (t - t0):zigzag  len:varint  value
 //! ```
-//! `value` is the reading's value as the JSON text Thing+ receives
-//! ([`Value::write_json`]): a drain copies it into messages as it is, with no
-//! decoding or number formatting. Records are independent of each other, so
-//! a chunk can be filtered (partly acknowledged) record by record. Decoding
-//! never panics on bad bytes.
+//! In both, `value` is the reading's value as the JSON text Thing+ receives
+//! ([`Value::write_json`]). Decoding never panics on bad bytes.
 
+use crate::fasthash::FxHashMap;
 use crate::sensor::Value;
 
-pub const VERSION: u8 = 1;
+/// The version written.
+pub const VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("damaged chunk: {0}")]
@@ -27,23 +45,28 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
 fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// One sensor's readings in the chunk being built.
+struct Group {
+    sensor: i64,
+    text: Vec<u8>,
 }
 
 /// Builds one chunk.
 #[derive(Default)]
 pub struct Encoder {
-    buf: Vec<u8>,
     seq0: u64,
-    t0: i64,
     first: u64,
     last: u64,
     n: u64,
+    groups: Vec<Group>,
+    /// Group of a sensor, once there are too many groups to scan.
+    places: FxHashMap<i64, usize>,
+    index: Vec<u8>,
+    text_bytes: usize,
     scratch: String,
 }
 
@@ -60,22 +83,55 @@ impl Encoder {
         self.scratch = text;
     }
 
-    /// Adds a record whose value is already JSON text.
+    /// Up to this many sensors in a chunk, groups are found by scanning them.
+    const SCAN: usize = 8;
+
+    fn group(&mut self, sensor: i64) -> usize {
+        if self.groups.len() <= Self::SCAN {
+            if let Some(g) = self.groups.iter().position(|g| g.sensor == sensor) {
+                return g;
+            }
+        } else if let Some(&g) = self.places.get(&sensor) {
+            return g;
+        }
+        self.groups.push(Group {
+            sensor,
+            text: Vec::new(),
+        });
+        let g = self.groups.len() - 1;
+        if self.groups.len() > Self::SCAN {
+            if self.places.is_empty() {
+                self.places
+                    .extend(self.groups.iter().enumerate().map(|(i, g)| (g.sensor, i)));
+            } else {
+                self.places.insert(sensor, g);
+            }
+        }
+        g
+    }
+
+    /// Adds a reading whose value is already JSON text. Seqs must grow.
     pub fn push_json(&mut self, seq: u64, sensor: i64, t: i64, value: &[u8]) {
         if self.n == 0 {
-            self.buf.clear();
-            self.buf.push(VERSION);
-            put_varint(&mut self.buf, seq);
-            put_varint(&mut self.buf, zigzag(t));
             self.seq0 = seq;
-            self.t0 = t;
             self.first = seq;
         }
-        put_varint(&mut self.buf, seq.wrapping_sub(self.seq0));
-        put_varint(&mut self.buf, sensor as u64);
-        put_varint(&mut self.buf, zigzag(t.wrapping_sub(self.t0)));
-        put_varint(&mut self.buf, value.len() as u64);
-        self.buf.extend_from_slice(value);
+        let g = self.group(sensor);
+        let mut time = itoa::Buffer::new();
+        let time = time.format(t).as_bytes();
+        let text = &mut self.groups[g].text;
+        if !text.is_empty() {
+            text.push(b',');
+            self.text_bytes += 1;
+        }
+        text.extend_from_slice(time);
+        text.push(b',');
+        text.extend_from_slice(value);
+        let pair_len = time.len() + 1 + value.len();
+        self.text_bytes += pair_len;
+        put_varint(&mut self.index, seq.wrapping_sub(self.seq0));
+        put_varint(&mut self.index, g as u64);
+        put_varint(&mut self.index, pair_len as u64);
         self.last = seq;
         self.n += 1;
     }
@@ -89,9 +145,9 @@ impl Encoder {
         self.n == 0
     }
 
-    /// Encoded bytes so far.
+    /// Encoded bytes so far (at most a few bytes over).
     pub fn bytes(&self) -> usize {
-        self.buf.len()
+        1 + 10 + 10 + 5 + self.groups.len() * 15 + self.index.len() + self.text_bytes
     }
 
     /// The chunk: (first seq, last seq, readings, data); the encoder is reset.
@@ -99,9 +155,26 @@ impl Encoder {
         if self.n == 0 {
             return None;
         }
-        let out = (self.first, self.last, self.n, std::mem::take(&mut self.buf));
+        let mut out = Vec::with_capacity(self.bytes());
+        out.push(VERSION);
+        put_varint(&mut out, self.seq0);
+        put_varint(&mut out, self.n);
+        put_varint(&mut out, self.groups.len() as u64);
+        for g in &self.groups {
+            put_varint(&mut out, g.sensor as u64);
+            put_varint(&mut out, g.text.len() as u64);
+        }
+        out.extend_from_slice(&self.index);
+        for g in &self.groups {
+            out.extend_from_slice(&g.text);
+        }
+        let done = (self.first, self.last, self.n, out);
         self.n = 0;
-        Some(out)
+        self.groups.clear();
+        self.places.clear();
+        self.index.clear();
+        self.text_bytes = 0;
+        Some(done)
     }
 }
 
@@ -124,33 +197,13 @@ impl Record<'_> {
     }
 }
 
-/// Iterates the records of a chunk; stops at the first damaged byte.
-pub struct Decoder<'a> {
+/// Reads varints and bytes off a chunk; every read is bounds-checked.
+struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
-    seq0: u64,
-    t0: i64,
-    failed: bool,
 }
 
-impl<'a> Decoder<'a> {
-    pub fn new(data: &'a [u8]) -> Result<Decoder<'a>, DecodeError> {
-        let mut d = Decoder {
-            data,
-            pos: 0,
-            seq0: 0,
-            t0: 0,
-            failed: false,
-        };
-        match d.byte()? {
-            VERSION => {}
-            _ => return Err(DecodeError("unknown version")),
-        }
-        d.seq0 = d.varint()?;
-        d.t0 = unzigzag(d.varint()?);
-        Ok(d)
-    }
-
+impl<'a> Reader<'a> {
     fn byte(&mut self) -> Result<u8, DecodeError> {
         let b = *self.data.get(self.pos).ok_or(DecodeError("truncated"))?;
         self.pos += 1;
@@ -188,6 +241,10 @@ impl<'a> Decoder<'a> {
         Err(DecodeError("varint too long"))
     }
 
+    fn usize(&mut self) -> Result<usize, DecodeError> {
+        usize::try_from(self.varint()?).map_err(|_| DecodeError("length"))
+    }
+
     #[inline]
     fn bytes(&mut self, len: u64) -> Result<&'a [u8], DecodeError> {
         let len = usize::try_from(len).map_err(|_| DecodeError("length"))?;
@@ -200,19 +257,158 @@ impl<'a> Decoder<'a> {
         self.pos = end;
         Ok(s)
     }
+}
+
+/// The head of a version 2 chunk: its sensors' texts, found without
+/// reading the index.
+pub struct Chunk<'a> {
+    pub seq0: u64,
+    /// Readings in the chunk.
+    pub n: u64,
+    /// Per sensor, in the order of its first reading: (sensor, `t,v,...` text).
+    pub groups: Vec<(i64, &'a [u8])>,
+    /// Where the index starts.
+    index: usize,
+}
+
+impl<'a> Chunk<'a> {
+    /// `Ok(None)` for a chunk of another version (read it record by record).
+    pub fn parse(data: &'a [u8]) -> Result<Option<Chunk<'a>>, DecodeError> {
+        let mut r = Reader { data, pos: 0 };
+        if r.byte()? != VERSION {
+            return Ok(None);
+        }
+        let seq0 = r.varint()?;
+        let n = r.varint()?;
+        let count = r.usize()?;
+        if count == 0 || n == 0 || count as u64 > n || count > data.len() {
+            return Err(DecodeError("bad header"));
+        }
+        // Lengths first (the texts' place is known once all are read).
+        let mut groups = Vec::with_capacity(count);
+        let mut lens = Vec::with_capacity(count);
+        let mut total: usize = 0;
+        for _ in 0..count {
+            let sensor = r.varint()? as i64;
+            let len = r.usize()?;
+            if len == 0 {
+                return Err(DecodeError("empty sensor text"));
+            }
+            total = total
+                .checked_add(len)
+                .filter(|t| *t <= data.len())
+                .ok_or(DecodeError("texts longer than the chunk"))?;
+            groups.push((sensor, &data[..0]));
+            lens.push(len);
+        }
+        let index = r.pos;
+        let mut at = data
+            .len()
+            .checked_sub(total)
+            .filter(|at| *at >= index)
+            .ok_or(DecodeError("texts overlap the index"))?;
+        for (g, len) in groups.iter_mut().zip(lens) {
+            g.1 = &data[at..at + len];
+            at += len;
+        }
+        Ok(Some(Chunk {
+            seq0,
+            n,
+            groups,
+            index,
+        }))
+    }
+}
+
+/// Iterates the records of a chunk; stops at the first damaged byte.
+pub struct Decoder<'a> {
+    r: Reader<'a>,
+    seq0: u64,
+    t0: i64,
+    failed: bool,
+    /// Version 2: per sensor, (sensor, its text, where its next reading starts).
+    groups: Vec<(i64, &'a [u8], usize)>,
+    /// Version 2: readings not yet returned, and where the texts start.
+    left: u64,
+    texts: usize,
+    v2: bool,
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(data: &'a [u8]) -> Result<Decoder<'a>, DecodeError> {
+        let mut d = Decoder {
+            r: Reader { data, pos: 0 },
+            seq0: 0,
+            t0: 0,
+            failed: false,
+            groups: Vec::new(),
+            left: 0,
+            texts: data.len(),
+            v2: false,
+        };
+        match d.r.byte()? {
+            VERSION_1 => {
+                d.seq0 = d.r.varint()?;
+                d.t0 = unzigzag(d.r.varint()?);
+            }
+            VERSION => {
+                let c = Chunk::parse(data)?.expect("version 2");
+                d.v2 = true;
+                d.seq0 = c.seq0;
+                d.left = c.n;
+                d.r.pos = c.index;
+                d.texts = data.len() - c.groups.iter().map(|g| g.1.len()).sum::<usize>();
+                d.groups = c.groups.into_iter().map(|(s, t)| (s, t, 0)).collect();
+            }
+            _ => return Err(DecodeError("unknown version")),
+        }
+        Ok(d)
+    }
 
     #[inline]
-    fn record(&mut self) -> Result<Record<'a>, DecodeError> {
-        let seq = self.seq0.wrapping_add(self.varint()?);
-        let sensor = self.varint()? as i64;
-        let t = self.t0.wrapping_add(unzigzag(self.varint()?));
-        let len = self.varint()?;
-        let value = self.bytes(len)?;
+    fn record_v1(&mut self) -> Result<Record<'a>, DecodeError> {
+        let seq = self.seq0.wrapping_add(self.r.varint()?);
+        let sensor = self.r.varint()? as i64;
+        let t = self.t0.wrapping_add(unzigzag(self.r.varint()?));
+        let len = self.r.varint()?;
+        let value = self.r.bytes(len)?;
         Ok(Record {
             seq,
             sensor,
             t,
             value,
+        })
+    }
+
+    fn record_v2(&mut self) -> Result<Record<'a>, DecodeError> {
+        let seq = self.seq0.wrapping_add(self.r.varint()?);
+        let g = self.r.usize()?;
+        let len = self.r.usize()?;
+        if self.r.pos > self.texts {
+            return Err(DecodeError("index runs into the texts"));
+        }
+        let (sensor, text, at) = self
+            .groups
+            .get_mut(g)
+            .ok_or(DecodeError("unknown sensor group"))?;
+        let pair = at
+            .checked_add(len)
+            .and_then(|end| text.get(*at..end))
+            .ok_or(DecodeError("reading outside its sensor's text"))?;
+        *at += len + 1; // and the comma between readings
+        let comma = pair
+            .iter()
+            .position(|b| *b == b',')
+            .ok_or(DecodeError("reading without a time"))?;
+        let t = std::str::from_utf8(&pair[..comma])
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or(DecodeError("bad time"))?;
+        Ok(Record {
+            seq,
+            sensor: *sensor,
+            t,
+            value: &pair[comma + 1..],
         })
     }
 }
@@ -222,10 +418,25 @@ impl<'a> Iterator for Decoder<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed || self.pos >= self.data.len() {
+        if self.failed {
             return None;
         }
-        let r = self.record();
+        let r = if self.v2 {
+            if self.left == 0 {
+                if self.r.pos != self.texts {
+                    self.failed = true;
+                    return Some(Err(DecodeError("index longer than its readings")));
+                }
+                return None;
+            }
+            self.left -= 1;
+            self.record_v2()
+        } else {
+            if self.r.pos >= self.r.data.len() {
+                return None;
+            }
+            self.record_v1()
+        };
         self.failed = r.is_err();
         Some(r)
     }
@@ -288,6 +499,36 @@ mod tests {
                 }
             }
         }
+
+        /// Damage in a real chunk of either version: an error or records, never a panic.
+        #[test]
+        fn damaged_chunks_never_panic(values in prop::collection::vec((0..4i64, value()), 1..20),
+                                      flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+                                      cut in any::<prop::sample::Index>(), v1 in any::<bool>()) {
+            let mut e = Encoder::new();
+            let texts: Vec<String> = values.iter().map(|(_, v)| v.to_json_string()).collect();
+            for (i, ((sensor, _), text)) in values.iter().zip(&texts).enumerate() {
+                e.push_json(i as u64, *sensor, 1000 + i as i64, text.as_bytes());
+            }
+            let mut data = if v1 {
+                let records: Vec<_> = values.iter().zip(&texts).enumerate()
+                    .map(|(i, ((s, _), t))| (i as u64, *s, 1000 + i as i64, t.as_bytes())).collect();
+                encode_v1(&records)
+            } else {
+                e.finish().unwrap().3
+            };
+            for (at, b) in flips {
+                let i = at.index(data.len());
+                data[i] = b;
+            }
+            data.truncate(cut.index(data.len() + 1));
+            if let Ok(d) = Decoder::new(&data) {
+                for r in d.flatten() {
+                    let _ = r.value();
+                }
+            }
+            let _ = Chunk::parse(&data);
+        }
     }
 
     #[test]
@@ -296,7 +537,95 @@ mod tests {
         e.push(1, 1, 1_700_000_000_000, &Value::Number(42.0));
         e.push(2, 1, 1_700_000_010_000, &Value::Number(27.5));
         let (_, _, _, data) = e.finish().unwrap();
-        // header 1+1+6; records 1+1+1+1+"42" and 1+1+3+1+"27.5"
-        assert_eq!(data.len(), 8 + 6 + 10);
+        // header 1+1+1+1, group 1+1; index 3+3; text "1700000000000,42,1700000010000,27.5"
+        assert_eq!(data.len(), 6 + 6 + 35);
+        assert!(data.ends_with(b"1700000000000,42,1700000010000,27.5"));
+    }
+
+    #[test]
+    fn a_chunk_holds_each_sensors_readings_as_message_text() {
+        let mut e = Encoder::new();
+        e.push(10, 3, 1000, &Value::Number(1.5));
+        e.push(11, 7, 1001, &Value::Text("a,b".into()));
+        e.push(13, 3, 1002, &Value::Number(-2.0));
+        let (first, last, n, data) = e.finish().unwrap();
+        assert_eq!((first, last, n), (10, 13, 3));
+        let c = Chunk::parse(&data).unwrap().unwrap();
+        assert_eq!((c.seq0, c.n), (10, 3));
+        assert_eq!(
+            c.groups,
+            vec![(3, &b"1000,1.5,1002,-2"[..]), (7, &b"1001,\"a,b\""[..])]
+        );
+        let got: Vec<_> = decode_all(&data)
+            .unwrap()
+            .iter()
+            .map(|r| (r.seq, r.sensor, r.t, r.value.to_vec()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (10, 3, 1000, b"1.5".to_vec()),
+                (11, 7, 1001, b"\"a,b\"".to_vec()),
+                (13, 3, 1002, b"-2".to_vec()),
+            ]
+        );
+    }
+
+    /// Version 1 as it was written before version 2, for files of that time.
+    fn encode_v1(records: &[(u64, i64, i64, &[u8])]) -> Vec<u8> {
+        fn zigzag(v: i64) -> u64 {
+            ((v << 1) ^ (v >> 63)) as u64
+        }
+        let (seq0, _, t0, _) = records[0];
+        let mut out = vec![1];
+        put_varint(&mut out, seq0);
+        put_varint(&mut out, zigzag(t0));
+        for &(seq, sensor, t, v) in records {
+            put_varint(&mut out, seq - seq0);
+            put_varint(&mut out, sensor as u64);
+            put_varint(&mut out, zigzag(t - t0));
+            put_varint(&mut out, v.len() as u64);
+            out.extend_from_slice(v);
+        }
+        out
+    }
+
+    #[test]
+    fn version_1_chunks_are_still_read() {
+        let data = encode_v1(&[(5, 1, 1000, b"42"), (6, 2, 999, b"\"x\"")]);
+        assert!(
+            Chunk::parse(&data).unwrap().is_none(),
+            "no fast path for v1"
+        );
+        let got = decode_all(&data).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[0].seq, got[0].sensor, got[0].t, got[0].value),
+            (5, 1, 1000, &b"42"[..])
+        );
+        assert_eq!(
+            (got[1].seq, got[1].sensor, got[1].t, got[1].value),
+            (6, 2, 999, &b"\"x\""[..])
+        );
+    }
+
+    #[test]
+    fn damaged_version_2_chunks_are_refused_not_misread() {
+        let mut e = Encoder::new();
+        e.push(1, 1, 1000, &Value::Number(1.0));
+        e.push(2, 2, 1001, &Value::Number(2.0));
+        let (_, _, _, data) = e.finish().unwrap();
+        // Cut short: the texts no longer add up.
+        assert!(decode_all(&data[..data.len() - 3]).is_err());
+        // A group index that does not exist.
+        let mut bad = data.clone();
+        let index = Chunk::parse(&data).unwrap().unwrap().index;
+        bad[index + 1] = 9;
+        assert!(decode_all(&bad).is_err());
+        // A time that is not a number.
+        let mut bad = data.clone();
+        let at = bad.len() - "1001,2".len();
+        bad[at] = b'x';
+        assert!(decode_all(&bad).is_err());
     }
 }

@@ -53,6 +53,16 @@ pub struct Packed {
     pub count: usize,
 }
 
+/// What [`MessageBuilder::add_chunk`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkFit {
+    Taken,
+    /// `max_messages` messages are complete; the chunk was not taken.
+    Full,
+    /// Larger than an empty message: add it reading by reading.
+    TooLarge,
+}
+
 /// Packs readings, in queue order, into messages within a size bound.
 pub struct MessageBuilder<'a> {
     max_bytes: usize,
@@ -84,12 +94,7 @@ impl<'a> MessageBuilder<'a> {
         }
         if !self.packer.push(sensor_id, time_ms, value_json) {
             // Full: this reading opens the next message.
-            let done = std::mem::replace(&mut self.packer, Packer::new(self.max_bytes));
-            self.out.push(Packed {
-                count: done.len(),
-                payload: done.finish(),
-                seqs: self.first..self.last + 1,
-            });
+            self.close_message();
             if self.out.len() >= self.max_messages {
                 return false;
             }
@@ -100,6 +105,54 @@ impl<'a> MessageBuilder<'a> {
         }
         self.last = seq;
         true
+    }
+
+    fn close_message(&mut self) {
+        let done = std::mem::replace(&mut self.packer, Packer::new(self.max_bytes));
+        self.out.push(Packed {
+            count: done.len(),
+            payload: done.finish(),
+            seqs: self.first..self.last + 1,
+        });
+    }
+
+    /// Adds a whole chunk: `n` readings, seqs `first..=last`, all pending,
+    /// given as each sensor's run of `t,v` text. The chunk goes whole into
+    /// one message (a message must hold every pending reading of its seq
+    /// range): when it does not fit in the current message, that message is
+    /// closed and the chunk opens the next one.
+    pub fn add_chunk(
+        &mut self,
+        first: u64,
+        last: u64,
+        n: usize,
+        runs: &[(&'a str, &[u8])],
+    ) -> ChunkFit {
+        if self.out.len() >= self.max_messages {
+            return ChunkFit::Full;
+        }
+        let cost: usize = runs.iter().map(|(id, t)| Packer::run_cost(id, t)).sum();
+        if cost > self.packer.room() {
+            if self.packer.is_empty() {
+                return ChunkFit::TooLarge;
+            }
+            self.close_message();
+            if self.out.len() >= self.max_messages {
+                return ChunkFit::Full;
+            }
+            if cost > self.packer.room() {
+                return ChunkFit::TooLarge;
+            }
+        }
+        if self.packer.is_empty() {
+            self.first = first;
+        }
+        for (id, text) in runs {
+            self.packer.push_run(id, text);
+        }
+        self.packer.add_readings(n);
+        self.last = last;
+        ChunkFit::Taken
     }
 
     /// The messages. The last, not full, one is left out when `more`

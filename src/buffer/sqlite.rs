@@ -8,7 +8,8 @@
 //! - `buffer.db.corrupt-<time>` (+ `-wal`): a database found unreadable,
 //!   moved aside for `thingplus-gw buffer export --db`.
 //!
-//! Schema (version 1, `PRAGMA application_id` = "TPGW"):
+//! Schema (version 2, `PRAGMA application_id` = "TPGW"; a version 1 file
+//! is upgraded at open, see [`SCHEMA_VERSION`]):
 //! - `chunks(last_seq INTEGER PRIMARY KEY, first_seq, n, data)`: `n` readings
 //!   with increasing seqs from `first_seq` to `last_seq`, encoded by
 //!   [`super::codec`]. A partly acknowledged chunk is rewritten without the
@@ -62,14 +63,19 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-use super::codec::{self, Decoder, Encoder};
-use super::{BufferStats, MessageBuilder, Packed, Store, StoreError, StoreResult, Stored};
+use super::codec::{self, Chunk, Decoder, Encoder};
+use super::{
+    BufferStats, ChunkFit, MessageBuilder, Packed, Store, StoreError, StoreResult, Stored,
+};
 use crate::config::{BufferConfig, Fsync};
 use crate::sensor::Reading;
 
 pub const DB_FILE: &str = "buffer.db";
 pub const LOCK_FILE: &str = "buffer.lock";
-const SCHEMA_VERSION: i64 = 1;
+/// 2: chunks may be of codec version 2 (which a version 1 daemon cannot
+/// read: it would drop them as damaged). A version 1 file is upgraded in
+/// place at open: its chunks stay as they are and are still read.
+const SCHEMA_VERSION: i64 = 2;
 /// "TPGW": marks the file as a thingplus-gw buffer.
 pub const APPLICATION_ID: i64 = 0x5450_4757;
 /// SQLite's page cache: the backlog stays on disk, not in memory.
@@ -562,6 +568,27 @@ impl SqliteStore {
             let mut full = false;
             'rows: while let Some(row) = rows.next()? {
                 let data = row.get_ref(2)?.as_blob()?;
+                // A whole chunk of version 2 is copied sensor by sensor.
+                match Chunk::parse(data) {
+                    Ok(Some(c)) if c.seq0 >= from => {
+                        let runs: Vec<(&str, &[u8])> =
+                            c.groups.iter().map(|(s, text)| (name(*s), *text)).collect();
+                        let last = row.get::<_, i64>(0)? as u64;
+                        match b.add_chunk(c.seq0, last, c.n as usize, &runs) {
+                            ChunkFit::Taken => continue,
+                            ChunkFit::Full => {
+                                full = true;
+                                break 'rows;
+                            }
+                            ChunkFit::TooLarge => {}
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        damaged.push((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, e));
+                        continue;
+                    }
+                }
                 let decoder = match Decoder::new(data) {
                     Ok(d) => d,
                     Err(e) => {
@@ -1208,6 +1235,14 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
             .map_err(classify)?;
         }
         (SCHEMA_VERSION, APPLICATION_ID) => {}
+        (1, APPLICATION_ID) => {
+            conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))
+                .map_err(classify)?;
+            tracing::info!(
+                path = %path.display(),
+                "buffer upgraded to schema {SCHEMA_VERSION} (the readings in it are kept as they are)"
+            );
+        }
         (v, APPLICATION_ID) if v > SCHEMA_VERSION => {
             return Err(LoadError::Other(format!(
                 "it was written by a newer thingplus-gw (schema {v}, this one knows {SCHEMA_VERSION}); it is left untouched"

@@ -136,13 +136,15 @@ const PRESIZE_BYTES: usize = 1 << 20;
 pub struct Packer<'a> {
     max_bytes: usize,
     index: FxHashMap<&'a str, usize>,
-    /// (sensor id, readings it has in the message, its length as JSON)
+    /// (sensor id, texts it has in `taken`, its length as JSON)
     entries: Vec<(&'a str, usize, usize)>,
     /// Every reading's `t,v`, one after the other. Bytes: values kept
     /// encoded on disk are copied without a UTF-8 check each.
     pairs: Vec<u8>,
-    /// Per reading taken: (its entry, the end of its text in `pairs`).
+    /// Per text taken (one reading's `t,v`, or a run of one sensor's
+    /// readings, `t,v,t,v`): (its entry, the end of its text in `pairs`).
     taken: Vec<(usize, usize)>,
+    readings: usize,
     total: usize,
     times: TimeText,
 }
@@ -220,6 +222,7 @@ impl<'a> Packer<'a> {
             // fills); not for callers without a real bound (one reading).
             pairs: Vec::with_capacity(presize),
             taken: Vec::with_capacity(presize / 16),
+            readings: 0,
             total: 2, // {}
             times: TimeText::new(),
         }
@@ -258,14 +261,10 @@ impl<'a> Packer<'a> {
         let t = self.times.format(time_ms);
         // "t,v"
         let pair_len = t.len() + 1 + value_json.len();
-        let id_len = match entry {
-            Some(_) => 0,
-            None => json_string_len(id),
-        };
         let added = match entry {
             Some(_) => pair_len + 1,
-            // "id":[pair] plus a separating comma when not first.
-            None => id_len + 3 + pair_len + usize::from(!self.entries.is_empty()),
+            // and a separating comma when not first
+            None => Self::new_entry_len(id) + pair_len + usize::from(!self.entries.is_empty()),
         };
         if self.total + added > self.max_bytes && !self.taken.is_empty() {
             return false;
@@ -273,30 +272,80 @@ impl<'a> Packer<'a> {
         self.total += added;
         let e = match entry {
             Some(e) => e,
-            None => {
-                self.entries.push((id, 0, id_len));
-                if self.entries.len() > Self::SCAN {
-                    if self.index.is_empty() {
-                        let all = self.entries.iter().enumerate().map(|(i, e)| (e.0, i));
-                        self.index.extend(all);
-                    } else {
-                        self.index.insert(id, self.entries.len() - 1);
-                    }
-                }
-                self.entries.len() - 1
-            }
+            None => Self::add_entry(&mut self.entries, &mut self.index, id),
         };
         self.entries[e].1 += 1;
         self.pairs.extend_from_slice(t);
         self.pairs.push(b',');
         self.pairs.extend_from_slice(value_json);
         self.taken.push((e, self.pairs.len()));
+        self.readings += 1;
         true
+    }
+
+    /// What a sensor's first text costs beyond the text: `"id":[` `]`.
+    fn new_entry_len(id: &str) -> usize {
+        json_string_len(id) + 3
+    }
+
+    /// The most that [`Packer::push_run`] of `text` can add.
+    pub fn run_cost(id: &str, text: &[u8]) -> usize {
+        Self::new_entry_len(id) + 1 + text.len()
+    }
+
+    /// Room left under the bound.
+    pub fn room(&self) -> usize {
+        self.max_bytes.saturating_sub(self.total)
+    }
+
+    /// Adds a sensor's entry (fields apart: a time text may be borrowed).
+    #[inline]
+    fn add_entry(
+        entries: &mut Vec<(&'a str, usize, usize)>,
+        index: &mut FxHashMap<&'a str, usize>,
+        id: &'a str,
+    ) -> usize {
+        entries.push((id, 0, json_string_len(id)));
+        if entries.len() > Self::SCAN {
+            if index.is_empty() {
+                index.extend(entries.iter().enumerate().map(|(i, e)| (e.0, i)));
+            } else {
+                index.insert(id, entries.len() - 1);
+            }
+        }
+        entries.len() - 1
+    }
+
+    /// Adds readings of one sensor at once, given as the text of their
+    /// pairs (`t,v,t,v`, as a values message holds them), unchecked. The
+    /// caller makes sure it fits ([`Packer::run_cost`], [`Packer::room`])
+    /// and counts the readings ([`Packer::add_readings`]).
+    #[inline]
+    pub fn push_run(&mut self, id: &'a str, text: &[u8]) {
+        let e = match self.find(id) {
+            Some(e) => {
+                self.total += text.len() + 1;
+                e
+            }
+            None => {
+                self.total +=
+                    Self::new_entry_len(id) + text.len() + usize::from(!self.entries.is_empty());
+                Self::add_entry(&mut self.entries, &mut self.index, id)
+            }
+        };
+        self.entries[e].1 += 1;
+        self.pairs.extend_from_slice(text);
+        self.taken.push((e, self.pairs.len()));
+    }
+
+    /// Counts readings added as runs (see [`Packer::push_run`]).
+    pub fn add_readings(&mut self, n: usize) {
+        self.readings += n;
     }
 
     /// Readings in the message.
     pub fn len(&self) -> usize {
-        self.taken.len()
+        self.readings
     }
 
     pub fn is_empty(&self) -> bool {
