@@ -172,6 +172,7 @@ struct Loaded {
     names: IdMap<Arc<str>>,
     dropped_total: u64,
     page_size: u64,
+    acked_below: u64,
 }
 
 enum LoadError {
@@ -211,6 +212,16 @@ pub struct SqliteStore {
     dropped_since_start: u64,
     dropped_total: u64,
     meta_dirty: bool,
+    /// Every reading with a smaller seq is acknowledged (or dropped): a
+    /// drain acknowledges whole chunks at the front of the queue by moving
+    /// this cursor, committed in `meta` as `acked_below`; the chunks under
+    /// it are deleted later, many at once ([`SqliteStore::purge_acked`]).
+    /// No chunk straddles it.
+    acked_below: u64,
+    /// `acked_below` as last written to `meta`.
+    stored_acked_below: u64,
+    /// Chunks under the cursor may still be in the table.
+    acked_rows: bool,
     episode: Option<Episode>,
     recoveries: Vec<Recovery>,
 }
@@ -309,6 +320,9 @@ impl SqliteStore {
             dropped_since_start: 0,
             dropped_total: loaded.dropped_total,
             meta_dirty: false,
+            acked_below: loaded.acked_below,
+            stored_acked_below: loaded.acked_below,
+            acked_rows: false,
             episode: None,
             recoveries,
         };
@@ -454,6 +468,7 @@ impl SqliteStore {
     }
 
     fn try_read(&mut self, from: u64, max: usize) -> rusqlite::Result<Vec<Stored>> {
+        let from = from.max(self.acked_below);
         let mut out = Vec::with_capacity(max.min(4096));
         let mut damaged = Vec::new();
         if max == 0 {
@@ -544,6 +559,7 @@ impl SqliteStore {
         if max_messages == 0 {
             return Ok(Vec::new());
         }
+        let from = from.max(self.acked_below);
         let mut damaged = Vec::new();
         let messages = {
             let names = &self.names;
@@ -653,10 +669,77 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn try_ack(&mut self, range: &Range<u64>) -> rusqlite::Result<()> {
-        if range.start >= range.end || self.pending == 0 {
+    /// Deletes the chunks under the acknowledged cursor, in one statement.
+    /// Every path that reads or changes chunks other than a drain's reads and
+    /// acknowledgements calls this first, and so sees only pending chunks.
+    fn purge_acked(&mut self) -> rusqlite::Result<()> {
+        if !self.acked_rows {
             return Ok(());
         }
+        self.begin()?;
+        self.conn
+            .prepare_cached("DELETE FROM chunks WHERE last_seq < ?1")?
+            .execute(params![to_i64(self.acked_below)])?;
+        self.acked_rows = false;
+        Ok(())
+    }
+
+    /// Acknowledges `range` by moving the cursor, when nothing before it is
+    /// pending and it ends at a chunk boundary: a drain's acknowledgement,
+    /// which then deletes nothing and writes one `meta` row at its commit.
+    /// Returns false, changing nothing, when that does not apply.
+    fn try_ack_front(&mut self, range: &Range<u64>) -> rusqlite::Result<bool> {
+        let (start, end) = (range.start, range.end);
+        let mut readings = 0;
+        let mut rows = false;
+        {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT last_seq, first_seq, n FROM chunks WHERE last_seq >= ?1 ORDER BY last_seq",
+            )?;
+            let mut q = stmt.query(params![to_i64(self.acked_below)])?;
+            while let Some(row) = q.next()? {
+                let (last, first, n) = (
+                    row.get::<_, i64>(0)? as u64,
+                    row.get::<_, i64>(1)? as u64,
+                    row.get::<_, i64>(2)? as u64,
+                );
+                if first >= end {
+                    break;
+                }
+                if first < start || last >= end {
+                    return Ok(false); // pending readings before it, or a chunk cut
+                }
+                readings += n;
+                rows = true;
+            }
+        }
+        let below = self.tail.partition_point(|e| e.seq < self.acked_below);
+        let a = self.tail.partition_point(|e| e.seq < start);
+        if a > below {
+            return Ok(false);
+        }
+        let b = self.tail.partition_point(|e| e.seq < end);
+        self.begin()?; // the cursor is written at the next commit
+        if b > a {
+            self.tail.drain(a..b);
+            readings += (b - a) as u64;
+        }
+        self.pending = self.pending.saturating_sub(readings);
+        // Seqs not given yet cannot be acknowledged.
+        self.acked_below = self.acked_below.max(end.min(self.next_seq));
+        self.acked_rows |= rows;
+        Ok(true)
+    }
+
+    fn try_ack(&mut self, range: &Range<u64>) -> rusqlite::Result<()> {
+        if range.start >= range.end || self.pending == 0 || range.end <= self.acked_below {
+            // (Nothing pending: the cursor stays, later readings are not under it.)
+            return Ok(());
+        }
+        if self.try_ack_front(range)? {
+            return Ok(());
+        }
+        self.purge_acked()?;
         let (lo, hi) = (range.start, range.end);
         // Chunks overlapping the range.
         let rows: Vec<ChunkRow> = {
@@ -728,6 +811,7 @@ impl SqliteStore {
 
     /// Writes the tail and what is kept in memory, checks the bounds, commits.
     fn finish_tx(&mut self) -> rusqlite::Result<()> {
+        self.purge_acked()?;
         if !self.tail.is_empty() {
             self.flush_tail(true)?;
         }
@@ -735,7 +819,8 @@ impl SqliteStore {
         // used seqs and moved sensor times: those are kept too.
         let idle = self.dirty_sensors.is_empty()
             && !self.meta_dirty
-            && self.next_seq == self.stored_next_seq;
+            && self.next_seq == self.stored_next_seq
+            && self.acked_below == self.stored_acked_below;
         if !self.in_tx && idle {
             return Ok(());
         }
@@ -769,10 +854,14 @@ impl SqliteStore {
         if self.next_seq != self.stored_next_seq {
             set_meta("next_seq", self.next_seq)?;
         }
+        if self.acked_below != self.stored_acked_below {
+            set_meta("acked_below", self.acked_below)?;
+        }
         self.conn.execute_batch("COMMIT")?;
         self.in_tx = false;
         self.meta_dirty = false;
         self.stored_next_seq = self.next_seq;
+        self.stored_acked_below = self.acked_below;
         Ok(())
     }
 
@@ -787,9 +876,15 @@ impl SqliteStore {
                 .prepare_cached("INSERT INTO meta(key, value) VALUES ('dropped', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
                 .execute(params![to_i64(self.dropped_total)])?;
         }
+        if self.acked_below != self.stored_acked_below {
+            self.conn
+                .prepare_cached("INSERT INTO meta(key, value) VALUES ('acked_below', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+                .execute(params![to_i64(self.acked_below)])?;
+        }
         self.conn.execute_batch("COMMIT")?;
         self.in_tx = false;
         self.meta_dirty = false;
+        self.stored_acked_below = self.acked_below;
         Ok(())
     }
 
@@ -820,6 +915,8 @@ impl SqliteStore {
     /// have to grow. Freed pages are reused by later appends.
     fn enforce_bounds(&mut self) -> rusqlite::Result<()> {
         self.since_check = 0;
+        // Acknowledged chunks are not counted against the bounds.
+        self.purge_acked()?;
         let pragma = |conn: &Connection, name: &str| -> rusqlite::Result<u64> {
             conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))
                 .map(|v| v.max(0) as u64)
@@ -927,8 +1024,8 @@ impl SqliteStore {
         let data: Option<Vec<u8>> = self
             .conn
             .query_row(
-                "SELECT data FROM chunks ORDER BY last_seq LIMIT 1",
-                [],
+                "SELECT data FROM chunks WHERE last_seq >= ?1 ORDER BY last_seq LIMIT 1",
+                params![to_i64(self.acked_below)],
                 |r| r.get(0),
             )
             .optional()?;
@@ -948,6 +1045,9 @@ impl SqliteStore {
             self.in_tx = false;
             self.dirty_sensors.clear();
             self.tail.clear();
+            // Back to the cursor as committed; chunks purged since are back.
+            self.acked_below = self.stored_acked_below;
+            self.acked_rows = true;
             if let Err(e) = self.reload_counts() {
                 tracing::error!(error = %e, "cannot re-read the buffer after a rollback");
             }
@@ -955,11 +1055,11 @@ impl SqliteStore {
     }
 
     fn reload_counts(&mut self) -> rusqlite::Result<()> {
-        self.pending = self
-            .conn
-            .query_row("SELECT ifnull(sum(n), 0) FROM chunks", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64;
+        self.pending = self.conn.query_row(
+            "SELECT ifnull(sum(n), 0) FROM chunks WHERE last_seq >= ?1",
+            params![to_i64(self.acked_below)],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
         let (sensors, names) = load_sensors(&self.conn)?;
         for (name, mut entry) in sensors {
             if let Some(old) = self.sensors.get(&name) {
@@ -1018,6 +1118,9 @@ impl SqliteStore {
         self.sensors = loaded.sensors;
         self.names = loaded.names;
         self.page_size = loaded.page_size;
+        self.acked_below = loaded.acked_below;
+        self.stored_acked_below = loaded.acked_below;
+        self.acked_rows = false;
         self.episode = None;
         // The tail goes into the new database, under its sensor ids.
         let tail = std::mem::take(&mut self.tail);
@@ -1254,6 +1357,16 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
             )))
         }
     }
+    // Chunks acknowledged by the cursor before the last stop go now.
+    let acked_below = meta(&conn, "acked_below")
+        .map_err(classify)?
+        .unwrap_or(0)
+        .max(0);
+    conn.execute(
+        "DELETE FROM chunks WHERE last_seq < ?1",
+        params![acked_below],
+    )
+    .map_err(classify)?;
     // Reading every row of the queue once also finds damage early.
     let (pending, last): (i64, Option<i64>) = conn
         .query_row(
@@ -1266,6 +1379,8 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
         .map_err(classify)?
         .unwrap_or(1)
         .max(last.unwrap_or(0) + 1)
+        // Seqs under the cursor are used, even if the counter was not committed.
+        .max(acked_below)
         .max(1) as u64;
     let (sensors, names) = load_sensors(&conn).map_err(classify)?;
     let dropped_total = meta(&conn, "dropped")
@@ -1284,15 +1399,21 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
         names,
         dropped_total,
         page_size,
+        acked_below: acked_below as u64,
     })
 }
 
 /// Counts the readings in a damaged file, as far as it can be read.
 fn count_readable(path: &Path) -> Option<u64> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
-    conn.query_row("SELECT sum(n) FROM chunks", [], |r| r.get::<_, i64>(0))
-        .ok()
-        .map(|n| n as u64)
+    let acked = meta(&conn, "acked_below").ok().flatten().unwrap_or(0);
+    conn.query_row(
+        "SELECT sum(n) FROM chunks WHERE last_seq >= ?1",
+        params![acked],
+        |r| r.get::<_, i64>(0),
+    )
+    .ok()
+    .map(|n| n as u64)
 }
 
 /// Renames a database (and its WAL) to `buffer.db.corrupt-<time>` and logs it.
@@ -1488,7 +1609,13 @@ pub fn inspect(path: &Path, integrity: bool) -> Result<Inspection, String> {
     out.page_size = get!("page size", "PRAGMA page_size").unwrap_or(0) as u64;
     out.pages = get!("page count", "PRAGMA page_count").unwrap_or(0) as u64;
     out.free_pages = get!("free pages", "PRAGMA freelist_count").unwrap_or(0) as u64;
-    out.rows = get!("rows", "SELECT count(*) FROM chunks").map(|n| n as u64);
+    // Chunks under the acknowledged cursor are not pending (deleted at the next start).
+    let acked = meta(&conn, "acked_below").ok().flatten().unwrap_or(0);
+    out.rows = get!(
+        "rows",
+        &format!("SELECT count(*) FROM chunks WHERE last_seq >= {acked}")
+    )
+    .map(|n| n as u64);
     let last = get!("next seq", "SELECT max(last_seq) FROM chunks");
     let stored_next = get!("next seq", "SELECT value FROM meta WHERE key = 'next_seq'");
     if errors.is_empty() {
@@ -1518,9 +1645,9 @@ pub fn inspect(path: &Path, integrity: bool) -> Result<Inspection, String> {
     let mut per_sensor: HashMap<i64, (u64, i64)> = HashMap::new();
     let mut pending = 0u64;
     let scan = conn
-        .prepare("SELECT last_seq, data FROM chunks ORDER BY last_seq")
+        .prepare("SELECT last_seq, data FROM chunks WHERE last_seq >= ?1 ORDER BY last_seq")
         .and_then(|mut st| {
-            let mut rows = st.query([])?;
+            let mut rows = st.query(params![acked])?;
             while let Some(row) = rows.next()? {
                 let last: i64 = row.get(0)?;
                 let data = row.get_ref(1)?.as_blob()?;
@@ -1600,7 +1727,12 @@ pub fn export(path: &Path, out: &mut dyn io::Write) -> Result<ExportSummary, Str
         .or_else(|_| meta(&conn, "next_seq").map(|v| v.unwrap_or(1) - 1))
         .map_err(|e| format!("{}: cannot read the readings: {e}", path.display()))?;
     let mut summary = ExportSummary::default();
-    let mut from: i64 = 0;
+    // Chunks under the acknowledged cursor were delivered.
+    let mut from: i64 = meta(&conn, "acked_below")
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+        .max(0);
     let mut skip: i64 = 1000;
     let mut line = String::new();
     let mut stmt = conn
