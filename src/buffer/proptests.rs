@@ -43,6 +43,18 @@ enum Op {
         back: u16,
         len: u16,
     },
+    /// As the session drains: the next messages from where the previous
+    /// ones stopped (checked as `ReadPacked`), kept in flight.
+    Drain {
+        max_bytes: u16,
+        messages: u8,
+    },
+    /// PUBACKs for up to this many messages in flight, oldest first (or,
+    /// with `newest_first`, the newest one first, then the others in order).
+    Pubacks {
+        count: u8,
+        newest_first: bool,
+    },
     /// Drop the handle (a clean close) and open the directory again.
     Reopen,
     /// Copy the files as they are now (SIGKILL) and open the copy.
@@ -77,6 +89,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(from, max_bytes, messages)| Op::ReadPacked { from, max_bytes, messages }),
         3 => (0..1500u16).prop_map(Op::AckFront),
         1 => (0..3000u16, 0..1000u16).prop_map(|(back, len)| Op::AckRange { back, len }),
+        3 => (200..8000u16, 1..5u8).prop_map(|(max_bytes, messages)| Op::Drain { max_bytes, messages }),
+        3 => (1..6u8, prop::bool::weighted(0.1)).prop_map(|(count, newest_first)| Op::Pubacks { count, newest_first }),
         1 => Just(Op::Reopen),
         1 => Just(Op::Crash),
     ]
@@ -121,6 +135,9 @@ struct Harness {
     durable_acks: BTreeSet<u64>,
     pending_acks: BTreeSet<u64>,
     clock: HashMap<usize, i64>,
+    /// The session's read position and its messages awaiting a PUBACK.
+    cursor: u64,
+    in_flight: std::collections::VecDeque<std::ops::Range<u64>>,
 }
 
 impl Harness {
@@ -141,6 +158,8 @@ impl Harness {
             durable_acks: BTreeSet::new(),
             pending_acks: BTreeSet::new(),
             clock: HashMap::new(),
+            cursor: 0,
+            in_flight: Default::default(),
         }
     }
 
@@ -244,6 +263,41 @@ impl Harness {
         Ok(())
     }
 
+    /// Reads packed messages and checks them against `pack_values` over the model.
+    fn check_packed(
+        &mut self,
+        from: u64,
+        max_bytes: usize,
+        messages: usize,
+    ) -> Result<Vec<super::Packed>, TestCaseError> {
+        let got = self.store().read_packed(from, max_bytes, messages).unwrap();
+        let want = self.model.read(from, usize::MAX).unwrap();
+        prop_assert!(got.len() <= messages);
+        let mut i = 0;
+        for m in &got {
+            // The next readings in order, packed as pack_values packs
+            // them; the store may close a message early (at a chunk
+            // boundary), never late.
+            let n = m.count;
+            prop_assert!(n >= 1 && i + n <= want.len());
+            let (greedy, most) = crate::thingplus::pack_values(&want[i..], max_bytes);
+            prop_assert!(n <= most);
+            let (payload, all) = crate::thingplus::pack_values(&want[i..i + n], usize::MAX);
+            prop_assert_eq!(all, n);
+            prop_assert_eq!(&m.payload[..], payload.as_bytes());
+            if n == most {
+                prop_assert_eq!(&m.payload[..], greedy.as_bytes());
+            }
+            prop_assert_eq!(m.seqs.clone(), want[i].seq..want[i + n - 1].seq + 1);
+            prop_assert!(m.payload.len() <= max_bytes || n == 1);
+            i += n;
+        }
+        if got.len() < messages {
+            prop_assert_eq!(i, want.len(), "readings left out");
+        }
+        Ok(got)
+    }
+
     fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
         match op {
             Op::Append(items) => {
@@ -291,31 +345,33 @@ impl Harness {
             } => {
                 let first = self.model.read(0, 1).unwrap().first().map_or(1, |s| s.seq);
                 let from = first.saturating_sub(5) + u64::from(from);
-                let (max_bytes, messages) = (usize::from(max_bytes), usize::from(messages));
-                let got = self.store().read_packed(from, max_bytes, messages).unwrap();
-                let want = self.model.read(from, usize::MAX).unwrap();
-                prop_assert!(got.len() <= messages);
-                let mut i = 0;
-                for m in &got {
-                    // The next readings in order, packed as pack_values packs
-                    // them; the store may close a message early (at a chunk
-                    // boundary), never late.
-                    let n = m.count;
-                    prop_assert!(n >= 1 && i + n <= want.len());
-                    let (greedy, most) = crate::thingplus::pack_values(&want[i..], max_bytes);
-                    prop_assert!(n <= most);
-                    let (payload, all) = crate::thingplus::pack_values(&want[i..i + n], usize::MAX);
-                    prop_assert_eq!(all, n);
-                    prop_assert_eq!(&m.payload[..], payload.as_bytes());
-                    if n == most {
-                        prop_assert_eq!(&m.payload[..], greedy.as_bytes());
-                    }
-                    prop_assert_eq!(m.seqs.clone(), want[i].seq..want[i + n - 1].seq + 1);
-                    prop_assert!(m.payload.len() <= max_bytes || n == 1);
-                    i += n;
+                self.check_packed(from, usize::from(max_bytes), usize::from(messages))?;
+            }
+            Op::Drain {
+                max_bytes,
+                messages,
+            } => {
+                let got =
+                    self.check_packed(self.cursor, usize::from(max_bytes), usize::from(messages))?;
+                if let Some(last) = got.last() {
+                    self.cursor = last.seqs.end;
                 }
-                if got.len() < messages {
-                    prop_assert_eq!(i, want.len(), "readings left out");
+                self.in_flight.extend(got.into_iter().map(|m| m.seqs));
+            }
+            Op::Pubacks {
+                count,
+                newest_first,
+            } => {
+                if newest_first {
+                    if let Some(r) = self.in_flight.pop_back() {
+                        self.ack(r);
+                    }
+                }
+                for _ in 0..count {
+                    let Some(r) = self.in_flight.pop_front() else {
+                        break;
+                    };
+                    self.ack(r);
                 }
             }
             Op::AckFront(n) => {
@@ -335,6 +391,9 @@ impl Harness {
                     SqliteStore::open(&self.dir, SqliteOptions::unbounded(self.fsync)).unwrap(),
                 );
                 self.committed_now();
+                // A new connection replays from the oldest pending reading.
+                self.cursor = 0;
+                self.in_flight.clear();
             }
             Op::Crash => {
                 self.generation += 1;
@@ -347,6 +406,8 @@ impl Harness {
                     SqliteStore::open(&self.dir, SqliteOptions::unbounded(self.fsync)).unwrap(),
                 );
                 self.check_after_crash()?;
+                self.cursor = 0;
+                self.in_flight.clear();
             }
         }
         let got = self.store().stats().unwrap();

@@ -175,6 +175,18 @@ struct TailEntry {
     reading: Reading,
 }
 
+/// A chunk given whole to a drain: seqs `first..=last`, `n` readings.
+#[derive(Clone, Copy, Debug)]
+struct HandedChunk {
+    first: u64,
+    last: u64,
+    n: u64,
+}
+
+/// `handed` stops growing at this many chunks (a reader far ahead of the
+/// acknowledgements; they then take the exact path).
+const HANDED_MAX: usize = 1 << 16;
+
 /// What was read from a database file when it was opened.
 struct Loaded {
     conn: Connection,
@@ -234,6 +246,17 @@ pub struct SqliteStore {
     stored_acked_below: u64,
     /// Chunks under the cursor may still be in the table.
     acked_rows: bool,
+    /// The chunks a drain was given whole, in order: every chunk from the
+    /// first one at or after `handed_start` on, as long as the reads went
+    /// on from where the previous one stopped. What lets
+    /// [`SqliteStore::try_ack_front`] acknowledge without reading the table
+    /// (once the cursor reaches `handed_start`, the first of them is the
+    /// oldest pending chunk). Cleared whenever chunks are deleted or
+    /// rewritten other than through the cursor.
+    handed: VecDeque<HandedChunk>,
+    handed_start: u64,
+    /// The seq a read must start at to extend `handed` (just past its last chunk).
+    handed_next: Option<u64>,
     episode: Option<Episode>,
     recoveries: Vec<Recovery>,
 }
@@ -335,6 +358,9 @@ impl SqliteStore {
             acked_below: loaded.acked_below,
             stored_acked_below: loaded.acked_below,
             acked_rows: false,
+            handed: VecDeque::new(),
+            handed_start: 0,
+            handed_next: None,
             episode: None,
             recoveries,
         };
@@ -571,7 +597,16 @@ impl SqliteStore {
         if max_messages == 0 {
             return Ok(Vec::new());
         }
+        // A read from just past the end of the drain's list of chunks given
+        // whole extends it; any other read starts a new one.
         let from = from.max(self.acked_below);
+        if self.handed_next != Some(from) {
+            self.forget_handed();
+            self.handed_start = from;
+        }
+        let mut extending = self.handed.len() < HANDED_MAX;
+        let handed = &mut self.handed;
+        let handed_next = &mut self.handed_next;
         let mut damaged = Vec::new();
         let messages = {
             let names = &self.names;
@@ -603,7 +638,18 @@ impl SqliteStore {
                             c.groups.iter().map(|(s, text)| (name(*s), *text)).collect();
                         let last = row.get::<_, i64>(0)? as u64;
                         match b.add_chunk(c.seq0, last, c.n as usize, &runs) {
-                            ChunkFit::Taken => continue,
+                            ChunkFit::Taken => {
+                                if extending {
+                                    handed.push_back(HandedChunk {
+                                        first: c.seq0,
+                                        last,
+                                        n: c.n,
+                                    });
+                                    *handed_next = Some(last + 1);
+                                    extending = handed.len() < HANDED_MAX;
+                                }
+                                continue;
+                            }
                             ChunkFit::Full => {
                                 full = true;
                                 break 'rows;
@@ -617,6 +663,9 @@ impl SqliteStore {
                         continue;
                     }
                 }
+                // Read reading by reading: the list stops before this chunk.
+                extending = false;
+                *handed_next = None;
                 let decoder = match Decoder::new(data) {
                     Ok(d) => d,
                     Err(e) => {
@@ -669,6 +718,7 @@ impl SqliteStore {
     /// Deletes chunks whose data cannot be decoded (damaged on disk), logging the loss.
     fn drop_damaged(&mut self, damaged: &[(i64, i64, codec::DecodeError)]) -> rusqlite::Result<()> {
         self.begin()?;
+        self.forget_handed();
         for (last, n, e) in damaged {
             tracing::error!(last_seq = last, readings = n, error = %e, "a damaged batch of buffered readings was dropped");
             let deleted = self
@@ -696,51 +746,42 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Acknowledges `range` by moving the cursor, when nothing before it is
-    /// pending and it ends at a chunk boundary: a drain's acknowledgement,
-    /// which then deletes nothing and writes one `meta` row at its commit.
+    /// Acknowledges `range` by moving the cursor, when it covers whole
+    /// chunks from the oldest pending one on, as given to a drain: then
+    /// nothing is read or deleted, and the commit writes one `meta` row.
     /// Returns false, changing nothing, when that does not apply.
-    fn try_ack_front(&mut self, range: &Range<u64>) -> rusqlite::Result<bool> {
+    fn try_ack_front(&mut self, range: &Range<u64>) -> bool {
         let (start, end) = (range.start, range.end);
-        let mut readings = 0;
-        let mut rows = false;
-        {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT last_seq, first_seq, n FROM chunks WHERE last_seq >= ?1 ORDER BY last_seq",
-            )?;
-            let mut q = stmt.query(params![to_i64(self.acked_below)])?;
-            while let Some(row) = q.next()? {
-                let (last, first, n) = (
-                    row.get::<_, i64>(0)? as u64,
-                    row.get::<_, i64>(1)? as u64,
-                    row.get::<_, i64>(2)? as u64,
-                );
-                if first >= end {
-                    break;
-                }
-                if first < start || last >= end {
-                    return Ok(false); // pending readings before it, or a chunk cut
-                }
-                readings += n;
-                rows = true;
-            }
+        // With the cursor at or past where the list starts, its front is
+        // the oldest pending chunk: no pending reading lies before `start`
+        // when the range covers that chunk.
+        match self.handed.front() {
+            Some(front)
+                if self.acked_below >= self.handed_start
+                    && start <= front.first
+                    && front.last < end => {}
+            _ => return false,
         }
-        let below = self.tail.partition_point(|e| e.seq < self.acked_below);
-        let a = self.tail.partition_point(|e| e.seq < start);
-        if a > below {
-            return Ok(false);
+        let k = self.handed.partition_point(|c| c.last < end);
+        // It must end where a chunk ends (chunks do not overlap, and the
+        // tail's seqs come after every chunk's).
+        if self.handed[k - 1].last + 1 != end {
+            return false;
         }
-        let b = self.tail.partition_point(|e| e.seq < end);
-        self.begin()?; // the cursor is written at the next commit
-        if b > a {
-            self.tail.drain(a..b);
-            readings += (b - a) as u64;
+        if self.begin().is_err() {
+            return false; // the exact path reports it
         }
+        let readings: u64 = self.handed.drain(..k).map(|c| c.n).sum();
         self.pending = self.pending.saturating_sub(readings);
-        // Seqs not given yet cannot be acknowledged.
-        self.acked_below = self.acked_below.max(end.min(self.next_seq));
-        self.acked_rows |= rows;
-        Ok(true)
+        self.acked_below = self.acked_below.max(end);
+        self.acked_rows = true;
+        true
+    }
+
+    /// Chunks were deleted or rewritten: the drain's list no longer holds.
+    fn forget_handed(&mut self) {
+        self.handed.clear();
+        self.handed_next = None;
     }
 
     fn try_ack(&mut self, range: &Range<u64>) -> rusqlite::Result<()> {
@@ -748,7 +789,7 @@ impl SqliteStore {
             // (Nothing pending: the cursor stays, later readings are not under it.)
             return Ok(());
         }
-        if self.try_ack_front(range)? {
+        if self.try_ack_front(range) {
             return Ok(());
         }
         self.purge_acked()?;
@@ -775,6 +816,7 @@ impl SqliteStore {
         };
         if !rows.is_empty() {
             self.begin()?;
+            self.forget_handed();
         }
         for c in rows {
             if c.first >= lo && c.last < hi {
@@ -817,6 +859,21 @@ impl SqliteStore {
         if b > a {
             self.tail.drain(a..b);
             self.pending = self.pending.saturating_sub((b - a) as u64);
+        }
+        // Nothing pending left before `hi`: the cursor moves past it, so that
+        // the acknowledgements after this one can take the fast way again.
+        let next_first: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT first_seq FROM chunks WHERE last_seq >= ?1 ORDER BY last_seq LIMIT 1",
+            )?
+            .query_row(params![to_i64(self.acked_below)], |r| r.get(0))
+            .optional()?;
+        let rows_clear = next_first.is_none_or(|f| f as u64 >= hi);
+        let tail_clear = self.tail.front().is_none_or(|e| e.seq >= hi);
+        if rows_clear && tail_clear {
+            self.begin()?;
+            self.acked_below = self.acked_below.max(hi.min(self.next_seq));
         }
         Ok(())
     }
@@ -1001,6 +1058,7 @@ impl SqliteStore {
 
     /// Deletes the oldest chunks, about `pages` pages of them; returns the readings dropped.
     fn drop_oldest_pages(&mut self, pages: u64) -> rusqlite::Result<u64> {
+        self.forget_handed();
         let chunks: u64 = self
             .conn
             .query_row("SELECT count(*) FROM chunks", [], |r| r.get::<_, i64>(0))?
@@ -1060,6 +1118,7 @@ impl SqliteStore {
             // Back to the cursor as committed; chunks purged since are back.
             self.acked_below = self.stored_acked_below;
             self.acked_rows = true;
+            self.forget_handed();
             if let Err(e) = self.reload_counts() {
                 tracing::error!(error = %e, "cannot re-read the buffer after a rollback");
             }
@@ -1133,6 +1192,7 @@ impl SqliteStore {
         self.acked_below = loaded.acked_below;
         self.stored_acked_below = loaded.acked_below;
         self.acked_rows = false;
+        self.forget_handed();
         self.episode = None;
         // The tail goes into the new database, under its sensor ids.
         let tail = std::mem::take(&mut self.tail);
@@ -1812,4 +1872,131 @@ pub fn export(path: &Path, out: &mut dyn io::Write) -> Result<ExportSummary, Str
     }
     out.flush().map_err(|e| e.to_string())?;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensor::Value;
+
+    fn store(dir: &Path) -> SqliteStore {
+        SqliteStore::open(dir, SqliteOptions::unbounded(Fsync::Never)).unwrap()
+    }
+
+    fn fill(s: &mut SqliteStore, n: usize) {
+        let readings: Vec<Reading> = (0..n)
+            .map(|i| {
+                let sensor = ["a", "b"][i % 2];
+                Reading::new(
+                    sensor,
+                    1_700_000_000_000 + i as i64,
+                    Value::Number(i as f64),
+                )
+            })
+            .collect();
+        s.append(readings).unwrap();
+        s.commit().unwrap();
+    }
+
+    fn rows_under_cursor(s: &SqliteStore) -> i64 {
+        s.conn
+            .query_row(
+                "SELECT count(*) FROM chunks WHERE last_seq < ?1",
+                params![to_i64(s.acked_below)],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn a_drains_acknowledgements_move_the_cursor_and_chunks_go_later() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = store(tmp.path());
+        fill(&mut s, 5000);
+        let first = s.read_packed(0, 8192, 3).unwrap();
+        // Read ahead, as the session does, before the PUBACKs.
+        let more = s
+            .read_packed(first.last().unwrap().seqs.end, 8192, 3)
+            .unwrap();
+        for m in first.iter().chain(&more) {
+            s.ack(m.seqs.clone()).unwrap();
+            s.commit_acks().unwrap();
+            assert_eq!(s.acked_below, m.seqs.end, "the fast way was taken");
+        }
+        let acked: usize = first.iter().chain(&more).map(|m| m.count).sum();
+        assert_eq!(s.stats().unwrap().pending, 5000 - acked as u64);
+        assert!(
+            rows_under_cursor(&s) > 0,
+            "chunks are deleted later, not per message"
+        );
+        // Nothing under the cursor is read again, before or after a reopen.
+        let rest = s.read(0, usize::MAX).unwrap();
+        assert_eq!(rest.len(), 5000 - acked);
+        assert_eq!(rest[0].seq, s.acked_below);
+        drop(s);
+        let mut s = store(tmp.path());
+        assert_eq!(rows_under_cursor(&s), 0, "purged at open");
+        assert_eq!(s.stats().unwrap().pending, 5000 - acked as u64);
+        assert_eq!(s.read(0, usize::MAX).unwrap(), rest);
+    }
+
+    #[test]
+    fn the_periodic_commit_deletes_the_acknowledged_chunks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = store(tmp.path());
+        fill(&mut s, 3000);
+        let msgs = s.read_packed(0, 8192, 2).unwrap();
+        for m in &msgs {
+            s.ack(m.seqs.clone()).unwrap();
+        }
+        s.commit_acks().unwrap();
+        assert!(rows_under_cursor(&s) > 0);
+        s.commit().unwrap();
+        assert_eq!(rows_under_cursor(&s), 0);
+    }
+
+    #[test]
+    fn an_acknowledgement_other_than_a_drains_takes_the_exact_way_and_then_the_fast_one_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = store(tmp.path());
+        fill(&mut s, 4000);
+        let msgs = s.read_packed(0, 8192, 4).unwrap();
+        // Half of the first message: not a chunk boundary.
+        let r = &msgs[0].seqs;
+        let mid = r.start + (r.end - r.start) / 2;
+        s.ack(r.start..mid).unwrap();
+        assert_eq!(s.acked_below, mid, "exact way; the cursor follows");
+        assert!(
+            s.handed.is_empty(),
+            "a chunk was rewritten: the list is dropped"
+        );
+        s.ack(mid..r.end).unwrap();
+        // A new read from the session's position starts a new list...
+        let next = s.read_packed(msgs[1].seqs.start, 8192, 2).unwrap();
+        assert_eq!(next[0].seqs, msgs[1].seqs);
+        // ...which the cursor has reached: fast again.
+        s.ack(next[0].seqs.clone()).unwrap();
+        assert_eq!(s.acked_below, next[0].seqs.end);
+        assert!(
+            rows_under_cursor(&s) > 0,
+            "fast way: the chunks stay for now"
+        );
+        let left = s.read(0, usize::MAX).unwrap();
+        assert_eq!(left[0].seq, next[0].seqs.end);
+        assert_eq!(s.stats().unwrap().pending, left.len() as u64);
+    }
+
+    #[test]
+    fn acknowledging_seqs_never_given_does_not_hide_later_readings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = store(tmp.path());
+        fill(&mut s, 600);
+        let msgs = s.read_packed(0, 1 << 20, 1).unwrap();
+        s.ack(0..u64::MAX).unwrap();
+        assert_eq!(s.stats().unwrap().pending, 0);
+        assert!(s.acked_below <= s.next_seq());
+        fill(&mut s, 10);
+        assert_eq!(s.read(0, usize::MAX).unwrap().len(), 10);
+        assert_eq!(msgs[0].count, 600);
+    }
 }
