@@ -65,7 +65,6 @@ pub enum ChunkFit {
 
 /// Packs readings, in queue order, into messages within a size bound.
 pub struct MessageBuilder<'a> {
-    max_bytes: usize,
     max_messages: usize,
     out: Vec<Packed>,
     packer: Packer<'a>,
@@ -76,7 +75,6 @@ pub struct MessageBuilder<'a> {
 impl<'a> MessageBuilder<'a> {
     pub fn new(max_bytes: usize, max_messages: usize) -> Self {
         MessageBuilder {
-            max_bytes,
             max_messages,
             out: Vec::new(),
             packer: Packer::new(max_bytes),
@@ -108,12 +106,12 @@ impl<'a> MessageBuilder<'a> {
     }
 
     fn close_message(&mut self) {
-        let done = std::mem::replace(&mut self.packer, Packer::new(self.max_bytes));
         self.out.push(Packed {
-            count: done.len(),
-            payload: done.finish(),
+            count: self.packer.len(),
+            payload: self.packer.message(),
             seqs: self.first..self.last + 1,
         });
+        self.packer.clear();
     }
 
     /// Adds a whole chunk: `n` readings, seqs `first..=last`, all pending,

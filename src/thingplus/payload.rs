@@ -359,6 +359,21 @@ impl<'a> Packer<'a> {
 
     /// The message (UTF-8 when every value pushed was).
     pub fn finish(self) -> Vec<u8> {
+        self.message()
+    }
+
+    /// Starts a new message, keeping the buffers (a drain builds many).
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.entries.clear();
+        self.pairs.clear();
+        self.taken.clear();
+        self.readings = 0;
+        self.total = 2;
+    }
+
+    /// The message so far (see [`Packer::finish`]).
+    pub fn message(&self) -> Vec<u8> {
         if self.entries.len() <= Self::SCAN {
             return self.finish_few();
         }
@@ -401,7 +416,7 @@ impl<'a> Packer<'a> {
 
     /// [`Packer::finish`] for a few sensors: one pass over the pairs per
     /// sensor, with no table of places to fill first.
-    fn finish_few(self) -> Vec<u8> {
+    fn finish_few(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.total);
         out.push(b'{');
         let mut escaped = String::new();
