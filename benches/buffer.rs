@@ -4,7 +4,7 @@
 //! (under a minute once built; needs /usr/sbin/mosquitto, or
 //! MOSQUITTO=/path/to/it). The first build of the bench profile takes several
 //! minutes. Numbers on a shared machine vary from run to run: each drain is
-//! run 3 times, interleaved, and the median and best are shown.
+//! run 5 times, interleaved, and the median and best are shown.
 //! `BENCH_READINGS` changes the number of readings (default 1000000);
 //! `BENCH_PHASES_ONLY=1` only measures the buffer thread's phases of a drain
 //! in process (no broker); `BENCH_PREFILL_ONLY=<dir>` only writes a buffer directory holding them (to
@@ -50,7 +50,7 @@ use thingplus_gw::thingplus::{pack_values, parse_values, Compression};
 const BIN: &str = env!("CARGO_BIN_EXE_thingplus-gw");
 const GW: &str = "gwbench";
 const MAX_MESSAGE: usize = 64 << 10;
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 
 fn readings(n: usize) -> Vec<Reading> {
     let sensors: Vec<Arc<str>> = (0..4)

@@ -6,17 +6,19 @@
 //! copies a chunk into a message sensor by sensor, without touching a
 //! single reading:
 //! ```text
-//! chunk2 := 2:u8  seq0:varint  n:varint  groups:varint
+//! chunk2 := 2:u8  seq0:varint  n:varint  groups:varint  seqs_len:varint
 //!           (sensor:varint  text_len:varint){groups}
-//!           (seq - seq0:varint  group:varint  pair_len:varint){n}   the index
-//!           text{groups}                                         at the end
+//!           (seq - seq0:varint){n}           only when seqs_len > 0 (its bytes)
+//!           (group:varint  pair_len:varint){n}             the index
+//!           text{groups}                                    at the end
 //! text   := "t,v" ("," "t,v")*   one sensor's readings in seq order, as in
 //!                                `{"sensor":[t,v,t,v]}` (time in ms, value JSON)
 //! ```
-//! The index gives each reading's seq, sensor and the length of its `t,v`
-//! text, so a chunk can still be read (and filtered) reading by reading.
-//! The texts are found from the end of the chunk, so copying them needs no
-//! walk of the index.
+//! The index gives each reading's sensor and the length of its `t,v` text,
+//! and the seqs are `seq0, seq0 + 1, ...` unless listed (a chunk rewritten
+//! after a partial acknowledgement may have gaps), so a chunk can still be
+//! read (and filtered) reading by reading. The texts are found from the end
+//! of the chunk, so copying them needs no walk of the index.
 //!
 //! Version 1 (still read: files written before it) is a list of records:
 //! ```text
@@ -65,9 +67,19 @@ pub struct Encoder {
     groups: Vec<Group>,
     /// Group of a sensor, once there are too many groups to scan.
     places: FxHashMap<i64, usize>,
+    /// Per reading: its group and the length of its text.
     index: Vec<u8>,
+    /// Per reading: seq - seq0 (written only when not all consecutive).
+    seqs: Vec<u8>,
+    consecutive: bool,
+    /// The group table's size, at most.
+    table_bytes: usize,
     text_bytes: usize,
     scratch: String,
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 impl Encoder {
@@ -98,6 +110,8 @@ impl Encoder {
             sensor,
             text: Vec::new(),
         });
+        // The sensor, and its text length (under 2 MiB: 3 bytes).
+        self.table_bytes += varint_len(sensor as u64) + 3;
         let g = self.groups.len() - 1;
         if self.groups.len() > Self::SCAN {
             if self.places.is_empty() {
@@ -115,7 +129,11 @@ impl Encoder {
         if self.n == 0 {
             self.seq0 = seq;
             self.first = seq;
+            self.consecutive = true;
         }
+        let delta = seq.wrapping_sub(self.seq0);
+        self.consecutive &= delta == self.n;
+        put_varint(&mut self.seqs, delta);
         let g = self.group(sensor);
         let mut time = itoa::Buffer::new();
         let time = time.format(t).as_bytes();
@@ -129,7 +147,6 @@ impl Encoder {
         text.extend_from_slice(value);
         let pair_len = time.len() + 1 + value.len();
         self.text_bytes += pair_len;
-        put_varint(&mut self.index, seq.wrapping_sub(self.seq0));
         put_varint(&mut self.index, g as u64);
         put_varint(&mut self.index, pair_len as u64);
         self.last = seq;
@@ -147,7 +164,9 @@ impl Encoder {
 
     /// Encoded bytes so far (at most a few bytes over).
     pub fn bytes(&self) -> usize {
-        1 + 10 + 10 + 5 + self.groups.len() * 15 + self.index.len() + self.text_bytes
+        let seqs = if self.consecutive { 0 } else { self.seqs.len() };
+        let head = 1 + varint_len(self.seq0) + 3 + 3 + varint_len(seqs as u64);
+        head + self.table_bytes + seqs + self.index.len() + self.text_bytes
     }
 
     /// The chunk: (first seq, last seq, readings, data); the encoder is reset.
@@ -160,10 +179,13 @@ impl Encoder {
         put_varint(&mut out, self.seq0);
         put_varint(&mut out, self.n);
         put_varint(&mut out, self.groups.len() as u64);
+        let seqs: &[u8] = if self.consecutive { &[] } else { &self.seqs };
+        put_varint(&mut out, seqs.len() as u64);
         for g in &self.groups {
             put_varint(&mut out, g.sensor as u64);
             put_varint(&mut out, g.text.len() as u64);
         }
+        out.extend_from_slice(seqs);
         out.extend_from_slice(&self.index);
         for g in &self.groups {
             out.extend_from_slice(&g.text);
@@ -173,6 +195,8 @@ impl Encoder {
         self.groups.clear();
         self.places.clear();
         self.index.clear();
+        self.seqs.clear();
+        self.table_bytes = 0;
         self.text_bytes = 0;
         Some(done)
     }
@@ -267,6 +291,8 @@ pub struct Chunk<'a> {
     pub n: u64,
     /// Per sensor, in the order of its first reading: (sensor, `t,v,...` text).
     pub groups: Vec<(i64, &'a [u8])>,
+    /// Where the list of seqs starts, when there is one.
+    seqs: Option<usize>,
     /// Where the index starts.
     index: usize,
 }
@@ -281,7 +307,8 @@ impl<'a> Chunk<'a> {
         let seq0 = r.varint()?;
         let n = r.varint()?;
         let count = r.usize()?;
-        if count == 0 || n == 0 || count as u64 > n || count > data.len() {
+        let seqs_len = r.usize()?;
+        if count == 0 || n == 0 || count as u64 > n || count > data.len() || seqs_len > data.len() {
             return Err(DecodeError("bad header"));
         }
         // Lengths first (the texts' place is known once all are read).
@@ -301,7 +328,10 @@ impl<'a> Chunk<'a> {
             groups.push((sensor, &data[..0]));
             lens.push(len);
         }
-        let index = r.pos;
+        let seqs = r.pos;
+        let index = seqs
+            .checked_add(seqs_len)
+            .ok_or(DecodeError("bad header"))?;
         let mut at = data
             .len()
             .checked_sub(total)
@@ -315,6 +345,7 @@ impl<'a> Chunk<'a> {
             seq0,
             n,
             groups,
+            seqs: (seqs_len > 0).then_some(seqs),
             index,
         }))
     }
@@ -331,6 +362,10 @@ pub struct Decoder<'a> {
     /// Version 2: readings not yet returned, and where the texts start.
     left: u64,
     texts: usize,
+    /// Version 2: the list of seqs, read beside the index (none: consecutive).
+    seqs: Option<Reader<'a>>,
+    /// Version 2: readings returned so far.
+    done: u64,
     v2: bool,
 }
 
@@ -344,6 +379,8 @@ impl<'a> Decoder<'a> {
             groups: Vec::new(),
             left: 0,
             texts: data.len(),
+            seqs: None,
+            done: 0,
             v2: false,
         };
         match d.r.byte()? {
@@ -357,6 +394,10 @@ impl<'a> Decoder<'a> {
                 d.seq0 = c.seq0;
                 d.left = c.n;
                 d.r.pos = c.index;
+                d.seqs = c.seqs.map(|pos| Reader {
+                    data: &data[..c.index],
+                    pos,
+                });
                 d.texts = data.len() - c.groups.iter().map(|g| g.1.len()).sum::<usize>();
                 d.groups = c.groups.into_iter().map(|(s, t)| (s, t, 0)).collect();
             }
@@ -381,7 +422,12 @@ impl<'a> Decoder<'a> {
     }
 
     fn record_v2(&mut self) -> Result<Record<'a>, DecodeError> {
-        let seq = self.seq0.wrapping_add(self.r.varint()?);
+        let delta = match &mut self.seqs {
+            Some(seqs) => seqs.varint()?,
+            None => self.done,
+        };
+        self.done += 1;
+        let seq = self.seq0.wrapping_add(delta);
         let g = self.r.usize()?;
         let len = self.r.usize()?;
         if self.r.pos > self.texts {
@@ -423,7 +469,8 @@ impl<'a> Iterator for Decoder<'a> {
         }
         let r = if self.v2 {
             if self.left == 0 {
-                if self.r.pos != self.texts {
+                let seqs_left = self.seqs.as_ref().is_some_and(|s| s.pos != s.data.len());
+                if self.r.pos != self.texts || seqs_left {
                     self.failed = true;
                     return Some(Err(DecodeError("index longer than its readings")));
                 }
@@ -537,8 +584,9 @@ mod tests {
         e.push(1, 1, 1_700_000_000_000, &Value::Number(42.0));
         e.push(2, 1, 1_700_000_010_000, &Value::Number(27.5));
         let (_, _, _, data) = e.finish().unwrap();
-        // header 1+1+1+1, group 1+1; index 3+3; text "1700000000000,42,1700000010000,27.5"
-        assert_eq!(data.len(), 6 + 6 + 35);
+        // header 1+1+1+1+1, group 1+1; no seqs (consecutive); index 2+2;
+        // text "1700000000000,42,1700000010000,27.5"
+        assert_eq!(data.len(), 7 + 4 + 35);
         assert!(data.ends_with(b"1700000000000,42,1700000010000,27.5"));
     }
 
@@ -620,7 +668,7 @@ mod tests {
         // A group index that does not exist.
         let mut bad = data.clone();
         let index = Chunk::parse(&data).unwrap().unwrap().index;
-        bad[index + 1] = 9;
+        bad[index] = 9;
         assert!(decode_all(&bad).is_err());
         // A time that is not a number.
         let mut bad = data.clone();

@@ -129,8 +129,8 @@ impl<'a> MessageBuilder<'a> {
         if self.out.len() >= self.max_messages {
             return ChunkFit::Full;
         }
-        let cost: usize = runs.iter().map(|(id, t)| Packer::run_cost(id, t)).sum();
-        if cost > self.packer.room() {
+        let cost = |p: &Packer| runs.iter().map(|(id, t)| p.run_cost(id, t)).sum::<usize>();
+        if cost(&self.packer) > self.packer.room() {
             if self.packer.is_empty() {
                 return ChunkFit::TooLarge;
             }
@@ -138,7 +138,8 @@ impl<'a> MessageBuilder<'a> {
             if self.out.len() >= self.max_messages {
                 return ChunkFit::Full;
             }
-            if cost > self.packer.room() {
+            // In a new message every sensor is new.
+            if cost(&self.packer) > self.packer.room() {
                 return ChunkFit::TooLarge;
             }
         }

@@ -107,8 +107,10 @@ const BOUNDS_CHECK_EVERY: usize = 1024;
 const MIN_PAGES: u64 = 64;
 /// Readings per chunk, at most.
 pub const CHUNK_READINGS: u64 = 512;
-/// A chunk is closed at this size, so that a row fits in a 4 KiB page.
-const CHUNK_BYTES: usize = 3800;
+/// A chunk is closed at this size, so that a row fits in a 4 KiB page
+/// (SQLite keeps a row of up to 4061 bytes in its page; a chunk passes this
+/// by one reading at most) and fills most of it: a drain reads the pages.
+const CHUNK_BYTES: usize = 3960;
 /// Full chunks are written out of the tail before the commit once it holds this many.
 const TAIL_FLUSH: usize = 2048;
 

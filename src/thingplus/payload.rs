@@ -288,9 +288,13 @@ impl<'a> Packer<'a> {
         json_string_len(id) + 3
     }
 
-    /// The most that [`Packer::push_run`] of `text` can add.
-    pub fn run_cost(id: &str, text: &[u8]) -> usize {
-        Self::new_entry_len(id) + 1 + text.len()
+    /// What [`Packer::push_run`] of `text` adds (at most).
+    #[inline]
+    pub fn run_cost(&self, id: &str, text: &[u8]) -> usize {
+        match self.find(id) {
+            Some(_) => text.len() + 1,
+            None => Self::new_entry_len(id) + 1 + text.len(),
+        }
     }
 
     /// Room left under the bound.
