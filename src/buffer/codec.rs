@@ -298,6 +298,18 @@ pub struct Chunk<'a> {
 }
 
 impl<'a> Chunk<'a> {
+    /// Whether its readings can end at `last`: exactly there when the seqs
+    /// are consecutive, at or after the `n`th seq otherwise.
+    pub fn fits(&self, last: u64) -> bool {
+        let Some(end) = self.seq0.checked_add(self.n - 1) else {
+            return false;
+        };
+        match self.seqs {
+            None => end == last,
+            Some(_) => end <= last,
+        }
+    }
+
     /// `Ok(None)` for a chunk of another version (read it record by record).
     pub fn parse(data: &'a [u8]) -> Result<Option<Chunk<'a>>, DecodeError> {
         let mut r = Reader { data, pos: 0 };
@@ -364,8 +376,9 @@ pub struct Decoder<'a> {
     texts: usize,
     /// Version 2: the list of seqs, read beside the index (none: consecutive).
     seqs: Option<Reader<'a>>,
-    /// Version 2: readings returned so far.
+    /// Version 2: readings returned so far, and the last one's seq - seq0.
     done: u64,
+    last_delta: u64,
     v2: bool,
 }
 
@@ -381,6 +394,7 @@ impl<'a> Decoder<'a> {
             texts: data.len(),
             seqs: None,
             done: 0,
+            last_delta: 0,
             v2: false,
         };
         match d.r.byte()? {
@@ -426,6 +440,11 @@ impl<'a> Decoder<'a> {
             Some(seqs) => seqs.varint()?,
             None => self.done,
         };
+        // Seqs only grow within a chunk.
+        if self.done > 0 && delta <= self.last_delta {
+            return Err(DecodeError("seqs out of order"));
+        }
+        self.last_delta = delta;
         self.done += 1;
         let seq = self.seq0.wrapping_add(delta);
         let g = self.r.usize()?;
@@ -441,7 +460,12 @@ impl<'a> Decoder<'a> {
             .checked_add(len)
             .and_then(|end| text.get(*at..end))
             .ok_or(DecodeError("reading outside its sensor's text"))?;
-        *at += len + 1; // and the comma between readings
+        // A reading's text ends where the sensor's text does or at a comma.
+        let end = *at + len;
+        if end != text.len() && text.get(end) != Some(&b',') {
+            return Err(DecodeError("reading lengths disagree with the text"));
+        }
+        *at = end + 1; // and the comma between readings
         let comma = pair
             .iter()
             .position(|b| *b == b',')
@@ -470,7 +494,9 @@ impl<'a> Iterator for Decoder<'a> {
         let r = if self.v2 {
             if self.left == 0 {
                 let seqs_left = self.seqs.as_ref().is_some_and(|s| s.pos != s.data.len());
-                if self.r.pos != self.texts || seqs_left {
+                // Every sensor's text read to its end (past its last comma).
+                let text_left = self.groups.iter().any(|(_, t, at)| *at != t.len() + 1);
+                if self.r.pos != self.texts || seqs_left || text_left {
                     self.failed = true;
                     return Some(Err(DecodeError("index longer than its readings")));
                 }
@@ -655,6 +681,32 @@ mod tests {
             (got[1].seq, got[1].sensor, got[1].t, got[1].value),
             (6, 2, 999, &b"\"x\""[..])
         );
+    }
+
+    #[test]
+    fn a_reading_length_that_disagrees_with_the_text_is_refused() {
+        let mut e = Encoder::new();
+        e.push(1, 1, 1_700_000_000_000, &Value::Number(21.5));
+        e.push(2, 1, 1_700_000_000_001, &Value::Number(22.5));
+        let (_, _, _, data) = e.finish().unwrap();
+        let index = Chunk::parse(&data).unwrap().unwrap().index;
+        // The first reading's length is 18 ("1700000000000,21.5").
+        assert_eq!(data[index + 1], 18);
+        for wrong in [16, 17, 19] {
+            let mut bad = data.clone();
+            bad[index + 1] = wrong;
+            assert!(decode_all(&bad).is_err(), "length {wrong} misread");
+        }
+        // Seqs listed out of order.
+        let mut e = Encoder::new();
+        e.push(5, 1, 1000, &Value::Number(1.0));
+        e.push(9, 1, 1001, &Value::Number(2.0));
+        let (_, _, _, mut data) = e.finish().unwrap();
+        let c = Chunk::parse(&data).unwrap().unwrap();
+        let seqs = c.seqs.unwrap();
+        assert_eq!(&data[seqs..seqs + 2], &[0, 4]);
+        data[seqs + 1] = 0;
+        assert!(decode_all(&data).is_err());
     }
 
     #[test]

@@ -199,6 +199,11 @@ struct Loaded {
     dropped_total: u64,
     page_size: u64,
     acked_below: u64,
+    /// `next_seq` as `meta` has it (0: not there). The file may hold less
+    /// than `next_seq` says (it was raised from the chunks): it is written
+    /// at the next commit, before an acknowledgement can delete the
+    /// newest chunk it was computed from.
+    stored_next_seq: u64,
 }
 
 enum LoadError {
@@ -345,7 +350,7 @@ impl SqliteStore {
             options,
             in_tx: false,
             next_seq: loaded.next_seq,
-            stored_next_seq: loaded.next_seq,
+            stored_next_seq: loaded.stored_next_seq,
             pending: loaded.pending,
             tail: VecDeque::new(),
             sensors: loaded.sensors,
@@ -627,18 +632,30 @@ impl SqliteStore {
             };
             let mut b = MessageBuilder::new(max_bytes, max_messages);
             let mut stmt = self.conn.prepare_cached(
-                "SELECT last_seq, n, data FROM chunks WHERE last_seq >= ?1 ORDER BY last_seq",
+                "SELECT last_seq, n, data, first_seq FROM chunks WHERE last_seq >= ?1 ORDER BY last_seq",
             )?;
             let mut rows = stmt.query(params![to_i64(from)])?;
             let mut full = false;
             'rows: while let Some(row) = rows.next()? {
                 let data = row.get_ref(2)?.as_blob()?;
-                // A whole chunk of version 2 is copied sensor by sensor.
-                match Chunk::parse(data) {
+                let last = row.get::<_, i64>(0)? as u64;
+                // A whole chunk of version 2 is copied sensor by sensor. Its
+                // head must agree with its row (counts and acknowledgements
+                // come from it); if not, it is damaged.
+                let parsed = Chunk::parse(data).and_then(|c| match c {
+                    Some(c)
+                        if c.seq0 != row.get::<_, i64>(3).unwrap_or(-1) as u64
+                            || c.n != row.get::<_, i64>(1).unwrap_or(-1) as u64
+                            || !c.fits(last) =>
+                    {
+                        Err(codec::DecodeError("head disagrees with its row"))
+                    }
+                    c => Ok(c),
+                });
+                match parsed {
                     Ok(Some(c)) if c.seq0 >= from => {
                         let runs: Vec<(&str, &[u8])> =
                             c.groups.iter().map(|(s, text)| (name(*s), *text)).collect();
-                        let last = row.get::<_, i64>(0)? as u64;
                         match b.add_chunk(c.seq0, last, c.n as usize, &runs) {
                             ChunkFit::Taken => {
                                 if extending {
@@ -818,7 +835,11 @@ impl SqliteStore {
         };
         if !rows.is_empty() {
             self.begin()?;
-            self.forget_handed();
+            // Chunks given to the drain after `hi` are not touched: the list
+            // holds (and the fast way comes back once the cursor reaches it).
+            if self.handed.front().is_some_and(|c| c.first < hi) {
+                self.forget_handed();
+            }
         }
         for c in rows {
             if c.first >= lo && c.last < hi {
@@ -952,10 +973,21 @@ impl SqliteStore {
                 .prepare_cached("INSERT INTO meta(key, value) VALUES ('acked_below', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
                 .execute(params![to_i64(self.acked_below)])?;
         }
+        // Seqs never come back, even when an acknowledgement deleted the
+        // newest chunk (the only other record of how far they went): the
+        // counter goes to just past what this commit holds (the tail waits
+        // for the next full commit).
+        let written_next = self.tail.front().map_or(self.next_seq, |e| e.seq);
+        if written_next > self.stored_next_seq {
+            self.conn
+                .prepare_cached("INSERT INTO meta(key, value) VALUES ('next_seq', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+                .execute(params![to_i64(written_next)])?;
+        }
         self.conn.execute_batch("COMMIT")?;
         self.in_tx = false;
         self.meta_dirty = false;
         self.stored_acked_below = self.acked_below;
+        self.stored_next_seq = self.stored_next_seq.max(written_next);
         Ok(())
     }
 
@@ -1449,8 +1481,8 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(classify)?;
-    let next_seq = meta(&conn, "next_seq")
-        .map_err(classify)?
+    let stored_next_seq = meta(&conn, "next_seq").map_err(classify)?;
+    let next_seq = stored_next_seq
         .unwrap_or(1)
         .max(last.unwrap_or(0) + 1)
         // Seqs under the cursor are used, even if the counter was not committed.
@@ -1474,6 +1506,7 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
         dropped_total,
         page_size,
         acked_below: acked_below as u64,
+        stored_next_seq: stored_next_seq.unwrap_or(0).max(0) as u64,
     })
 }
 
@@ -1693,7 +1726,12 @@ pub fn inspect(path: &Path, integrity: bool) -> Result<Inspection, String> {
     let last = get!("next seq", "SELECT max(last_seq) FROM chunks");
     let stored_next = get!("next seq", "SELECT value FROM meta WHERE key = 'next_seq'");
     if errors.is_empty() {
-        out.next_seq = Some(stored_next.unwrap_or(1).max(last.unwrap_or(0) + 1) as u64);
+        out.next_seq = Some(
+            stored_next
+                .unwrap_or(1)
+                .max(last.unwrap_or(0) + 1)
+                .max(acked) as u64,
+        );
     }
     out.dropped = match meta(&conn, "dropped") {
         Ok(v) => Some(v.unwrap_or(0).max(0) as u64),
@@ -1986,6 +2024,68 @@ mod tests {
         let left = s.read(0, usize::MAX).unwrap();
         assert_eq!(left[0].seq, next[0].seqs.end);
         assert_eq!(s.stats().unwrap().pending, left.len() as u64);
+    }
+
+    #[test]
+    fn a_read_again_from_a_later_message_keeps_the_fast_way_once_the_earlier_ones_are_acknowledged()
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = store(tmp.path());
+        fill(&mut s, 6000);
+        let m = s.read_packed(0, 8192, 2).unwrap();
+        // The session reads again from its second message (its queue was
+        // full), while the first is still in flight.
+        let again = s.read_packed(m[1].seqs.start, 8192, 2).unwrap();
+        assert_eq!(again[0].seqs, m[1].seqs);
+        // The first one's PUBACK: not in the new list, the exact way...
+        s.ack(m[0].seqs.clone()).unwrap();
+        assert_eq!(s.acked_below, m[0].seqs.end);
+        assert!(!s.handed.is_empty(), "later chunks were not touched");
+        // ...and the next ones the fast way again.
+        for r in &again {
+            s.ack(r.seqs.clone()).unwrap();
+            assert_eq!(s.acked_below, r.seqs.end);
+        }
+        assert!(rows_under_cursor(&s) > 0, "fast way: chunks deleted later");
+        let left = s.read(0, usize::MAX).unwrap();
+        assert_eq!(left[0].seq, again[1].seqs.end);
+        assert_eq!(s.stats().unwrap().pending, left.len() as u64);
+    }
+
+    #[test]
+    fn a_chunk_whose_head_disagrees_with_its_row_is_dropped_as_damaged_not_sent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = store(tmp.path());
+        fill(&mut s, 3000);
+        let (last, n, mut data): (i64, i64, Vec<u8>) = s
+            .conn
+            .query_row(
+                "SELECT last_seq, n, data FROM chunks ORDER BY last_seq LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        // Its count of readings, damaged (the row still says `n`).
+        data[2] = 0xff;
+        data[3] = 0x7f;
+        s.conn
+            .execute(
+                "UPDATE chunks SET data = ?1 WHERE last_seq = ?2",
+                params![data, last],
+            )
+            .unwrap();
+        let msgs = s.read_packed(0, 8192, 4).unwrap();
+        assert!(
+            msgs[0].seqs.start > last as u64,
+            "the damaged chunk is not sent"
+        );
+        assert!(msgs.iter().all(|m| m.count < 400));
+        assert_eq!(s.stats().unwrap().pending, 3000 - n as u64);
+        for m in &msgs {
+            s.ack(m.seqs.clone()).unwrap();
+        }
+        let sent: usize = msgs.iter().map(|m| m.count).sum();
+        assert_eq!(s.stats().unwrap().pending, 3000 - n as u64 - sent as u64);
     }
 
     #[test]
