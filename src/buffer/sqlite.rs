@@ -812,6 +812,33 @@ impl SqliteStore {
             return Ok(());
         }
         self.purge_acked()?;
+        // The exact way deletes a chunk and writes its rest again: a failed
+        // statement (disk full) must not leave the delete alone in the
+        // transaction, which would lose the rest at the next commit.
+        self.begin()?;
+        self.conn.execute_batch("SAVEPOINT exact_ack")?;
+        let (pending, acked_below) = (self.pending, self.acked_below);
+        match self.try_ack_exact(range) {
+            Ok(()) => self.conn.execute_batch("RELEASE exact_ack"),
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self
+                        .conn
+                        .execute_batch("ROLLBACK TO exact_ack; RELEASE exact_ack");
+                }
+                self.pending = pending;
+                self.acked_below = acked_below;
+                self.forget_handed();
+                Err(e)
+            }
+        }
+    }
+
+    /// [`SqliteStore::try_ack`] the exact way: chunks in the range deleted,
+    /// chunks partly in it written again without the acknowledged readings.
+    /// Changes nothing in memory but the pending count and the cursor
+    /// before its last statement.
+    fn try_ack_exact(&mut self, range: &Range<u64>) -> rusqlite::Result<()> {
         let (lo, hi) = (range.start, range.end);
         // Chunks overlapping the range.
         let rows: Vec<ChunkRow> = {
@@ -833,13 +860,10 @@ impl SqliteStore {
             }
             v
         };
-        if !rows.is_empty() {
-            self.begin()?;
-            // Chunks given to the drain after `hi` are not touched: the list
-            // holds (and the fast way comes back once the cursor reaches it).
-            if self.handed.front().is_some_and(|c| c.first < hi) {
-                self.forget_handed();
-            }
+        // Chunks given to the drain after `hi` are not touched: the list
+        // holds (and the fast way comes back once the cursor reaches it).
+        if !rows.is_empty() && self.handed.front().is_some_and(|c| c.first < hi) {
+            self.forget_handed();
         }
         for c in rows {
             if c.first >= lo && c.last < hi {
@@ -877,12 +901,6 @@ impl SqliteStore {
             }
             self.pending = self.pending.saturating_sub(removed);
         }
-        let a = self.tail.partition_point(|e| e.seq < lo);
-        let b = self.tail.partition_point(|e| e.seq < hi);
-        if b > a {
-            self.tail.drain(a..b);
-            self.pending = self.pending.saturating_sub((b - a) as u64);
-        }
         // Nothing pending left before `hi`: the cursor moves past it, so that
         // the acknowledgements after this one can take the fast way again.
         let next_first: Option<i64> = self
@@ -892,10 +910,16 @@ impl SqliteStore {
             )?
             .query_row(params![to_i64(self.acked_below)], |r| r.get(0))
             .optional()?;
+        // The tail last: nothing fails after this.
+        let a = self.tail.partition_point(|e| e.seq < lo);
+        let b = self.tail.partition_point(|e| e.seq < hi);
+        if b > a {
+            self.tail.drain(a..b);
+            self.pending = self.pending.saturating_sub((b - a) as u64);
+        }
         let rows_clear = next_first.is_none_or(|f| f as u64 >= hi);
         let tail_clear = self.tail.front().is_none_or(|e| e.seq >= hi);
         if rows_clear && tail_clear {
-            self.begin()?;
             self.acked_below = self.acked_below.max(hi.min(self.next_seq));
         }
         Ok(())
@@ -2086,6 +2110,31 @@ mod tests {
         }
         let sent: usize = msgs.iter().map(|m| m.count).sum();
         assert_eq!(s.stats().unwrap().pending, 3000 - n as u64 - sent as u64);
+    }
+
+    #[test]
+    fn a_statement_failing_in_an_exact_acknowledgement_undoes_the_whole_acknowledgement() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = store(tmp.path());
+        fill(&mut s, 600);
+        // The chunk's rest cannot be written again (as on a full disk).
+        s.conn
+            .execute_batch(
+                "CREATE TRIGGER fail BEFORE INSERT ON chunks BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+            )
+            .unwrap();
+        assert!(s.ack(1..50).is_err());
+        s.conn.execute_batch("DROP TRIGGER fail").unwrap();
+        assert_eq!(s.stats().unwrap().pending, 600);
+        s.commit().unwrap();
+        drop(s);
+        let mut s = store(tmp.path());
+        let all = s.read(0, usize::MAX).unwrap();
+        assert_eq!(all.len(), 600, "the chunk's other readings were kept");
+        assert_eq!(all[0].seq, 1);
+        // And the acknowledgement works once the disk has room.
+        s.ack(1..50).unwrap();
+        assert_eq!(s.stats().unwrap().pending, 551);
     }
 
     #[test]
