@@ -37,6 +37,9 @@ if ! cargo deny --version >/dev/null 2>&1; then
 fi
 
 echo "== cargo deny check licenses bans sources"
+# --offline reads the metadata of every crate in Cargo.lock, those of other
+# platforms too (windows-sys...), which a build here never downloads.
+cargo fetch --locked --quiet
 cargo deny --offline check licenses bans sources
 
 echo "== advisories (RustSec)"
