@@ -293,8 +293,9 @@ pub struct Chunk<'a> {
     pub groups: Vec<(i64, &'a [u8])>,
     /// Where the list of seqs starts, when there is one.
     seqs: Option<usize>,
-    /// Where the index starts.
+    /// Where the index starts, and where the texts start (the index ends).
     index: usize,
+    texts: usize,
 }
 
 impl<'a> Chunk<'a> {
@@ -323,9 +324,9 @@ impl<'a> Chunk<'a> {
         if count == 0 || n == 0 || count as u64 > n || count > data.len() || seqs_len > data.len() {
             return Err(DecodeError("bad header"));
         }
-        // Lengths first (the texts' place is known once all are read).
-        let mut groups = Vec::with_capacity(count);
-        let mut lens = Vec::with_capacity(count);
+        // Lengths first (the texts' place is known once all are read): each
+        // group holds a placeholder slice of its text's length meanwhile.
+        let mut groups: Vec<(i64, &[u8])> = Vec::with_capacity(count);
         let mut total: usize = 0;
         for _ in 0..count {
             let sensor = r.varint()? as i64;
@@ -337,19 +338,20 @@ impl<'a> Chunk<'a> {
                 .checked_add(len)
                 .filter(|t| *t <= data.len())
                 .ok_or(DecodeError("texts longer than the chunk"))?;
-            groups.push((sensor, &data[..0]));
-            lens.push(len);
+            groups.push((sensor, &data[..len]));
         }
         let seqs = r.pos;
         let index = seqs
             .checked_add(seqs_len)
             .ok_or(DecodeError("bad header"))?;
-        let mut at = data
+        let texts = data
             .len()
             .checked_sub(total)
             .filter(|at| *at >= index)
             .ok_or(DecodeError("texts overlap the index"))?;
-        for (g, len) in groups.iter_mut().zip(lens) {
+        let mut at = texts;
+        for g in &mut groups {
+            let len = g.1.len();
             g.1 = &data[at..at + len];
             at += len;
         }
@@ -359,6 +361,7 @@ impl<'a> Chunk<'a> {
             groups,
             seqs: (seqs_len > 0).then_some(seqs),
             index,
+            texts,
         }))
     }
 }
@@ -412,7 +415,7 @@ impl<'a> Decoder<'a> {
                     data: &data[..c.index],
                     pos,
                 });
-                d.texts = data.len() - c.groups.iter().map(|g| g.1.len()).sum::<usize>();
+                d.texts = c.texts;
                 d.groups = c.groups.into_iter().map(|(s, t)| (s, t, 0)).collect();
             }
             _ => return Err(DecodeError("unknown version")),
