@@ -958,27 +958,7 @@ impl SqliteStore {
         if self.since_check > 0 {
             self.enforce_bounds()?;
         }
-        let set_meta = |key: &str, value: u64| -> rusqlite::Result<()> {
-            self.conn
-                .prepare_cached("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
-                .execute(params![key, to_i64(value)])
-                .map(|_| ())
-        };
-        if self.meta_dirty {
-            set_meta("dropped", self.dropped_total)?;
-        }
-        if self.next_seq != self.stored_next_seq {
-            set_meta("next_seq", self.next_seq)?;
-        }
-        if self.acked_below != self.stored_acked_below {
-            set_meta("acked_below", self.acked_below)?;
-        }
-        self.conn.execute_batch("COMMIT")?;
-        self.in_tx = false;
-        self.meta_dirty = false;
-        self.stored_next_seq = self.next_seq;
-        self.stored_acked_below = self.acked_below;
-        Ok(())
+        self.commit_with_meta()
     }
 
     /// Commits the open transaction (acknowledgements, chunks already
@@ -987,25 +967,24 @@ impl SqliteStore {
         if !self.in_tx {
             return Ok(());
         }
+        self.commit_with_meta()
+    }
+
+    /// Writes what changed of `meta` and commits.
+    fn commit_with_meta(&mut self) -> rusqlite::Result<()> {
         if self.meta_dirty {
-            self.conn
-                .prepare_cached("INSERT INTO meta(key, value) VALUES ('dropped', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
-                .execute(params![to_i64(self.dropped_total)])?;
+            set_meta(&self.conn, "dropped", self.dropped_total)?;
         }
         if self.acked_below != self.stored_acked_below {
-            self.conn
-                .prepare_cached("INSERT INTO meta(key, value) VALUES ('acked_below', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
-                .execute(params![to_i64(self.acked_below)])?;
+            set_meta(&self.conn, "acked_below", self.acked_below)?;
         }
         // Seqs never come back, even when an acknowledgement deleted the
         // newest chunk (the only other record of how far they went): the
-        // counter goes to just past what this commit holds (the tail waits
-        // for the next full commit).
+        // counter goes to just past what this commit holds (a tail not yet
+        // written waits for the next full commit).
         let written_next = self.tail.front().map_or(self.next_seq, |e| e.seq);
         if written_next > self.stored_next_seq {
-            self.conn
-                .prepare_cached("INSERT INTO meta(key, value) VALUES ('next_seq', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
-                .execute(params![to_i64(written_next)])?;
+            set_meta(&self.conn, "next_seq", written_next)?;
         }
         self.conn.execute_batch("COMMIT")?;
         self.in_tx = false;
@@ -1416,6 +1395,18 @@ fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> {
         .optional()
 }
 
+fn set_meta(conn: &Connection, key: &str, value: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+        .execute(params![key, to_i64(value)])
+        .map(|_| ())
+}
+
+/// The acknowledged cursor (0 in a file without one): chunks with a smaller
+/// `last_seq` were delivered.
+fn acked_below(conn: &Connection) -> rusqlite::Result<i64> {
+    Ok(meta(conn, "acked_below")?.unwrap_or(0).max(0))
+}
+
 /// Opens the database file, creating the schema in a new one, and checks it.
 fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
     let in_memory = path == Path::new(":memory:");
@@ -1478,7 +1469,7 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
         }
         (v, APPLICATION_ID) if v > SCHEMA_VERSION => {
             return Err(LoadError::Other(format!(
-                "it was written by a newer thingplus-gw (schema {v}, this one knows {SCHEMA_VERSION}); it is left untouched"
+                "it was written by a newer thingplus-gw (schema {v}, this one knows {SCHEMA_VERSION}); it is left untouched: run that version again, or move the file aside to start with an empty buffer (its readings stay in it)"
             )))
         }
         (v, a) => {
@@ -1488,10 +1479,7 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
         }
     }
     // Chunks acknowledged by the cursor before the last stop go now.
-    let acked_below = meta(&conn, "acked_below")
-        .map_err(classify)?
-        .unwrap_or(0)
-        .max(0);
+    let acked_below = acked_below(&conn).map_err(classify)?;
     conn.execute(
         "DELETE FROM chunks WHERE last_seq < ?1",
         params![acked_below],
@@ -1537,7 +1525,7 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
 /// Counts the readings in a damaged file, as far as it can be read.
 fn count_readable(path: &Path) -> Option<u64> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
-    let acked = meta(&conn, "acked_below").ok().flatten().unwrap_or(0);
+    let acked = acked_below(&conn).unwrap_or(0);
     conn.query_row(
         "SELECT sum(n) FROM chunks WHERE last_seq >= ?1",
         params![acked],
@@ -1741,7 +1729,7 @@ pub fn inspect(path: &Path, integrity: bool) -> Result<Inspection, String> {
     out.pages = get!("page count", "PRAGMA page_count").unwrap_or(0) as u64;
     out.free_pages = get!("free pages", "PRAGMA freelist_count").unwrap_or(0) as u64;
     // Chunks under the acknowledged cursor are not pending (deleted at the next start).
-    let acked = meta(&conn, "acked_below").ok().flatten().unwrap_or(0);
+    let acked = acked_below(&conn).unwrap_or(0);
     out.rows = get!(
         "rows",
         &format!("SELECT count(*) FROM chunks WHERE last_seq >= {acked}")
@@ -1864,11 +1852,7 @@ pub fn export(path: &Path, out: &mut dyn io::Write) -> Result<ExportSummary, Str
         .map_err(|e| format!("{}: cannot read the readings: {e}", path.display()))?;
     let mut summary = ExportSummary::default();
     // Chunks under the acknowledged cursor were delivered.
-    let mut from: i64 = meta(&conn, "acked_below")
-        .ok()
-        .flatten()
-        .unwrap_or(0)
-        .max(0);
+    let mut from: i64 = acked_below(&conn).unwrap_or(0);
     let mut skip: i64 = 1000;
     let mut line = String::new();
     let mut stmt = conn
