@@ -260,12 +260,12 @@ impl<'a> Packer<'a> {
         let entry = self.find(id);
         let t = self.times.format(time_ms);
         // "t,v"
-        let pair_len = t.len() + 1 + value_json.len();
-        let added = match entry {
-            Some(_) => pair_len + 1,
-            // and a separating comma when not first
-            None => Self::new_entry_len(id) + pair_len + usize::from(!self.entries.is_empty()),
-        };
+        let added = Self::text_cost(
+            entry,
+            self.entries.is_empty(),
+            id,
+            t.len() + 1 + value_json.len(),
+        );
         if self.total + added > self.max_bytes && !self.taken.is_empty() {
             return false;
         }
@@ -283,18 +283,21 @@ impl<'a> Packer<'a> {
         true
     }
 
-    /// What a sensor's first text costs beyond the text: `"id":[` `]`.
-    fn new_entry_len(id: &str) -> usize {
-        json_string_len(id) + 3
+    /// What a text of `len` bytes adds to the message: after a comma in
+    /// the sensor's array when it has an entry, else `"id":[text]` and a
+    /// comma before it unless it is the first sensor.
+    #[inline]
+    fn text_cost(entry: Option<usize>, first: bool, id: &str, len: usize) -> usize {
+        match entry {
+            Some(_) => len + 1,
+            None => json_string_len(id) + 3 + len + usize::from(!first),
+        }
     }
 
-    /// What [`Packer::push_run`] of `text` adds (at most).
+    /// What [`Packer::push_run`] of `text` adds.
     #[inline]
     pub fn run_cost(&self, id: &str, text: &[u8]) -> usize {
-        match self.find(id) {
-            Some(_) => text.len() + 1,
-            None => Self::new_entry_len(id) + 1 + text.len(),
-        }
+        Self::text_cost(self.find(id), self.entries.is_empty(), id, text.len())
     }
 
     /// Room left under the bound.
@@ -326,16 +329,11 @@ impl<'a> Packer<'a> {
     /// and counts the readings ([`Packer::add_readings`]).
     #[inline]
     pub fn push_run(&mut self, id: &'a str, text: &[u8]) {
-        let e = match self.find(id) {
-            Some(e) => {
-                self.total += text.len() + 1;
-                e
-            }
-            None => {
-                self.total +=
-                    Self::new_entry_len(id) + text.len() + usize::from(!self.entries.is_empty());
-                Self::add_entry(&mut self.entries, &mut self.index, id)
-            }
+        let entry = self.find(id);
+        self.total += Self::text_cost(entry, self.entries.is_empty(), id, text.len());
+        let e = match entry {
+            Some(e) => e,
+            None => Self::add_entry(&mut self.entries, &mut self.index, id),
         };
         self.entries[e].1 += 1;
         self.pairs.extend_from_slice(text);
