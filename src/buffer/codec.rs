@@ -60,8 +60,8 @@ struct Group {
 /// Builds one chunk.
 #[derive(Default)]
 pub struct Encoder {
+    /// The first reading's seq.
     seq0: u64,
-    first: u64,
     last: u64,
     n: u64,
     groups: Vec<Group>,
@@ -128,7 +128,6 @@ impl Encoder {
     pub fn push_json(&mut self, seq: u64, sensor: i64, t: i64, value: &[u8]) {
         if self.n == 0 {
             self.seq0 = seq;
-            self.first = seq;
             self.consecutive = true;
         }
         let delta = seq.wrapping_sub(self.seq0);
@@ -190,7 +189,7 @@ impl Encoder {
         for g in &self.groups {
             out.extend_from_slice(&g.text);
         }
-        let done = (self.first, self.last, self.n, out);
+        let done = (self.seq0, self.last, self.n, out);
         self.n = 0;
         self.groups.clear();
         self.places.clear();
