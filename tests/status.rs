@@ -121,6 +121,14 @@ fn status_online_failing_sensor_and_offline_backlog() {
     assert!(v["last_error"].is_string(), "{v}");
     assert!(human.contains("OFFLINE"), "{human}");
     assert!(human.contains("backlog"), "{human}");
+    // The store's size is labelled as what it is, not as pending data.
+    assert!(v["backlog"]["store_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["backlog"].get("bytes").is_none(), "{v}");
+    assert!(
+        human.contains("readings pending")
+            && human.contains("on disk (database and WAL files, not the size of what is pending)"),
+        "{human}"
+    );
 }
 
 #[test]

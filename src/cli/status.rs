@@ -93,8 +93,13 @@ pub fn render(r: &StatusReport) -> String {
                 .map_or(String::new(), |t| format!(", oldest {}", ago(now, t)));
             let _ = writeln!(
                 o,
-                "backlog      {} readings, {} bytes{oldest}; {} dropped",
-                b.pending, b.bytes, b.dropped
+                "backlog      {} readings pending{oldest}; {} dropped",
+                b.pending, b.dropped
+            );
+            let _ = writeln!(
+                o,
+                "buffer store {} on disk (database and WAL files, not the size of what is pending)",
+                crate::buffer::sqlite::format_size(b.store_bytes)
             );
         }
         None => {
@@ -170,4 +175,47 @@ pub fn render(r: &StatusReport) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control_socket::BacklogReport;
+
+    fn report() -> StatusReport {
+        serde_json::from_value(serde_json::json!({
+            "gateway_id": "gw", "version": "1", "now_ms": 100_000, "broker": "b:8883",
+            "connected": true, "since_ms": 40_000, "last_error": null, "retry_at_ms": null,
+            "delivered": 5, "last_delivery_ms": 90_000, "report_interval_ms": 60_000,
+            "backlog": {"pending": 0, "store_bytes": 57592, "oldest_ms": null, "dropped": 0},
+            "sensors": [], "actuators": [], "last_command": null, "clock_offset_ms": 0,
+            "clock": "synchronized", "clock_trusted": true, "clock_held": 0
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_store_size_is_not_called_backlog() {
+        let text = render(&report());
+        assert!(
+            text.contains("backlog      0 readings pending; 0 dropped\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("buffer store 56.2 KiB on disk (database and WAL files, not the size of what is pending)\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_names_the_store_size_and_reads_the_old_name() {
+        let json = serde_json::to_value(report()).unwrap();
+        assert_eq!(json["backlog"]["store_bytes"], 57592);
+        assert!(json["backlog"].get("bytes").is_none());
+        let old: BacklogReport = serde_json::from_value(
+            serde_json::json!({"pending": 1, "bytes": 4096, "oldest_ms": 5, "dropped": 0}),
+        )
+        .unwrap();
+        assert_eq!(old.store_bytes, 4096);
+    }
 }
