@@ -1140,7 +1140,7 @@ impl Config {
             if !gateway_id::is_valid_id(&aid) {
                 return Err(ctx.err_at(
                     a.id.span(),
-                    format!("invalid actuator id \"{aid}\": use only letters, digits and - _ . ~"),
+                    format!("invalid actuator id \"{aid}\": use only letters, digits and - _ . ~ (and {{gateway_id}})"),
                 ));
             }
             if !seen_act.insert(aid.clone()) || seen.contains(&aid) {

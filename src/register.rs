@@ -11,6 +11,14 @@ use serde_json::{json, Value as Json};
 
 use crate::config::Config;
 
+/// The id templates of the Thing+ drivers this daemon's sensors and
+/// actuators fit, for `check` (`register` asks the API for each driver's own).
+pub const KNOWN_ID_TEMPLATES: [&str; 3] = [
+    "{gatewayId}-{deviceAddress}-{type}-{sequence}",
+    "{gatewayId}-{type}-{sequence}",
+    "{type}-{gatewayId}-{sequence}",
+];
+
 /// One thing to create, in order: devices before their sensors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Planned {
@@ -121,18 +129,21 @@ pub fn match_template(
     )
 }
 
-/// What `thingplus-gw check` says of an id that follows neither Thing+
-/// convention (`{gw}-{address}-{type}-{n}` or `{gw}-{type}-{n}`).
-pub fn id_convention_warning(id: &str, gateway_id: &str, sensor_type: &str) -> Option<String> {
-    let fits = [
-        "{gatewayId}-{deviceAddress}-{type}-{sequence}",
-        "{gatewayId}-{type}-{sequence}",
-    ]
-    .iter()
-    .any(|t| match_template(t, id, gateway_id, sensor_type).is_some());
+/// What `thingplus-gw check` says of a sensor or actuator id (`kind`) that
+/// fits none of [`KNOWN_ID_TEMPLATES`].
+pub fn id_convention_warning(
+    kind: &str,
+    id: &str,
+    gateway_id: &str,
+    thing_type: &str,
+) -> Option<String> {
+    let fits = KNOWN_ID_TEMPLATES
+        .iter()
+        .any(|t| match_template(t, id, gateway_id, thing_type).is_some());
     (!fits).then(|| {
         format!(
-            "sensor id \"{id}\" does not follow the Thing+ templates {{gatewayId}}-{{deviceAddress}}-{{type}}-{{sequence}} or {{gatewayId}}-{{type}}-{{sequence}} (such as \"{gateway_id}-{sensor_type}-0\"): `register` cannot create it"
+            "{kind} id \"{id}\" does not follow the Thing+ templates {} (such as \"{gateway_id}-{thing_type}-0\"): `register` creates it only if its driver's template allows it",
+            KNOWN_ID_TEMPLATES.join(", ")
         )
     })
 }
@@ -404,9 +415,30 @@ mod tests {
             match_template(t2, "gw-temperature-0", "gw", "temperature"),
             Some(String::new())
         );
-        assert!(id_convention_warning("gw-temperature-0", "gw", "temperature").is_none());
-        assert!(id_convention_warning("gw-dev1-humidity-2", "gw", "humidity").is_none());
-        assert!(id_convention_warning("kitchen", "gw", "temperature").is_some());
+        // Every template the daemon knows, sensors and actuators alike.
+        for (id, ty) in [
+            ("gw-temperature-0", "temperature"),
+            ("gw-dev1-humidity-2", "humidity"),
+            ("temperature-gw-0", "temperature"),
+            ("temperature-gw", "temperature"),
+            ("gw-led-0", "led"),
+            ("powerSwitch-gw-1", "powerSwitch"),
+        ] {
+            assert!(
+                id_convention_warning("sensor", id, "gw", ty).is_none(),
+                "{id}"
+            );
+        }
+        let w = id_convention_warning("actuator", "kitchen", "gw", "led").unwrap();
+        assert!(w.starts_with("actuator id \"kitchen\" does not follow the Thing+ templates"));
+        for t in KNOWN_ID_TEMPLATES {
+            assert!(w.contains(t), "{w}");
+        }
+        // The type must be the thing's own, the gateway id this gateway's.
+        assert!(id_convention_warning("sensor", "humidity-gw-0", "gw", "temperature").is_some());
+        assert!(
+            id_convention_warning("sensor", "temperature-other-0", "gw", "temperature").is_some()
+        );
     }
 
     #[test]

@@ -231,3 +231,60 @@ fn register_explains_401_and_471_and_odd_ids() {
         "{err}"
     );
 }
+
+/// `check` warns about an id that fits none of the templates the daemon
+/// knows, sensor or actuator, and names the templates; not about ids that
+/// fit one (`{type}-{gatewayId}-{sequence}` included).
+#[test]
+fn check_warns_only_about_ids_outside_every_known_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let things = r#"
+[[sensor]]
+id = "kitchen"
+type = "temperature"
+path = "/a"
+
+[[sensor]]
+id = "temperature-{gateway_id}-0"
+type = "temperature"
+path = "/b"
+
+[[sensor]]
+id = "{gateway_id}-humidity-0"
+type = "humidity"
+path = "/c"
+
+[[sensor]]
+id = "{gateway_id}-0-light-0"
+type = "light"
+path = "/d"
+
+[[actuator]]
+id = "relay"
+type = "powerSwitch"
+path = "/e"
+
+[[actuator]]
+id = "led-{gateway_id}-0"
+type = "led"
+path = "/sys/class/leds/led0"
+"#;
+    let cfg = config(dir.path(), "http://127.0.0.1:9", things);
+    let (st, _, err) = run_cli(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(st.success(), "{err}");
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("does not follow the Thing+ templates"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{err}");
+    assert!(
+        warnings[0].starts_with("warning: sensor id \"kitchen\" does not follow the Thing+ templates {gatewayId}-{deviceAddress}-{type}-{sequence}, {gatewayId}-{type}-{sequence}, {type}-{gatewayId}-{sequence}"),
+        "{err}"
+    );
+    assert!(
+        warnings[1]
+            .starts_with("warning: actuator id \"relay\" does not follow the Thing+ templates"),
+        "{err}"
+    );
+    assert!(warnings[1].contains("\"gw-test-powerSwitch-0\""), "{err}");
+}
