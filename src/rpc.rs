@@ -134,6 +134,8 @@ impl SwUpdateReport {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LastCommand {
     pub method: String,
+    /// What it asked, in words (see [`request_summary`]).
+    pub what: String,
     pub id: Json,
     pub at_ms: i64,
     /// `None` when carried out; the error message otherwise.
@@ -199,6 +201,7 @@ impl Dispatcher {
     fn record(&self, req: &Request, result: &Result<Json, RpcError>) {
         *self.last_command.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastCommand {
             method: req.method.clone(),
+            what: request_summary(req),
             id: req.id.clone(),
             at_ms: clock::system_now_ms(),
             error: result.as_ref().err().map(|e| e.message.clone()),

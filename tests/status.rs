@@ -90,6 +90,11 @@ fn status_online_failing_sensor_and_offline_backlog() {
     assert_eq!(v["sensors"][0]["value"], json!(21.5));
     assert_eq!(v["actuators"][0], json!(["led", "off"]));
     assert_eq!(v["last_command"]["method"], json!("controlActuator"));
+    assert_eq!(v["last_command"]["what"], json!("controlActuator led off"));
+    assert!(
+        human.contains("last command controlActuator led off (\"c1\")"),
+        "{human}"
+    );
     assert!(human.contains("connected to 127.0.0.1"), "{human}");
     assert!(human.contains("21.5"), "{human}");
     // Only root and the service group may talk to the daemon.

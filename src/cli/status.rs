@@ -120,12 +120,9 @@ pub fn render(r: &StatusReport) -> String {
             .as_str()
             .map_or("ok".to_string(), |e| format!("refused: {e}"));
         let at = c["at_ms"].as_i64().map_or(String::new(), |t| ago(now, t));
-        let _ = writeln!(
-            o,
-            "last command {} ({}) {at}: {err}",
-            c["method"].as_str().unwrap_or("?"),
-            c["id"]
-        );
+        // "what" names the actuator and command; an older daemon gives the method only.
+        let what = c["what"].as_str().or(c["method"].as_str()).unwrap_or("?");
+        let _ = writeln!(o, "last command {what} ({}) {at}: {err}", c["id"]);
     }
     if let Some(u) = &r.sw_update {
         let state = if u.running {
@@ -188,7 +185,9 @@ mod tests {
             "connected": true, "since_ms": 40_000, "last_error": null, "retry_at_ms": null,
             "delivered": 5, "last_delivery_ms": 90_000, "report_interval_ms": 60_000,
             "backlog": {"pending": 0, "store_bytes": 57592, "oldest_ms": null, "dropped": 0},
-            "sensors": [], "actuators": [], "last_command": null, "clock_offset_ms": 0,
+            "sensors": [], "actuators": [], "clock_offset_ms": 0,
+            "last_command": {"method": "controlActuator", "what": "controlActuator relay on {\"duration\":1500}",
+                             "id": "7", "at_ms": 97_000, "error": null},
             "clock": "synchronized", "clock_trusted": true, "clock_held": 0
         }))
         .unwrap()
@@ -205,6 +204,21 @@ mod tests {
             text.contains("buffer store 56.2 KiB on disk (database and WAL files, not the size of what is pending)\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_last_command_names_what_it_asked() {
+        let text = render(&report());
+        assert!(
+            text.contains(
+                "last command controlActuator relay on {\"duration\":1500} (\"7\") 3 s ago: ok\n"
+            ),
+            "{text}"
+        );
+        // An older daemon's report has the method only.
+        let mut r = report();
+        r.last_command = Some(serde_json::json!({"method": "reboot", "id": 1, "at_ms": 99_000}));
+        assert!(render(&r).contains("last command reboot (1) 1 s ago: ok\n"));
     }
 
     #[test]
