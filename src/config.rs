@@ -1140,7 +1140,7 @@ impl Config {
             if !gateway_id::is_valid_id(&aid) {
                 return Err(ctx.err_at(
                     a.id.span(),
-                    format!("invalid actuator id \"{aid}\": use only letters, digits and - _ . ~"),
+                    format!("invalid actuator id \"{aid}\": use only letters, digits and - _ . ~ (and {{gateway_id}})"),
                 ));
             }
             if !seen_act.insert(aid.clone()) || seen.contains(&aid) {
@@ -1296,27 +1296,122 @@ impl Config {
     }
 }
 
+/// The group the service runs as (`Group=` of the systemd unit, created by
+/// the packages): the one group that should read its key files.
+pub const SERVICE_GROUP: &str = "thingplus-gw";
+
+/// A group: its id, and its name when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub gid: u32,
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "{n} (gid {})", self.gid),
+            None => write!(f, "{}", self.gid),
+        }
+    }
+}
+
+/// Looks a group up by name in the system's group database.
+pub fn group_by_name(name: &str) -> Option<Group> {
+    let c = std::ffi::CString::new(name).ok()?;
+    group_lookup(|grp, buf, result| {
+        // SAFETY: every pointer is valid for the call; `buf` is as long as told.
+        unsafe { libc::getgrnam_r(c.as_ptr(), grp, buf.as_mut_ptr(), buf.len(), result) }
+    })
+}
+
+/// Looks a group up by id; a group without an entry has no name.
+pub fn group_by_id(gid: u32) -> Group {
+    group_lookup(|grp, buf, result| {
+        // SAFETY: as in `group_by_name`.
+        unsafe { libc::getgrgid_r(gid, grp, buf.as_mut_ptr(), buf.len(), result) }
+    })
+    .unwrap_or(Group { gid, name: None })
+}
+
+fn group_lookup(
+    call: impl Fn(&mut libc::group, &mut Vec<libc::c_char>, &mut *mut libc::group) -> libc::c_int,
+) -> Option<Group> {
+    let mut buf: Vec<libc::c_char> = vec![0; 1024];
+    loop {
+        // SAFETY: a zeroed `group` is a valid out-parameter (null pointers).
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let rc = call(&mut grp, &mut buf, &mut result);
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || result.is_null() {
+            return None;
+        }
+        // SAFETY: on success gr_name points to a NUL-terminated string in `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(grp.gr_name) }
+            .to_string_lossy()
+            .into_owned();
+        return Some(Group {
+            gid: grp.gr_gid,
+            name: Some(name),
+        });
+    }
+}
+
 /// A warning when a file holding a secret can be read by others than its
-/// owner and the daemon's own group.
+/// owner and the service's group ([`SERVICE_GROUP`], looked up by name: the
+/// caller of `check` is often root, whose group is not the service's).
 pub fn secret_file_warning(path: &Path, what: &str) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
-    let mode = meta.mode();
-    // SAFETY: getegid has no preconditions.
-    let our_group = unsafe { libc::getegid() };
+    // SAFETY: geteuid and getegid have no preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    secret_mode_warning(
+        &path.display().to_string(),
+        what,
+        meta.mode(),
+        &group_by_id(meta.gid()),
+        group_by_name(SERVICE_GROUP).as_ref(),
+        &group_by_id(egid),
+        euid == 0,
+    )
+}
+
+/// The decision of [`secret_file_warning`] on facts already looked up.
+/// Readers allowed besides the owner: the service's group when the system
+/// has one, and the caller's group when the caller is not root (it is then
+/// the service, or runs as it); the caller's group (root's too) when the
+/// system has no service group, as on a box without the package.
+pub fn secret_mode_warning(
+    path: &str,
+    what: &str,
+    mode: u32,
+    file_group: &Group,
+    service_group: Option<&Group>,
+    caller_group: &Group,
+    caller_is_root: bool,
+) -> Option<String> {
     if mode & 0o004 != 0 {
-        Some(format!(
-            "{what} {} is readable by every user: chmod 640 it (owner root, group thingplus-gw)",
-            path.display()
-        ))
-    } else if mode & 0o040 != 0 && meta.gid() != our_group {
-        Some(format!(
-            "{what} {} is readable by group {} which is not the service's group: chgrp thingplus-gw it, or chmod 600",
-            path.display(),
-            meta.gid()
-        ))
-    } else {
-        None
+        return Some(format!(
+            "{what} {path} is readable by every user: chmod 640 it (owner root, group {SERVICE_GROUP})"
+        ));
+    }
+    if mode & 0o040 == 0 {
+        return None;
+    }
+    let callers = file_group.gid == caller_group.gid;
+    match service_group {
+        Some(service) if file_group.gid == service.gid || (callers && !caller_is_root) => None,
+        Some(service) => Some(format!(
+            "{what} {path} is readable by group {file_group} which is not the service's group {service}: chgrp {SERVICE_GROUP} it, or chmod 600"
+        )),
+        None if callers => None,
+        None => Some(format!(
+            "{what} {path} is readable by group {file_group} which is not the service's group (this system has no group {SERVICE_GROUP}, and the daemon runs as group {caller_group}): chgrp it to the daemon's group, or chmod 600"
+        )),
     }
 }
 
@@ -2423,22 +2518,56 @@ mod tests {
     }
 
     #[test]
-    fn key_readable_by_another_group_warns() {
-        use std::os::unix::fs::chown;
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("client.key");
-        std::fs::write(&key, "k").unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
-        // Our own group may read it: that is how the service reads its keys.
-        assert_eq!(secret_file_warning(&key, "k"), None);
-        // Another group may not (the tests run as root, so chown works).
-        if chown(&key, None, Some(12345)).is_ok() {
-            assert!(secret_file_warning(&key, "k")
-                .unwrap()
-                .contains("group 12345"));
-        }
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(secret_file_warning(&key, "k"), None);
+    fn key_readable_by_a_group_other_than_the_services_warns() {
+        let g = |gid, name: &str| Group {
+            gid,
+            name: Some(name.to_string()),
+        };
+        let (root, service, adm) = (g(0, "root"), g(997, "thingplus-gw"), g(4, "adm"));
+        let warn = |mode, file: &Group, svc: Option<&Group>, caller: &Group, is_root| {
+            secret_mode_warning("/k", "apikey_file", mode, file, svc, caller, is_root)
+        };
+        // README's way, checked by root (`sudo thingplus-gw check`) or by
+        // the service itself.
+        assert_eq!(warn(0o640, &service, Some(&service), &root, true), None);
+        assert_eq!(warn(0o640, &service, Some(&service), &service, false), None);
+        // Another group: named, with the service's.
+        assert_eq!(
+            warn(0o640, &adm, Some(&service), &root, true).unwrap(),
+            "apikey_file /k is readable by group adm (gid 4) which is not the service's group thingplus-gw (gid 997): chgrp thingplus-gw it, or chmod 600"
+        );
+        // root's own group is not the service's either.
+        assert!(warn(0o640, &root, Some(&service), &root, true)
+            .unwrap()
+            .contains("group root (gid 0) which is not the service's group thingplus-gw"));
+        // A daemon run under another group (a drop-in's Group=) reads its own.
+        assert_eq!(warn(0o640, &adm, Some(&service), &adm, false), None);
+        // No service group on this system: the caller's group is the one.
+        assert_eq!(warn(0o640, &root, None, &root, true), None);
+        let unnamed = Group {
+            gid: 12345,
+            name: None,
+        };
+        assert!(warn(0o640, &unnamed, None, &root, true)
+            .unwrap()
+            .contains("readable by group 12345 which is not the service's group (this system has no group thingplus-gw, and the daemon runs as group root (gid 0))"));
+        // Not readable by the group, or readable by all.
+        assert_eq!(warn(0o600, &adm, Some(&service), &root, true), None);
+        assert!(warn(0o644, &service, Some(&service), &root, true)
+            .unwrap()
+            .contains("readable by every user"));
+    }
+
+    #[test]
+    fn groups_are_looked_up_by_name_and_id() {
+        // Every system has group 0, named root.
+        let root = group_by_name("root").unwrap();
+        assert_eq!(root.gid, 0);
+        assert_eq!(group_by_id(0), root);
+        assert_eq!(group_by_name("no-such-group-thingplus"), None);
+        let unknown = group_by_id(4_000_000_000);
+        assert_eq!(unknown.name, None);
+        assert_eq!(unknown.to_string(), "4000000000");
     }
 
     #[test]

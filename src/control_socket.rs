@@ -46,8 +46,14 @@ pub struct SensorReport {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BacklogReport {
+    /// Readings not yet acknowledged by the broker.
     pub pending: u64,
-    pub bytes: u64,
+    /// Size of the buffer's store: its SQLite database and WAL files on
+    /// disk, free pages included, so not the size of the pending readings
+    /// (the in-memory store's bytes when the disk buffer is unusable).
+    /// Named `bytes` before; an older daemon's report still reads.
+    #[serde(alias = "bytes")]
+    pub store_bytes: u64,
     pub oldest_ms: Option<i64>,
     pub dropped: u64,
 }
@@ -110,7 +116,7 @@ impl Sources {
         let link = self.link.borrow().clone();
         let backlog = self.buffer.stats().await.ok().map(|s| BacklogReport {
             pending: s.pending,
-            bytes: s.bytes,
+            store_bytes: s.bytes,
             oldest_ms: s.oldest_ms,
             dropped: s.dropped,
         });

@@ -424,7 +424,10 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
         tracing::error!(error = %e, "cannot close the buffer cleanly");
     }
     match backlog {
-        Some(n) => tracing::info!(backlog = n, "stopped"),
+        Some(n) => tracing::info!(
+            backlog = n,
+            "stopped: {n} readings stay in the buffer for the next start"
+        ),
         None => tracing::info!("stopped"),
     }
     Ok(exit)

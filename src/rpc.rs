@@ -134,6 +134,8 @@ impl SwUpdateReport {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LastCommand {
     pub method: String,
+    /// What it asked, in words (see [`request_summary`]).
+    pub what: String,
     pub id: Json,
     pub at_ms: i64,
     /// `None` when carried out; the error message otherwise.
@@ -175,7 +177,7 @@ impl Dispatcher {
         let req = match parse_request(payload) {
             Ok(r) => r,
             Err(bad) => {
-                tracing::warn!(code = bad.error.code, error = %bad.error.message, "rejected a malformed request");
+                tracing::warn!(code = bad.error.code, error = %bad.error.message, "rejected a malformed request: {}", bad.error.message);
                 return Response::Now(encode_error(&bad.id, &bad.error));
             }
         };
@@ -199,6 +201,7 @@ impl Dispatcher {
     fn record(&self, req: &Request, result: &Result<Json, RpcError>) {
         *self.last_command.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastCommand {
             method: req.method.clone(),
+            what: request_summary(req),
             id: req.id.clone(),
             at_ms: clock::system_now_ms(),
             error: result.as_ref().err().map(|e| e.message.clone()),
@@ -304,7 +307,8 @@ impl Dispatcher {
         self.report_interval.send_replace(interval);
         tracing::info!(
             report_interval_ms = ms,
-            "report interval changed by the server"
+            "report interval changed by the server to {}",
+            crate::units::format_duration(interval)
         );
         Ok(Json::String(String::new()))
     }
@@ -366,7 +370,7 @@ async fn run_sw_update(cmd: Vec<String>, cell: SwUpdateCell, record: Option<Path
     use std::process::Stdio;
     use tokio::io::AsyncReadExt;
 
-    tracing::info!(command = ?cmd, "software update started");
+    tracing::info!(command = ?cmd, "software update started: {}", cmd.join(" "));
     let update = |f: &mut dyn FnMut(&mut SwUpdateReport)| {
         if let Some(r) = cell.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             f(r);
@@ -393,7 +397,7 @@ async fn run_sw_update(cmd: Vec<String>, cell: SwUpdateCell, record: Option<Path
         Ok(c) => c,
         Err(e) => {
             let outcome = format!("cannot run {}: {e}", cmd[0]);
-            tracing::error!(command = ?cmd, error = %e, "software update failed: cannot run the command");
+            tracing::error!(command = ?cmd, error = %e, "software update failed: cannot run the command {}: {e}", cmd[0]);
             update(&mut |r| {
                 r.running = false;
                 r.finished_ms = Some(clock::system_now_ms());
@@ -458,9 +462,9 @@ async fn run_sw_update(cmd: Vec<String>, cell: SwUpdateCell, record: Option<Path
         Err(e) => (false, None, format!("cannot wait for the command: {e}")),
     };
     if success {
-        tracing::info!(command = ?cmd, outcome = %outcome, output = %last_lines, "software update finished");
+        tracing::info!(command = ?cmd, outcome = %outcome, output = %last_lines, "software update finished: {}: {outcome}", cmd.join(" "));
     } else {
-        tracing::error!(command = ?cmd, outcome = %outcome, output = %last_lines, "software update failed");
+        tracing::error!(command = ?cmd, outcome = %outcome, output = %last_lines, "software update failed: {}: {outcome}: {last_lines}", cmd.join(" "));
     }
     update(&mut |r| {
         r.running = false;
@@ -511,15 +515,65 @@ pub fn last_lines(text: &str, n: usize) -> String {
 
 /// Logs the outcome and encodes the response.
 fn finish(req: &Request, result: Result<Json, RpcError>) -> Vec<u8> {
+    let what = request_summary(req);
     match result {
         Ok(result) => {
-            tracing::info!(method = %req.method, id = %req.id, "request carried out");
+            tracing::info!(method = %req.method, id = %req.id, "request carried out: {what}{}", consequence(&req.method));
             encode_result(&req.id, result)
         }
         Err(e) => {
-            tracing::warn!(method = %req.method, id = %req.id, code = e.code, error = %e.message, "request refused");
+            tracing::warn!(method = %req.method, id = %req.id, code = e.code, error = %e.message, "request refused: {what}: {}", e.message);
             encode_error(&req.id, &e)
         }
+    }
+}
+
+/// What a request asks, for the log: the actuator and the command with its
+/// options, the property and its value, the time, or the method.
+pub fn request_summary(req: &Request) -> String {
+    let p = &req.params;
+    let text = |v: &Json| match v {
+        Json::String(s) => s.clone(),
+        Json::Null => "?".to_string(),
+        other => other.to_string(),
+    };
+    match req.method.as_str() {
+        "controlActuator" => {
+            let options = match p.get("options") {
+                Some(Json::Object(o)) if !o.is_empty() => format!(" {}", Json::Object(o.clone())),
+                _ => String::new(),
+            };
+            format!(
+                "controlActuator {} {}{options}",
+                text(&p["id"]),
+                text(&p["cmd"])
+            )
+        }
+        "setProperty" => match p.as_object() {
+            Some(o) if !o.is_empty() => {
+                let props: Vec<String> =
+                    o.iter().map(|(k, v)| format!("{k} {}", text(v))).collect();
+                format!("setProperty {}", props.join(", "))
+            }
+            _ => "setProperty".to_string(),
+        },
+        "timeSync" => format!("timeSync to {}", text(&p["time"])),
+        other => other.to_string(),
+    }
+}
+
+/// What follows from a request carried out, beyond what its name says.
+fn consequence(method: &str) -> String {
+    match method {
+        "restart" => " (the service restarts once this answer is sent)".to_string(),
+        "reboot" => " (the system reboots once this answer is sent)".to_string(),
+        "poweroff" => " (the system powers off once this answer is sent)".to_string(),
+        "swUpdate" => {
+            " (the update runs in the background; `thingplus-gw status` shows its progress)"
+                .to_string()
+        }
+        "swInfo" => format!(" (version {} reported)", crate::version::VERSION),
+        _ => String::new(),
     }
 }
 

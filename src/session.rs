@@ -91,11 +91,22 @@ pub struct Failure {
 }
 
 enum Outcome {
-    Shutdown,
+    Shutdown(Goodbye),
     Lost {
         connected_for: Option<Duration>,
         failure: Failure,
+        goodbye: Goodbye,
     },
+}
+
+/// What became of the retained `off` status a stopping session owes the
+/// broker (without it, Thing+ keeps the last status: `err` from the will
+/// when the connection broke, else `on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goodbye {
+    NotSent,
+    Unacknowledged,
+    Acknowledged,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +207,16 @@ struct Conn {
     deferred: mpsc::UnboundedSender<Vec<u8>>,
 }
 
+impl Conn {
+    fn goodbye(&self) -> Goodbye {
+        match (self.off_sent, self.off_acked) {
+            (false, _) => Goodbye::NotSent,
+            (true, false) => Goodbye::Unacknowledged,
+            (true, true) => Goodbye::Acknowledged,
+        }
+    }
+}
+
 /// Aborts the event-loop task when the connection is dropped.
 struct PumpGuard(tokio::task::JoinHandle<()>);
 
@@ -237,7 +258,19 @@ impl Session {
     /// then leaves the actuators as configured.
     pub async fn run(mut self) {
         let (deferred_tx, mut deferred_rx) = mpsc::unbounded_channel();
-        self.run_connections(deferred_tx, &mut deferred_rx).await;
+        let goodbye = self.run_connections(deferred_tx, &mut deferred_rx).await;
+        let broker = self.broker();
+        match goodbye {
+            Goodbye::Acknowledged => {
+                tracing::info!(broker = %broker, "MQTT session stopped: the retained \"off\" status was delivered to {broker}")
+            }
+            Goodbye::Unacknowledged => {
+                tracing::warn!(broker = %broker, "MQTT session stopped: the retained \"off\" status was sent to {broker} but not acknowledged: Thing+ may keep showing the gateway's last status")
+            }
+            Goodbye::NotSent => {
+                tracing::warn!(broker = %broker, "MQTT session stopped while offline: the retained \"off\" status could not be sent to {broker}: Thing+ keeps showing the gateway's last status (\"err\" from the will if the connection broke)")
+            }
+        }
         self.dispatcher.actuators.shutdown();
     }
 
@@ -245,14 +278,16 @@ impl Session {
         &mut self,
         deferred_tx: mpsc::UnboundedSender<Vec<u8>>,
         deferred_rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
-    ) {
+    ) -> Goodbye {
         let broker = self.broker();
+        // The retained `off` of a connection lost while stopping.
+        let mut goodbye = Goodbye::NotSent;
         let mut failures: u32 = 0;
         let mut last_kind: Option<FailureKind> = None;
         let mut first = true;
         loop {
             if *self.shutdown.borrow() {
-                return;
+                return goodbye;
             }
             if !first {
                 let s = &self.settings.mqtt;
@@ -267,17 +302,19 @@ impl Session {
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = self.shutdown.changed() => return,
+                    _ = self.shutdown.changed() => return goodbye,
                 }
             }
             first = false;
             tracing::debug!(broker = %broker, "connecting");
             match self.connection(deferred_tx.clone(), deferred_rx).await {
-                Outcome::Shutdown => return,
+                Outcome::Shutdown(g) => return g,
                 Outcome::Lost {
                     connected_for,
                     failure,
+                    goodbye: g,
                 } => {
+                    goodbye = g;
                     if connected_for.is_some_and(|d| d >= STABLE_CONNECTION) {
                         failures = 0;
                     } else {
@@ -320,7 +357,7 @@ impl Session {
                 true
             }
             Err(e) => {
-                tracing::warn!(topic, error = %e, "publish not queued");
+                tracing::warn!(topic, error = %e, "publish not queued: {topic}: {e}");
                 false
             }
         }
@@ -390,6 +427,7 @@ impl Session {
         let lost = |conn: &Conn, failure: Failure| Outcome::Lost {
             connected_for: conn.connected_at.map(|t| t.elapsed()),
             failure,
+            goodbye: conn.goodbye(),
         };
 
         loop {
@@ -402,7 +440,7 @@ impl Session {
                     }
                     Some(Err(e)) => {
                         if conn.disconnect_sent {
-                            return Outcome::Shutdown;
+                            return Outcome::Shutdown(conn.goodbye());
                         }
                         let f = classify(&e, &self.settings.gateway_id, &self.broker());
                         return lost(&conn, f);
@@ -429,7 +467,7 @@ impl Session {
                 }
                 _ = self.shutdown.changed(), if conn.shutdown_deadline.is_none() => {
                     if conn.connected_at.is_none() {
-                        return Outcome::Shutdown;
+                        return Outcome::Shutdown(conn.goodbye());
                     }
                     conn.shutdown_deadline = Some(Instant::now() + self.settings.mqtt.shutdown_timeout);
                     conn.want_drain = true;
@@ -480,7 +518,7 @@ impl Session {
                     conn.disconnect_sent = true;
                 }
                 if conn.disconnect_sent && give_up {
-                    return Outcome::Shutdown;
+                    return Outcome::Shutdown(conn.goodbye());
                 }
             }
         }

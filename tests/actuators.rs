@@ -50,6 +50,8 @@ fn power_switch_on_a_value_file() {
         json!("")
     );
     assert_eq!(read(&value), "1");
+    // The log names the actuator and the command.
+    d.wait_log("request carried out: controlActuator relay on");
     assert_eq!(
         control(&mut cloud, "2", "inv", "on", json!({}))["result"],
         json!("")
@@ -61,9 +63,10 @@ fn power_switch_on_a_value_file() {
     control(&mut cloud, "3", "relay", "on", json!({"duration": 300}));
     control(&mut cloud, "4", "relay", "on", json!({}));
     control(&mut cloud, "5", "relay", "on", json!({"duration": 1500}));
-    d.wait_log("timed command ended: off");
+    d.wait_log("timed command ended: off: actuator relay is off again after its duration");
     assert_eq!(d.count_log("timed command ended: off"), 1);
     assert_eq!(read(&value), "0");
+    d.wait_log(r#"request carried out: controlActuator relay on {"duration":1500}"#);
 
     // Software blinking toggles the output, then ends off.
     control(
@@ -78,6 +81,9 @@ fn power_switch_on_a_value_file() {
 
     let r = control(&mut cloud, "7", "relay", "dim", json!({}));
     assert_eq!(r["error"]["code"], json!(-32602));
+    d.wait_log(
+        r#"request refused: controlActuator relay dim: unknown command "dim" for actuator "relay""#,
+    );
     let r = control(&mut cloud, "8", "relay", "on", json!({"duration": "soon"}));
     assert_eq!(r["error"]["code"], json!(-32602));
 
@@ -87,6 +93,7 @@ fn power_switch_on_a_value_file() {
     assert_eq!(d.terminate().code(), Some(0));
     assert_eq!(read(&value), "0");
     assert_eq!(read(&inverted), "0");
+    d.wait_log("actuator turned off at shutdown: relay");
 }
 
 #[test]
@@ -119,7 +126,11 @@ fn exec_actuator_runs_a_program_with_a_timeout() {
         std::fs::read_to_string(&log).unwrap(),
         "--unit 2 on {\"speed\":3}\n"
     );
-    d.wait_log("actuator program succeeded");
+    d.wait_log(&format!(
+        "actuator program succeeded: {} on for actuator fan",
+        prog.display()
+    ));
+    d.wait_log(r#"request carried out: controlActuator fan on {"speed":3}"#);
 
     let r = control(&mut cloud, "2", "fan", "fail", json!({}));
     assert_eq!(r["error"]["code"], json!(-32000));
@@ -128,6 +139,11 @@ fn exec_actuator_runs_a_program_with_a_timeout() {
         msg.contains("exit status: 3") && msg.contains("relay stuck"),
         "{msg}"
     );
+    d.wait_log(&format!(
+        "actuator program failed: fail for actuator fan: {} exited with exit status: 3: relay stuck",
+        prog.display()
+    ));
+    d.wait_log("request refused: controlActuator fan fail: ");
 
     let r = control(&mut cloud, "3", "fan", "slow", json!({}));
     assert_eq!(r["error"]["code"], json!(-32000));
@@ -147,7 +163,7 @@ fn unusable_gpio_line_is_refused_with_the_reason() {
     let mut cloud = Cloud::connect(broker.port);
     let extra = "[[actuator]]\nid = \"pump\"\ntype = \"powerSwitch\"\ngpio_chip = \"/dev/gpiochip-missing\"\nline = 4\n";
     let d = Daemon::spawn(dir.path(), &config_text(dir.path(), broker.port, "", extra));
-    d.wait_log("actuator unusable");
+    d.wait_log("actuator unusable: pump: ");
     cloud.next_on(&format!("v/a/g/{GW}/mqtt/status"));
     let r = control(&mut cloud, "1", "pump", "on", json!({}));
     assert_eq!(r["error"]["code"], json!(-32000));
@@ -232,6 +248,7 @@ fn reboot_poweroff_and_sw_update_when_enabled() {
         json!("")
     );
     d.wait_log("Reboot requested by the server");
+    d.wait_log("request carried out: reboot (the system reboots once this answer is sent)");
     let r = cloud.request("p", json!({"method":"poweroff"}));
     assert_eq!(r["error"]["code"], json!(-32601), "poweroff stays disabled");
 
@@ -261,8 +278,12 @@ fn reboot_poweroff_and_sw_update_when_enabled() {
     assert!(human.contains("sw update    RUNNING, started"), "{human}");
     assert!(human.contains("| fetching"), "{human}");
 
+    d.wait_log("request carried out: swUpdate (the update runs in the background");
     std::fs::write(&gate, "").unwrap();
-    d.wait_log("software update finished");
+    d.wait_log(&format!(
+        "software update finished: {}: exit status 0",
+        update.display()
+    ));
     let (u, human) = status("the finished update", &|u| u["running"] == json!(false));
     assert_eq!(u["success"], json!(true), "{u}");
     assert_eq!(u["exit_code"], json!(0), "{u}");

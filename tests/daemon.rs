@@ -94,6 +94,10 @@ fn login_status_values_and_clean_shutdown() {
     assert_eq!(st.code(), Some(0), "{}", d.log_lines().join("\n"));
     let off = cloud.next_on(&topic("mqtt/status"));
     assert_eq!(off.text(), "off");
+    d.wait_log(&format!(
+        "MQTT session stopped: the retained \"off\" status was delivered to 127.0.0.1:{}",
+        broker.port
+    ));
     let mut late = Cloud::connect(broker.port);
     let off = late.next_on(&topic("mqtt/status"));
     assert_eq!((off.text().as_str(), off.retain), ("off", true));
@@ -551,11 +555,17 @@ fn check_and_id_commands() {
 fn unreachable_broker_is_reported_and_retried() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port(); // nothing listens there
-    let d = Daemon::spawn(dir.path(), &config_text(dir.path(), port, "", ""));
+    let mut d = Daemon::spawn(dir.path(), &config_text(dir.path(), port, "", ""));
     d.wait_log("cannot reach the broker");
     let before = d.count_log("connecting");
     d.wait_log_n("connecting", before + 2);
     assert_eq!(d.count_warnings("cannot reach the broker 127.0.0.1"), 1);
+    // Stopped while offline: it says the retained "off" could not be sent.
+    assert_eq!(d.terminate().code(), Some(0));
+    d.wait_log(&format!(
+        "MQTT session stopped while offline: the retained \"off\" status could not be sent to 127.0.0.1:{port}"
+    ));
+    assert_eq!(d.count_log("was delivered"), 0);
 }
 
 #[test]

@@ -202,3 +202,113 @@ fn the_client_key_stays_secret_everywhere() {
     assert_no_key_in(&seen, &damaged_lines);
     assert_no_key_in(&seen, &pem_body(&other));
 }
+
+/// Runs `thingplus-gw check --config cfg` in a private mount namespace whose
+/// /etc/group is `group_file`: the system's groups as the test arranges them,
+/// the machine's own left alone.
+fn check_with_groups(group_file: &std::path::Path, cfg: &std::path::Path) -> (i32, String) {
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /etc/group && exec "$2" check --config "$3""#)
+        .arg("sh")
+        .arg(group_file)
+        .arg(bin())
+        .arg(cfg)
+        .output()
+        .expect("unshare (util-linux) runs");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !err.contains("unshare:") && !err.contains("mount:"),
+        "a private mount namespace needs root: {err}"
+    );
+    (out.status.code().unwrap_or(-1), err)
+}
+
+/// README's install steps make the APIKEY file root:thingplus-gw 0640, and
+/// `sudo thingplus-gw check` must not call that a problem: the file's group
+/// is compared with the service's group (looked up by name), not with the
+/// caller's (root's). Other groups are named in the warning.
+#[test]
+fn check_compares_the_key_files_group_with_the_services_group() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("apikey");
+    std::fs::write(&key, APIKEY).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let cfg = dir.path().join("config.toml");
+    let text = config_text(dir.path(), 1883, "", "").replace(
+        &format!("apikey = \"{APIKEY}\""),
+        &format!("apikey_file = \"{}\"", key.display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // The system's groups without any thingplus-gw, and with one at a gid
+    // no group of this machine has.
+    let system = std::fs::read_to_string("/etc/group").unwrap();
+    let entries: Vec<(String, u32)> = system
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some((f.first()?.to_string(), f.get(2)?.parse().ok()?))
+        })
+        .filter(|(name, _)| name != "thingplus-gw")
+        .collect();
+    let without: String = system
+        .lines()
+        .filter(|l| !l.starts_with("thingplus-gw:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let service_gid = (60_000u32..)
+        .find(|g| entries.iter().all(|e| e.1 != *g))
+        .unwrap();
+    let with = format!("{without}thingplus-gw:x:{service_gid}:\n");
+    let (without_file, with_file) = (dir.path().join("group-"), dir.path().join("group+"));
+    std::fs::write(&without_file, &without).unwrap();
+    std::fs::write(&with_file, &with).unwrap();
+    // Some other real group of this system, not root's.
+    let (other, other_gid) = entries.iter().find(|e| e.1 != 0).cloned().unwrap();
+
+    let set_group = |gid: u32| chown(&key, Some(0), Some(gid)).unwrap();
+    let group_warning = |err: &str| {
+        err.lines()
+            .find(|l| l.contains("is readable by"))
+            .map(str::to_string)
+    };
+
+    // README's way: no warning.
+    set_group(service_gid);
+    let (code, err) = check_with_groups(&with_file, &cfg);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(group_warning(&err), None, "{err}");
+
+    // Another group, or root's own: named, with the service's group.
+    for (name, gid) in [(other.as_str(), other_gid), ("root", 0)] {
+        set_group(gid);
+        let (code, err) = check_with_groups(&with_file, &cfg);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            group_warning(&err).as_deref(),
+            Some(format!(
+                "warning: apikey_file {} is readable by group {name} (gid {gid}) which is not the service's group thingplus-gw (gid {service_gid}): chgrp thingplus-gw it, or chmod 600",
+                key.display()
+            ).as_str()),
+            "{err}"
+        );
+    }
+
+    // A system without the group (the binary run without the package):
+    // the caller's group is the one that may read.
+    set_group(0);
+    let (code, err) = check_with_groups(&without_file, &cfg);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(group_warning(&err), None, "{err}");
+    set_group(other_gid);
+    let (_, err) = check_with_groups(&without_file, &cfg);
+    assert!(
+        group_warning(&err).is_some_and(|w| w.contains(&format!(
+            "is readable by group {other} (gid {other_gid}) which is not the service's group (this system has no group thingplus-gw"
+        ))),
+        "{err}"
+    );
+}

@@ -90,6 +90,11 @@ fn status_online_failing_sensor_and_offline_backlog() {
     assert_eq!(v["sensors"][0]["value"], json!(21.5));
     assert_eq!(v["actuators"][0], json!(["led", "off"]));
     assert_eq!(v["last_command"]["method"], json!("controlActuator"));
+    assert_eq!(v["last_command"]["what"], json!("controlActuator led off"));
+    assert!(
+        human.contains("last command controlActuator led off (\"c1\")"),
+        "{human}"
+    );
     assert!(human.contains("connected to 127.0.0.1"), "{human}");
     assert!(human.contains("21.5"), "{human}");
     // Only root and the service group may talk to the daemon.
@@ -121,6 +126,14 @@ fn status_online_failing_sensor_and_offline_backlog() {
     assert!(v["last_error"].is_string(), "{v}");
     assert!(human.contains("OFFLINE"), "{human}");
     assert!(human.contains("backlog"), "{human}");
+    // The store's size is labelled as what it is, not as pending data.
+    assert!(v["backlog"]["store_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["backlog"].get("bytes").is_none(), "{v}");
+    assert!(
+        human.contains("readings pending")
+            && human.contains("on disk (database and WAL files, not the size of what is pending)"),
+        "{human}"
+    );
 }
 
 #[test]

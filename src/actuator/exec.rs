@@ -40,7 +40,7 @@ pub async fn run(
         Ok(Ok(out)) => out,
         Ok(Err(e)) => return Err(RpcError::server(format!("{} failed: {e}", command[0]))),
         Err(_) => {
-            tracing::warn!(actuator_id, command = %command[0], cmd, "actuator program timed out and was killed");
+            tracing::warn!(actuator_id, command = %command[0], cmd, "actuator program timed out and was killed: {} {cmd} for actuator {actuator_id} did not finish within {} s", command[0], timeout.as_secs_f64());
             return Err(RpcError::server(format!(
                 "{} did not finish within {} s and was killed",
                 command[0],
@@ -51,12 +51,11 @@ pub async fn run(
     let stdout = clip(&out.stdout);
     let stderr = clip(&out.stderr);
     if out.status.success() {
-        tracing::info!(actuator_id, cmd, stdout = %stdout, stderr = %stderr, "actuator program succeeded");
+        tracing::info!(actuator_id, cmd, stdout = %stdout, stderr = %stderr, "actuator program succeeded: {} {cmd} for actuator {actuator_id}", command[0]);
         Ok(Json::String(String::new()))
     } else {
-        tracing::warn!(actuator_id, cmd, status = %out.status, stdout = %stdout, stderr = %stderr, "actuator program failed");
         let detail = stderr.lines().next().unwrap_or("").to_string();
-        Err(RpcError::server(format!(
+        let why = format!(
             "{} exited with {}{}",
             command[0],
             out.status,
@@ -65,6 +64,8 @@ pub async fn run(
             } else {
                 format!(": {detail}")
             }
-        )))
+        );
+        tracing::warn!(actuator_id, cmd, status = %out.status, stdout = %stdout, stderr = %stderr, "actuator program failed: {cmd} for actuator {actuator_id}: {why}");
+        Err(RpcError::server(why))
     }
 }

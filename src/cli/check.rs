@@ -23,9 +23,17 @@ pub fn run(config_path: &Path) -> ExitCode {
             for w in &c.warnings {
                 eprintln!("warning: {w}");
             }
-            for s in &c.sensors {
-                if let Some(w) =
-                    crate::register::id_convention_warning(&s.id, &c.gateway.id, &s.sensor_type)
+            let things = c
+                .sensors
+                .iter()
+                .map(|s| ("sensor", &s.id, &s.sensor_type))
+                .chain(
+                    c.actuators
+                        .iter()
+                        .map(|a| ("actuator", &a.id, &a.thingplus_type)),
+                );
+            for (kind, id, ty) in things {
+                if let Some(w) = crate::register::id_convention_warning(kind, id, &c.gateway.id, ty)
                 {
                     eprintln!("warning: {w}");
                 }

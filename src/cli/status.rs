@@ -93,8 +93,13 @@ pub fn render(r: &StatusReport) -> String {
                 .map_or(String::new(), |t| format!(", oldest {}", ago(now, t)));
             let _ = writeln!(
                 o,
-                "backlog      {} readings, {} bytes{oldest}; {} dropped",
-                b.pending, b.bytes, b.dropped
+                "backlog      {} readings pending{oldest}; {} dropped",
+                b.pending, b.dropped
+            );
+            let _ = writeln!(
+                o,
+                "buffer store {} on disk (database and WAL files, not the size of what is pending)",
+                crate::buffer::sqlite::format_size(b.store_bytes)
             );
         }
         None => {
@@ -115,12 +120,9 @@ pub fn render(r: &StatusReport) -> String {
             .as_str()
             .map_or("ok".to_string(), |e| format!("refused: {e}"));
         let at = c["at_ms"].as_i64().map_or(String::new(), |t| ago(now, t));
-        let _ = writeln!(
-            o,
-            "last command {} ({}) {at}: {err}",
-            c["method"].as_str().unwrap_or("?"),
-            c["id"]
-        );
+        // "what" names the actuator and command; an older daemon gives the method only.
+        let what = c["what"].as_str().or(c["method"].as_str()).unwrap_or("?");
+        let _ = writeln!(o, "last command {what} ({}) {at}: {err}", c["id"]);
     }
     if let Some(u) = &r.sw_update {
         let state = if u.running {
@@ -170,4 +172,64 @@ pub fn render(r: &StatusReport) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control_socket::BacklogReport;
+
+    fn report() -> StatusReport {
+        serde_json::from_value(serde_json::json!({
+            "gateway_id": "gw", "version": "1", "now_ms": 100_000, "broker": "b:8883",
+            "connected": true, "since_ms": 40_000, "last_error": null, "retry_at_ms": null,
+            "delivered": 5, "last_delivery_ms": 90_000, "report_interval_ms": 60_000,
+            "backlog": {"pending": 0, "store_bytes": 57592, "oldest_ms": null, "dropped": 0},
+            "sensors": [], "actuators": [], "clock_offset_ms": 0,
+            "last_command": {"method": "controlActuator", "what": "controlActuator relay on {\"duration\":1500}",
+                             "id": "7", "at_ms": 97_000, "error": null},
+            "clock": "synchronized", "clock_trusted": true, "clock_held": 0
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_store_size_is_not_called_backlog() {
+        let text = render(&report());
+        assert!(
+            text.contains("backlog      0 readings pending; 0 dropped\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("buffer store 56.2 KiB on disk (database and WAL files, not the size of what is pending)\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_last_command_names_what_it_asked() {
+        let text = render(&report());
+        assert!(
+            text.contains(
+                "last command controlActuator relay on {\"duration\":1500} (\"7\") 3 s ago: ok\n"
+            ),
+            "{text}"
+        );
+        // An older daemon's report has the method only.
+        let mut r = report();
+        r.last_command = Some(serde_json::json!({"method": "reboot", "id": 1, "at_ms": 99_000}));
+        assert!(render(&r).contains("last command reboot (1) 1 s ago: ok\n"));
+    }
+
+    #[test]
+    fn json_names_the_store_size_and_reads_the_old_name() {
+        let json = serde_json::to_value(report()).unwrap();
+        assert_eq!(json["backlog"]["store_bytes"], 57592);
+        assert!(json["backlog"].get("bytes").is_none());
+        let old: BacklogReport = serde_json::from_value(
+            serde_json::json!({"pending": 1, "bytes": 4096, "oldest_ms": 5, "dropped": 0}),
+        )
+        .unwrap();
+        assert_eq!(old.store_bytes, 4096);
+    }
 }
