@@ -176,29 +176,22 @@ if $packages; then
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   for pkg in "${pkgs[@]}"; do
-    dir="$work/$(basename "$pkg")"
-    mkdir -p "$dir"
-    case "$pkg" in
-      *.deb) dpkg-deb --fsys-tarfile "$pkg" | tar -x -C "$dir" ./usr/bin/thingplus-gw ;;
-      # rpm2archive (package rpm2cpio, beside rpm) turns the payload into a tar.
-      *.rpm) rpm2archive -n <"$pkg" | tar -x -C "$dir" ./usr/bin/thingplus-gw ;;
-    esac
-    bin="$dir/usr/bin/thingplus-gw"
-    [ -f "$bin" ] || fail "$pkg holds no /usr/bin/thingplus-gw"
+    bin="$work/$(basename "$pkg").thingplus-gw"
+    python3 scripts/sbom.py extract "$pkg" "$bin"
     sbom="${pkg%.*}.cdx.json"
     [ -f "$sbom" ] || fail "$pkg has no SBOM beside it ($sbom)"
-    echo "-- $pkg ($(stat -c %s "$bin") bytes)"
+    echo "-- $pkg: /usr/bin/thingplus-gw, $(stat -c %s "$bin") bytes"
+    count=""
     if $checked; then
-      cargo audit --db "$db" --no-fetch bin "$bin" | tee "$work/audit.txt" ||
-        fail "cargo audit bin: $pkg's binary has advisories beyond the exceptions in .cargo/audit.toml"
-      # Without embedded data cargo audit guesses a few crates from panic
-      # messages; with it, every crate of the build is listed.
-      count=$(sed -n 's/.*for vulnerabilities (\([0-9]*\) crate dependencies).*/\1/p' "$work/audit.txt")
-    else
-      count=""
+      cargo audit --db "$db" --no-fetch bin "$bin" 2>&1 | tee "$work/audit.txt" ||
+        fail "cargo audit bin: the binary in $pkg has advisories beyond the exceptions in .cargo/audit.toml"
+      # Without embedded data cargo audit only guesses a few crates from
+      # panic messages and says nothing of the kind.
+      count=$(sed -n "s/.*Found 'cargo auditable' data in .* (\([0-9]*\) dependencies).*/\1/p" "$work/audit.txt")
+      [ -n "$count" ] || fail "cargo audit bin found no dependency list in the binary of $pkg (not built with cargo auditable?)"
     fi
-    python3 scripts/sbom.py --check "$sbom" "$bin" ${count:+--count "$count"} ||
-      fail "$sbom does not describe $pkg's binary"
+    python3 scripts/sbom.py check "$sbom" "$pkg" ${count:+--count "$count"} ||
+      fail "$sbom does not describe the binary in $pkg"
   done
   took "packaged binaries"
 fi
