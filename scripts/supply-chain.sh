@@ -173,7 +173,9 @@ fi
 if $packages; then
   echo "== packaged binaries: cargo audit bin, SBOM"
   mapfile -t pkgs < <(find target -path '*/debian/thingplus-gw_*.deb' -o -path '*/generate-rpm/thingplus-gw-*.rpm' | sort)
-  [ ${#pkgs[@]} -gt 0 ] || fail "no .deb or .rpm under target/: run scripts/package.sh first"
+  # Both kinds, or a package that went missing would go unchecked.
+  printf '%s\n' "${pkgs[@]}" | grep -q '\.deb$' || fail "no thingplus-gw .deb under target/: run scripts/package.sh first"
+  printf '%s\n' "${pkgs[@]}" | grep -q '\.rpm$' || fail "no thingplus-gw .rpm under target/: run scripts/package.sh first"
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   for pkg in "${pkgs[@]}"; do
