@@ -122,7 +122,11 @@ echo '# operator edit' >>"$root/etc/thingplus-gw/config.toml"
 echo 'queued' >"$root/var/lib/thingplus-gw/marker"
 ver=$(dpkg-deb -f "$deb" Version)
 up_ver="${ver%-*}.1-1"
+# cargo deb deletes the .deb files in target/debian, whatever --output says:
+# keep the tested one there for scripts/supply-chain.sh --packages.
+cp "$deb" "$work/tested.deb"
 cargo deb --no-build --locked --deb-version "$up_ver" --output "$work/upgrade.deb" >/dev/null
+cp "$work/tested.deb" "$deb"
 cp "$work/upgrade.deb" "$root/tmp/upgrade.deb"
 in_root dpkg -i --force-confold /tmp/upgrade.deb >"$work/upgrade.log" 2>&1 || { cat "$work/upgrade.log"; fail "upgrade"; }
 in_root dpkg-query -W -f '${Version}' thingplus-gw | grep -qx "$up_ver" || fail "not upgraded"

@@ -69,7 +69,7 @@ impl Default for Control {
 pub const TEST_HOOKS_ENV: &str = "THINGPLUS_GW_TEST_HOOKS";
 
 /// What the MQTT session is built from; a reload rebuilds it only when this changes.
-fn session_settings(config: &Config) -> Result<SessionSettings, StartError> {
+pub(crate) fn session_settings(config: &Config) -> Result<SessionSettings, StartError> {
     let tls = if config.mqtt.tls {
         Some(crate::tls::client_config(&config.mqtt).map_err(StartError::Config)?)
     } else {

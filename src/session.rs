@@ -217,6 +217,28 @@ impl Conn {
     }
 }
 
+/// The rumqttc options of one connection. TLS goes through the rustls
+/// `ClientConfig` built by `tls::client_config` (`TlsConfiguration::Rustls`),
+/// never rumqttc's own PEM loading (`TlsConfiguration::Simple`, which parses
+/// with the unmaintained rustls-pemfile): deny.toml's advisory exceptions
+/// rest on this.
+pub fn mqtt_options(s: &SessionSettings, will_topic: &str, keep_alive: Duration) -> MqttOptions {
+    let mut o = MqttOptions::new(&s.gateway_id, &s.mqtt.host, s.mqtt.port);
+    o.set_credentials(&s.gateway_id, s.apikey.expose());
+    o.set_clean_session(true);
+    o.set_keep_alive(keep_alive);
+    o.set_last_will(LastWill::new(will_topic, "err", QoS::AtLeastOnce, true));
+    o.set_max_packet_size(MAX_INCOMING_PACKET, s.mqtt.max_message_size + 1024);
+    // Far above our own window, so rumqttc's packet ids cannot collide.
+    o.set_inflight(100);
+    if let Some(tls) = &s.tls {
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+    }
+    o
+}
+
 /// Aborts the event-loop task when the connection is dropped.
 struct PumpGuard(tokio::task::JoinHandle<()>);
 
@@ -232,26 +254,13 @@ impl Session {
     }
 
     fn options(&self) -> MqttOptions {
-        let s = &self.settings;
-        let mut o = MqttOptions::new(&s.gateway_id, &s.mqtt.host, s.mqtt.port);
-        o.set_credentials(&s.gateway_id, s.apikey.expose());
-        o.set_clean_session(true);
-        o.set_keep_alive(s.mqtt.keep_alive_for(*self.report_interval.borrow()));
-        o.set_last_will(LastWill::new(
+        mqtt_options(
+            &self.settings,
             &self.topics.mqtt_status,
-            "err",
-            QoS::AtLeastOnce,
-            true,
-        ));
-        o.set_max_packet_size(MAX_INCOMING_PACKET, s.mqtt.max_message_size + 1024);
-        // Far above our own window, so rumqttc's packet ids cannot collide.
-        o.set_inflight(100);
-        if let Some(tls) = &s.tls {
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls.clone(),
-            )));
-        }
-        o
+            self.settings
+                .mqtt
+                .keep_alive_for(*self.report_interval.borrow()),
+        )
     }
 
     /// Runs until shutdown is requested and the session has said goodbye,
@@ -690,6 +699,117 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CA and a client certificate signed by it, as PEM files in `dir`.
+    fn write_pki(
+        dir: &std::path::Path,
+    ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let cli_key = KeyPair::generate().unwrap();
+        let cli = CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .signed_by(&cli_key, &ca, &ca_key)
+            .unwrap();
+        let paths = (
+            dir.join("ca.pem"),
+            dir.join("client.pem"),
+            dir.join("client.key"),
+        );
+        std::fs::write(&paths.0, ca.pem()).unwrap();
+        std::fs::write(&paths.1, cli.pem()).unwrap();
+        std::fs::write(&paths.2, cli_key.serialize_pem()).unwrap();
+        paths
+    }
+
+    /// The premise of the advisory exceptions in deny.toml and
+    /// .cargo/audit.toml: from a configuration file to the options rumqttc
+    /// connects with, TLS is our rustls `ClientConfig` (rustls 0.23 with
+    /// rustls-webpki 0.103), never `TlsConfiguration::Simple`, the only path
+    /// on which rumqttc parses PEM with rustls-pemfile.
+    #[test]
+    fn tls_transport_is_our_rustls_config_never_rumqttc_pem_loading() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = write_pki(dir.path());
+        let text = format!(
+            "[gateway]\nid = \"gw1\"\napikey = \"k\"\n\
+             [mqtt]\nhost = \"broker.example\"\nca_file = \"{}\"\n\
+             client_cert = \"{}\"\nclient_key = \"{}\"\n",
+            ca.display(),
+            cert.display(),
+            key.display()
+        );
+        let config =
+            crate::config::Config::parse(&text, std::path::Path::new("/etc/t.toml")).unwrap();
+        assert!(config.mqtt.tls, "TLS is the default");
+        let settings = crate::daemon::session_settings(&config).unwrap();
+        let ours = settings.tls.clone().expect("a TLS configuration is built");
+        let opts = mqtt_options(&settings, "v/a/g/gw1/mqtt/status", Duration::from_secs(60));
+        match opts.transport() {
+            Transport::Tls(TlsConfiguration::Rustls(c)) => assert!(
+                Arc::ptr_eq(&c, &ours),
+                "rumqttc must connect with the ClientConfig built by tls::client_config"
+            ),
+            Transport::Tls(other) => {
+                panic!("not our rustls ClientConfig (rumqttc would load PEM itself): {other:?}")
+            }
+            _ => panic!("TLS is configured, the transport is not TLS"),
+        }
+
+        let plain = crate::config::Config::parse(
+            "[gateway]\nid = \"gw1\"\napikey = \"k\"\n[mqtt]\nhost = \"127.0.0.1\"\ntls = false\n",
+            std::path::Path::new("/etc/t.toml"),
+        )
+        .unwrap();
+        let settings = crate::daemon::session_settings(&plain).unwrap();
+        assert!(settings.tls.is_none());
+        let opts = mqtt_options(&settings, "v/a/g/gw1/mqtt/status", Duration::from_secs(60));
+        assert!(matches!(opts.transport(), Transport::Tcp));
+    }
+
+    /// A weaker, source-level complement to the test above: no code in
+    /// src/ names a constructor of rumqttc's PEM-loading TLS path.
+    #[test]
+    fn no_source_builds_rumqttc_pem_tls() {
+        // Spelled in pieces so that this file does not match itself.
+        let forbidden = [
+            ["TlsConfiguration", "::Simple"].concat(),
+            ["Transport", "::tls("].concat(),
+            ["Transport", "::wss("].concat(),
+        ];
+        let mut stack = vec![std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src"
+        ))];
+        let mut files = 0;
+        while let Some(p) = stack.pop() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|x| x == "rs") {
+                    files += 1;
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let code = (1..)
+                        .zip(text.lines())
+                        .filter(|(_, l)| !l.trim_start().starts_with("//"));
+                    for (n, line) in code {
+                        for f in &forbidden {
+                            assert!(
+                                !line.contains(f.as_str()),
+                                "{}:{n} names {f}",
+                                path.display()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(files > 10, "read only {files} source files");
+    }
 
     #[test]
     fn backoff_never_under_min_and_capped() {
