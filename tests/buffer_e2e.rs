@@ -166,32 +166,24 @@ fn committed_readings_survive_an_outage_and_two_sigkills_and_arrive_in_order() {
     for i in 0..SENSORS {
         let id = sensor_id(i);
         let values = cloud.values_of(&id);
-        let distinct = strictly_increasing_dedup(&values)
-            .unwrap_or_else(|e| panic!("{id}: out of order: {e}"));
-        duplicates += values.len() - distinct.len();
+        strictly_increasing_dedup(&values).unwrap_or_else(|e| panic!("{id}: out of order: {e}"));
+        // A reading may come twice only if the store still held it at a
+        // disruption: in flight when the broker died (so still pending at
+        // the first kill) or not yet acknowledged on disk at the second kill.
+        // How many that is depends on how far the buffer thread's
+        // acknowledgements lagged behind the broker's (machine load), so the
+        // test checks which readings, not how many.
+        let mut seen = std::collections::HashSet::new();
+        for (t, _) in &values {
+            if !seen.insert(*t) {
+                duplicates += 1;
+                assert!(
+                    must_arrive.contains(&(id.clone(), *t)),
+                    "{id} at {t} was sent again although it was acknowledged on disk before each kill"
+                );
+            }
+        }
     }
-    // Duplicates only for messages in flight at a disruption (the broker's
-    // kill, the second SIGKILL; the first came with nothing in flight): at
-    // most max_inflight (1) message each.
-    let topic = format!("v/a/g/{GW}");
-    let per_message = cloud
-        .all()
-        .iter()
-        .filter(|m| m.topic == topic)
-        .map(|m| {
-            m.json()
-                .as_object()
-                .unwrap()
-                .values()
-                .map(|a| a.as_array().unwrap().len() / 2)
-                .sum::<usize>()
-        })
-        .max()
-        .unwrap();
-    assert!(
-        duplicates <= 3 * per_message,
-        "{duplicates} readings sent twice; a message holds at most {per_message}"
-    );
     let total: usize = delivered(&cloud).values().map(Vec::len).sum();
     eprintln!(
         "delivered {total} values, {duplicates} of them again after a kill; committed before kill 1: {}, before kill 2: {}",
