@@ -96,6 +96,12 @@ pub fn render(r: &StatusReport) -> String {
                 "backlog      {} readings, {} bytes{oldest}; {} dropped",
                 b.pending, b.bytes, b.dropped
             );
+            if let Some(why) = &b.memory_only {
+                let _ = writeln!(
+                    o,
+                    "buffer       MEMORY ONLY: the disk buffer cannot be used ({why}); readings are lost at the next restart"
+                );
+            }
         }
         None => {
             let _ = writeln!(o, "backlog      unknown (buffer not answering)");
