@@ -607,6 +607,40 @@ fn main() {
         runs.sort_by_key(|r| r[i]);
         println!("| {what} | {:.1} |", ns(runs[RUNS / 2][i]));
     }
+    // The checksum's share of the read: CRC32C over every chunk's bytes,
+    // as `Chunk::parse` verifies them before a drain copies their text.
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        prefill(tmp.path(), &rs);
+        let c = Connection::open(tmp.path().join("buffer.db")).unwrap();
+        let chunks: Vec<Vec<u8>> = c
+            .prepare("SELECT data FROM chunks")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let bytes: usize = chunks.iter().map(Vec::len).sum();
+        let mut times: Vec<Duration> = (0..RUNS * 4)
+            .map(|_| {
+                let t = Instant::now();
+                let mut x = 0u32;
+                for d in &chunks {
+                    x ^= crc32c::crc32c(std::hint::black_box(d));
+                }
+                std::hint::black_box(x);
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        let t = times[times.len() / 2];
+        println!(
+            "| of the read: CRC32C over the chunks' bytes ({} chunks, {:.1} bytes a reading) | {:.2} |",
+            chunks.len(),
+            bytes as f64 / n as f64,
+            ns(t)
+        );
+    }
     if std::env::var_os("BENCH_PHASES_ONLY").is_some() {
         return;
     }

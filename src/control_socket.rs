@@ -56,6 +56,10 @@ pub struct BacklogReport {
     pub store_bytes: u64,
     pub oldest_ms: Option<i64>,
     pub dropped: u64,
+    /// Set when the disk buffer cannot be used: why (readings are then kept
+    /// in memory only and lost at the next restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_only: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -119,6 +123,7 @@ impl Sources {
             store_bytes: s.bytes,
             oldest_ms: s.oldest_ms,
             dropped: s.dropped,
+            memory_only: s.memory_only,
         });
         StatusReport {
             gateway_id: self.gateway_id.clone(),

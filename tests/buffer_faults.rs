@@ -223,14 +223,32 @@ fn corruption_found_while_running_is_recovered_and_seqs_keep_growing() {
     f.write_all(&vec![0xA5; 40 * 4096]).unwrap();
     f.sync_all().unwrap();
     drop(f);
-    let (got, logs) = with_logs(|| store.read(0, 1000));
+    let (got, logs) = with_logs(|| store.read(0, usize::MAX));
     let got = got.expect("the read is answered from a new database");
-    assert!(got.is_empty());
     assert_eq!(store.recoveries().len(), 1, "{logs}");
-    assert!(logs.contains("100000 pending readings"), "{logs}");
+    let rec = store.recoveries()[0].clone();
+    // Rebuilt from what could be read: the readable chunks are kept, as
+    // they were, in order; what was lost is counted and said.
+    assert!(rec.kept_readings > 50_000, "{rec:?}\n{logs}");
+    assert_eq!(got.len() as u64, rec.kept_readings);
+    assert_eq!(rec.lost_readings, Some(100_000 - rec.kept_readings));
+    assert!(
+        logs.contains(&format!(
+            "{} readings kept. Lost: {} pending readings",
+            rec.kept_readings,
+            100_000 - rec.kept_readings
+        )),
+        "{logs}"
+    );
+    assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
+    for s in &got {
+        assert_eq!(s.reading, reading(s.seq - 1));
+    }
+    assert_eq!(got.last().unwrap().seq, 100_000, "the newest survive");
     assert_eq!(corrupt_files(tmp.path()).len(), 1);
+    assert_eq!(store.stats().unwrap().dropped, 100_000 - rec.kept_readings);
     store.append(vec![reading(5)]).unwrap();
-    assert!(store.read(0, 10).unwrap()[0].seq >= next);
+    assert!(store.read(0, usize::MAX).unwrap().last().unwrap().seq >= next);
     assert_usable(&mut store);
 }
 
@@ -638,7 +656,10 @@ fn a_buffer_of_the_first_schema_is_upgraded_in_place_and_drains_in_order() {
     };
     let (store, logs) = with_logs(|| SqliteStore::open(tmp.path(), opts()));
     let mut store = store.unwrap();
-    assert!(logs.contains("upgraded to schema 2"), "{logs}");
+    assert!(
+        logs.contains("upgraded from schema 1 to schema 3"),
+        "{logs}"
+    );
     let got: Vec<_> = store.read(0, 100).unwrap();
     assert_eq!(
         got.iter()
@@ -677,7 +698,7 @@ fn a_buffer_of_the_first_schema_is_upgraded_in_place_and_drains_in_order() {
     let v: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 2);
+    assert_eq!(v, 3);
 }
 
 #[test]
@@ -689,7 +710,7 @@ fn a_buffer_of_a_newer_schema_is_refused_and_left_untouched() {
         c.execute_batch(
             "CREATE TABLE chunks(last_seq INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL);
              PRAGMA application_id=1414547287;
-             PRAGMA user_version=3;",
+             PRAGMA user_version=4;",
         )
         .unwrap();
     }
@@ -698,12 +719,254 @@ fn a_buffer_of_a_newer_schema_is_refused_and_left_untouched() {
         .expect("refused");
     let text = err.to_string();
     assert!(matches!(err, OpenError::Db { .. }), "{text}");
-    assert!(text.contains("newer thingplus-gw (schema 3"), "{text}");
+    assert!(text.contains("newer thingplus-gw (schema 4"), "{text}");
     assert!(text.contains("left untouched"), "{text}");
     assert!(corrupt_files(tmp.path()).is_empty(), "not moved aside");
     let c = rusqlite::Connection::open(&db).unwrap();
     let v: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 3, "not downgraded");
+    assert_eq!(v, 4, "not downgraded");
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Drains a store whole as the session does (read packed, acknowledge),
+/// returning every reading delivered, decoded from the messages as the
+/// cloud decodes them: (sensor, time, value JSON).
+fn drain_all(store: &mut SqliteStore) -> Vec<(String, i64, String)> {
+    let mut out = Vec::new();
+    loop {
+        let msgs = store.read_packed(0, 64 << 10, 4).unwrap();
+        if msgs.is_empty() {
+            return out;
+        }
+        for m in &msgs {
+            let text = std::str::from_utf8(&m.payload).expect("a message is UTF-8");
+            assert!(!text.contains('\0'), "a NUL byte went out: {text}");
+            let v: serde_json::Value = serde_json::from_str(text).expect("a message is JSON");
+            let mut n = 0;
+            for (sensor, series) in v.as_object().unwrap() {
+                for pair in series.as_array().unwrap().chunks(2) {
+                    out.push((
+                        sensor.clone(),
+                        pair[0].as_i64().unwrap(),
+                        pair[1].to_string(),
+                    ));
+                    n += 1;
+                }
+            }
+            assert_eq!(n, m.count);
+            store.ack(m.seqs.clone()).unwrap();
+        }
+        store.commit_acks().unwrap();
+    }
+}
+
+/// What `reading(i)` looks like once delivered.
+fn delivered_form(i: u64) -> (String, i64, String) {
+    let r = reading(i);
+    (r.sensor_id.to_string(), r.time_ms, r.value.to_json_string())
+}
+
+#[test]
+fn bytes_flipped_inside_chunk_data_are_detected_counted_and_never_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = 30_000u64;
+    let mut store = SqliteStore::open(tmp.path(), opts()).unwrap();
+    fill(&mut store, 0..n);
+    drop(store); // checkpointed into buffer.db
+    let db = tmp.path().join(DB_FILE);
+    let mut bytes = fs::read(&db).unwrap();
+    // 20 bytes inside the text of the readings around seq 10,001, as a
+    // rotting SD card returns them: not in any SQLite structure.
+    let at = find(&bytes, reading(10_000).time_ms.to_string().as_bytes()).unwrap();
+    for b in &mut bytes[at..at + 20] {
+        *b ^= 0x5a;
+    }
+    fs::write(&db, &bytes).unwrap();
+
+    let (got, logs) = with_logs(|| {
+        let mut store = SqliteStore::open(tmp.path(), opts()).unwrap();
+        assert!(store.recoveries().is_empty(), "SQLite sees nothing wrong");
+        let got = drain_all(&mut store);
+        (got, store.stats().unwrap())
+    });
+    let (delivered, stats) = got;
+    // Every reading delivered is the one appended, unchanged; the rest is
+    // counted as dropped, and one line says which.
+    let expected: std::collections::HashMap<(String, i64), String> = (0..n)
+        .map(delivered_form)
+        .map(|(s, t, v)| ((s, t), v))
+        .collect();
+    for (s, t, v) in &delivered {
+        assert_eq!(
+            expected.get(&(s.clone(), *t)),
+            Some(v),
+            "a changed reading went out"
+        );
+    }
+    assert!(stats.dropped > 0 && stats.dropped < 600, "{stats:?}");
+    assert_eq!(delivered.len() as u64 + stats.dropped, n, "{logs}");
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("damaged buffered readings were dropped, not sent"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    let line = lines[0];
+    assert!(
+        line.contains(&format!("{} readings", stats.dropped)),
+        "{line}"
+    );
+    assert!(line.contains("checksum mismatch"), "{line}");
+    assert!(
+        line.contains("gw-temp-0") && line.contains("gw-loc-0"),
+        "{line}"
+    );
+    // The seq range named holds seq 10,001.
+    let range = line
+        .split("seqs ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    let (a, b) = range.split_once("..=").unwrap();
+    let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+    assert!(a <= 10_001 && 10_001 <= b, "{line}");
+    assert_eq!(b - a + 1, stats.dropped, "{line}");
+    // The drop is kept: a restart neither resends nor recounts.
+    let mut store = SqliteStore::open(tmp.path(), opts()).unwrap();
+    assert_eq!(store.stats().unwrap().pending, 0);
+    let report = sqlite::inspect(&db, false).unwrap();
+    assert_eq!(report.dropped, Some(stats.dropped));
+    assert_usable(&mut store);
+}
+
+#[test]
+fn a_file_cut_short_sends_no_damaged_text_and_counts_what_is_missing() {
+    for cut in [1000u64, 6000, 20_000] {
+        let tmp = tempfile::tempdir().unwrap();
+        let n = 30_000u64;
+        let mut store = SqliteStore::open(tmp.path(), opts()).unwrap();
+        fill(&mut store, 0..n);
+        drop(store);
+        let db = tmp.path().join(DB_FILE);
+        let len = fs::metadata(&db).unwrap().len();
+        let f = fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.set_len(len - cut).unwrap();
+        drop(f);
+        let ((delivered, stats, recoveries), logs) = with_logs(|| {
+            let mut store = SqliteStore::open(tmp.path(), opts()).unwrap();
+            // Moved aside and rebuilt, or damage found chunk by chunk.
+            let delivered = drain_all(&mut store);
+            (
+                delivered,
+                store.stats().unwrap(),
+                store.recoveries().to_vec(),
+            )
+        });
+        let mut seen = std::collections::HashSet::new();
+        let expected: std::collections::HashMap<(String, i64), String> = (0..n)
+            .map(delivered_form)
+            .map(|(s, t, v)| ((s, t), v))
+            .collect();
+        for (s, t, v) in &delivered {
+            assert_eq!(
+                expected.get(&(s.clone(), *t)),
+                Some(v),
+                "cut {cut}: changed"
+            );
+            assert!(seen.insert((s.clone(), *t)), "cut {cut}: sent twice");
+        }
+        assert!(delivered.len() as u64 <= n);
+        // What is missing is counted as dropped (found damaged, or lost in
+        // a rebuild), or, where SQLite cannot read how many readings a
+        // damaged page held, named by its seqs.
+        if recoveries.iter().all(|r| r.lost_readings.is_some()) {
+            assert_eq!(
+                delivered.len() as u64 + stats.dropped,
+                n,
+                "cut {cut}: {stats:?} {recoveries:?}\n{logs}"
+            );
+        } else {
+            assert!(delivered.len() as u64 + stats.dropped < n);
+            assert!(
+                logs.contains("the readings of seqs") && logs.contains("cannot be read"),
+                "cut {cut}: {logs}"
+            );
+        }
+        assert!(
+            !delivered.is_empty(),
+            "cut {cut}: the readable part is delivered"
+        );
+    }
+}
+
+#[test]
+fn a_buffer_of_the_second_schema_is_read_and_new_chunks_carry_a_checksum() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join(DB_FILE);
+    let mut store = SqliteStore::open(tmp.path(), opts()).unwrap();
+    fill(&mut store, 0..3000);
+    drop(store);
+    // As version 2 of the daemon left it: chunks without checksum, schema 2.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let rows: Vec<(i64, Vec<u8>)> = c
+            .prepare("SELECT last_seq, data FROM chunks")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (last, data) in rows {
+            assert_eq!(data[0], 3);
+            let v2 = [&[2u8][..], &data[5..]].concat();
+            c.execute(
+                "UPDATE chunks SET data = ?1 WHERE last_seq = ?2",
+                rusqlite::params![v2, last],
+            )
+            .unwrap();
+        }
+        c.execute_batch("DELETE FROM meta WHERE key = 'checked_from'; PRAGMA user_version=2;")
+            .unwrap();
+    }
+    let (store, logs) = with_logs(|| SqliteStore::open(tmp.path(), opts()));
+    let mut store = store.unwrap();
+    assert!(
+        logs.contains("upgraded from schema 2 to schema 3"),
+        "{logs}"
+    );
+    fill(&mut store, 3000..3100);
+    let all = store.read(0, usize::MAX).unwrap();
+    assert_eq!(all.len(), 3100);
+    for s in &all {
+        assert_eq!(s.reading, reading(s.seq - 1));
+    }
+    let packed = store.read_packed(0, 1 << 20, 4).unwrap();
+    assert_eq!(packed.iter().map(|m| m.count).sum::<usize>(), 3100);
+    drop(store);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let checked_from: i64 = c
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'checked_from'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(checked_from, 3001, "chunks from the upgrade on are checked");
+    let versions: Vec<(i64, u8)> = c
+        .prepare("SELECT first_seq, substr(data, 1, 1) FROM chunks ORDER BY last_seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, Vec<u8>>(1)?[0])))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (first, v) in versions {
+        assert_eq!(v, if first >= 3001 { 3 } else { 2 }, "chunk from {first}");
+    }
 }

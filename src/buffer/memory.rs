@@ -15,6 +15,8 @@ pub struct MemoryStore {
     bytes: u64,
     max_bytes: u64,
     dropped: u64,
+    /// Why the daemon runs on this store instead of its disk buffer.
+    fallback_reason: Option<String>,
 }
 
 impl MemoryStore {
@@ -25,6 +27,16 @@ impl MemoryStore {
             bytes: 0,
             max_bytes,
             dropped: 0,
+            fallback_reason: None,
+        }
+    }
+
+    /// The store of a daemon whose disk buffer cannot be used, saying why
+    /// in its stats (`thingplus-gw status` shows it as memory-only).
+    pub fn fallback(max_bytes: u64, reason: String) -> Self {
+        MemoryStore {
+            fallback_reason: Some(reason),
+            ..MemoryStore::new(max_bytes)
         }
     }
 }
@@ -40,6 +52,7 @@ impl MemoryStore {
             bytes,
             max_bytes: u64::MAX,
             dropped: 0,
+            fallback_reason: None,
         }
     }
 }
@@ -124,6 +137,7 @@ impl Store for MemoryStore {
             bytes: self.bytes,
             oldest_ms: self.queue.front().map(|s| s.reading.time_ms),
             dropped: self.dropped,
+            memory_only: self.fallback_reason.clone(),
         })
     }
 }

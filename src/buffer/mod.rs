@@ -208,8 +208,12 @@ pub struct BufferStats {
     pub bytes: u64,
     /// Time of the oldest pending reading, ms.
     pub oldest_ms: Option<i64>,
-    /// Readings dropped since start because a bound was hit.
+    /// Readings dropped since start: because a bound was hit, the disk was
+    /// full, or they were found damaged.
     pub dropped: u64,
+    /// Set when the disk buffer could not be used: why. Readings are then
+    /// kept in memory only and lost at the next restart.
+    pub memory_only: Option<String>,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -385,11 +389,12 @@ impl Buffer {
     }
     /// The daemon's buffer: the SQLite store in `config.dir`.
     ///
-    /// A corrupt database is moved aside and replaced (see
+    /// A corrupt or unusable database is moved aside and replaced (see
     /// [`SqliteStore::open`]). Another process holding the directory is an
     /// error. Any other failure (an unwritable directory, a database from a
-    /// newer version) is logged and the readings are kept in memory only, so
-    /// that sampling and delivery go on.
+    /// newer version, a database that cannot even be moved aside) is logged
+    /// and the readings are kept in memory only, so that sampling and
+    /// delivery go on; `status` shows the buffer as memory-only.
     pub fn open(config: &BufferConfig, max_message_size: usize) -> Result<Buffer, OpenError> {
         let options = BufferOptions {
             fsync: config.fsync,
@@ -401,10 +406,10 @@ impl Buffer {
             Err(e) => {
                 tracing::error!(
                     error = %e,
-                    "the disk buffer cannot be used: readings are kept in memory only and will not survive a restart"
+                    "the disk buffer cannot be used: readings are kept in memory only and will not survive a restart ({e})"
                 );
                 Ok(Buffer::start_with(
-                    MemoryStore::new(config.max_size),
+                    MemoryStore::fallback(config.max_size, e.to_string()),
                     options,
                 ))
             }

@@ -6,10 +6,16 @@
 //! - `buffer.lock`: held (`flock`) by the process using the directory, and
 //!   holding its pid, so that a second daemon gets a clear error;
 //! - `buffer.db.corrupt-<time>` (+ `-wal`): a database found unreadable,
-//!   moved aside for `thingplus-gw buffer export --db`.
+//!   moved aside for `thingplus-gw buffer export --db` (the new database is
+//!   rebuilt from what can still be read of it);
+//! - `buffer.db.unusable-<time>`: a path that could not be opened at all
+//!   (a directory, no permission), moved aside;
+//! - `buffer.reserve`: allocated space given back to the filesystem when it
+//!   is full, so that the oldest chunks can be deleted and acknowledgements
+//!   committed (see [`Reserve`]).
 //!
-//! Schema (version 2, `PRAGMA application_id` = "TPGW"; a version 1 file
-//! is upgraded at open, see [`SCHEMA_VERSION`]):
+//! Schema (version 3, `PRAGMA application_id` = "TPGW"; a file of version 1
+//! or 2 is upgraded at open, see [`SCHEMA_VERSION`]):
 //! - `chunks(last_seq INTEGER PRIMARY KEY, first_seq, n, data)`: `n` readings
 //!   with increasing seqs from `first_seq` to `last_seq`, encoded by
 //!   [`super::codec`]. A chunk is pending when `last_seq >= acked_below`
@@ -19,8 +25,12 @@
 //!   of each sensor's newest reading, which keeps times increasing across
 //!   restarts even if the clock stepped back (Thing+ drops older values).
 //! - `meta(key, value)`: `next_seq` (seqs are never reused, not even once the
-//!   queue is empty), `dropped` (readings dropped by the bounds) and
-//!   `acked_below` (every seq under it is acknowledged).
+//!   queue is empty), `dropped` (readings dropped by the bounds or found
+//!   damaged), `acked_below` (every seq under it is acknowledged) and
+//!   `checked_from` (a chunk whose `first_seq` is at or above it must carry
+//!   a checksum, codec version 3: a damaged version byte cannot pass a
+//!   chunk off as an older, unchecked one; 0 in a file created with
+//!   schema 3, the next seq at the upgrade in an older one).
 //!
 //! Why chunks rather than a row per reading (measured with
 //! `benches/buffer.rs` on a 2-core VM): SQLite inserts, reads and deletes cost
@@ -54,6 +64,13 @@
 //!   kernel had not written yet, and may damage the file (it is then moved
 //!   aside at the next start).
 //!
+//! A full filesystem (SQLITE_FULL): the open transaction is rolled back
+//! with its readings put back in the tail (a failed commit discards
+//! nothing), the reserve is deleted, the oldest chunks are dropped and
+//! counted, the WAL is truncated, and the write is made again. The tail is
+//! bounded while nothing can be written ([`TAIL_MAX`], oldest dropped and
+//! counted). Acknowledgements survive a rollback: the cursor stays.
+//!
 //! Acknowledgements are committed (without fsync outside "always") after
 //! every burst, so that after a crash only messages in flight are sent again.
 //! A drain's acknowledgement (from the oldest pending reading to a chunk
@@ -84,10 +101,12 @@ use crate::sensor::Reading;
 
 pub const DB_FILE: &str = "buffer.db";
 pub const LOCK_FILE: &str = "buffer.lock";
-/// 2: chunks may be of codec version 2 (which a version 1 daemon cannot
-/// read: it would drop them as damaged). A version 1 file is upgraded in
-/// place at open: its chunks stay as they are and are still read.
-const SCHEMA_VERSION: i64 = 2;
+pub const RESERVE_FILE: &str = "buffer.reserve";
+/// 3: chunks carry a checksum (codec version 3, which an earlier daemon
+/// cannot read: it would drop them as damaged; 2 brought codec version 2
+/// the same way). A file of version 1 or 2 is upgraded in place at open:
+/// its chunks stay as they are and are still read.
+const SCHEMA_VERSION: i64 = 3;
 /// "TPGW": marks the file as a thingplus-gw buffer.
 pub const APPLICATION_ID: i64 = 0x5450_4757;
 /// SQLite's page cache: the backlog stays on disk, not in memory.
@@ -113,6 +132,18 @@ pub const CHUNK_READINGS: u64 = 512;
 const CHUNK_BYTES: usize = 3960;
 /// Full chunks are written out of the tail before the commit once it holds this many.
 const TAIL_FLUSH: usize = 2048;
+/// Readings kept in memory while the disk takes none (a full filesystem):
+/// beyond, the oldest of them are dropped and counted. About 6 MiB.
+const TAIL_MAX: usize = 65_536;
+/// The disk-full reserve (`buffer.reserve`): 1/32 of the filesystem, within
+/// these bounds. Deleting the oldest chunks and committing an acknowledgement
+/// needs a few pages of WAL; this is many times that.
+const RESERVE_MIN: u64 = 128 << 10;
+const RESERVE_MAX: u64 = 4 << 20;
+/// Pages a commit may add to the file or the WAL beyond the WAL's
+/// checkpoint size: [`super::COMMIT_READINGS`] readings in chunks, with
+/// their b-tree and meta pages.
+const COMMIT_PAGES: u64 = 96;
 
 /// How the store keeps its file.
 #[derive(Clone, Debug, PartialEq)]
@@ -159,8 +190,10 @@ pub enum OpenError {
 pub struct Recovery {
     pub reason: String,
     pub moved_to: PathBuf,
-    /// Readings it held, when they could be counted.
+    /// Readings it held that could not be read back, when they could be counted.
     pub lost_readings: Option<u64>,
+    /// Readings read back into the new database.
+    pub kept_readings: u64,
 }
 
 struct SensorEntry {
@@ -199,6 +232,7 @@ struct Loaded {
     dropped_total: u64,
     page_size: u64,
     acked_below: u64,
+    checked_from: u64,
     /// `next_seq` as `meta` has it (0: not there). The file may hold less
     /// than `next_seq` says (it was raised from the chunks): it is written
     /// at the next commit, before an acknowledgement can delete the
@@ -209,6 +243,9 @@ struct Loaded {
 enum LoadError {
     /// The file is not a readable thingplus-gw buffer: move it aside.
     Corrupt(String),
+    /// The path cannot be opened at all (a directory, no permission, read
+    /// only): move it aside.
+    Unusable(String),
     /// Anything else (permissions, I/O, a newer schema): leave the file alone.
     Other(String),
 }
@@ -266,6 +303,59 @@ pub struct SqliteStore {
     handed_next: Option<u64>,
     episode: Option<Episode>,
     recoveries: Vec<Recovery>,
+    /// Chunks from this seq on must carry a checksum (see the module documentation).
+    checked_from: u64,
+    /// Readings written into chunks by the open transaction, kept until it
+    /// commits: a commit that fails (a full disk) puts them back in the tail.
+    written: Vec<TailEntry>,
+    /// Sensors registered since the last commit (their rows come with it).
+    unsaved_sensors: Vec<i64>,
+    /// The drop counters when the open transaction began.
+    dropped_at_begin: (u64, u64, u64),
+    /// Space set aside for deleting and acknowledging on a full disk.
+    reserve: Reserve,
+    /// The filesystem is full: a disk-full episode, for its log lines.
+    disk_full: Option<DiskFull>,
+}
+
+/// An episode of a full filesystem.
+struct DiskFull {
+    /// Readings dropped from memory because nothing could be written.
+    dropped_unwritten: u64,
+}
+
+/// A chunk found damaged: its row, and why.
+struct Damaged {
+    first: u64,
+    last: u64,
+    n: u64,
+    error: codec::DecodeError,
+    /// The sensors it holds, as far as its damaged head says.
+    sensors: Vec<i64>,
+}
+
+impl Damaged {
+    fn new(first: i64, last: i64, n: i64, data: &[u8], error: codec::DecodeError) -> Damaged {
+        Damaged {
+            first: first.max(0) as u64,
+            last: last.max(0) as u64,
+            n: n.max(0) as u64,
+            error,
+            sensors: codec::sensors_unchecked(data),
+        }
+    }
+}
+
+/// A chunk at or above `checked_from` must carry a checksum.
+fn require_checksum(
+    data: &[u8],
+    first_seq: i64,
+    checked_from: u64,
+) -> Result<(), codec::DecodeError> {
+    if first_seq.max(0) as u64 >= checked_from && !codec::is_checked(data) {
+        return Err(codec::DecodeError("no checksum where one is required"));
+    }
+    Ok(())
 }
 
 fn failed(e: rusqlite::Error) -> StoreError {
@@ -273,10 +363,19 @@ fn failed(e: rusqlite::Error) -> StoreError {
 }
 
 fn is_corrupt(e: &rusqlite::Error) -> bool {
+    // Every column the store reads is written as an integer or a blob: a
+    // value of another type was damaged on disk.
     matches!(
+        e,
+        rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..)
+    ) || matches!(
         e.sqlite_error_code(),
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
     )
+}
+
+fn is_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(ErrorCode::DiskFull)
 }
 
 fn to_i64(x: u64) -> i64 {
@@ -329,17 +428,30 @@ impl SqliteStore {
             Ok(l) => l,
             Err(LoadError::Other(message)) => return Err(OpenError::Db { path, message }),
             Err(LoadError::Corrupt(reason)) => {
-                let rec = move_aside(&path, &reason, None).map_err(|source| OpenError::Dir {
-                    dir: dir.to_owned(),
-                    source,
-                })?;
+                let (l, rec) =
+                    rebuild(&path, &reason, "corrupt", None, &options).map_err(|message| {
+                        OpenError::Db {
+                            path: path.clone(),
+                            message,
+                        }
+                    })?;
                 recoveries.push(rec);
-                match load(&path, &options) {
-                    Ok(l) => l,
-                    Err(LoadError::Other(message) | LoadError::Corrupt(message)) => {
-                        return Err(OpenError::Db { path, message })
-                    }
-                }
+                l
+            }
+            Err(LoadError::Unusable(message)) if path.symlink_metadata().is_err() => {
+                // Nothing there to move aside: the directory refuses a new file.
+                return Err(OpenError::Db { path, message });
+            }
+            Err(LoadError::Unusable(reason)) => {
+                let (l, rec) =
+                    rebuild(&path, &reason, "unusable", None, &options).map_err(|message| {
+                        OpenError::Db {
+                            path: path.clone(),
+                            message,
+                        }
+                    })?;
+                recoveries.push(rec);
+                l
             }
         };
         let mut store = SqliteStore {
@@ -370,7 +482,27 @@ impl SqliteStore {
             handed_next: None,
             episode: None,
             recoveries,
+            checked_from: loaded.checked_from,
+            written: Vec::new(),
+            unsaved_sensors: Vec::new(),
+            dropped_at_begin: (0, 0, 0),
+            reserve: Reserve::new(dir, loaded.page_size),
+            disk_full: None,
         };
+        store
+            .reserve
+            .fill_if_room(&store.dir, store.options.min_free_percent);
+        // What a rebuild could not read back counts as dropped.
+        let lost: u64 = store
+            .recoveries
+            .iter()
+            .filter_map(|r| r.lost_readings)
+            .sum();
+        if lost > 0 {
+            store.dropped_since_start += lost;
+            store.dropped_total += lost;
+            store.meta_dirty = true;
+        }
         tracing::debug!(path = %store.path.display(), pending = store.pending, next_seq = store.next_seq, "buffer opened");
         // A smaller bound than the file holds applies at once.
         if store.pending > 0 {
@@ -407,20 +539,24 @@ impl SqliteStore {
         if !self.in_tx {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             self.in_tx = true;
+            self.dropped_at_begin = (
+                self.dropped_total,
+                self.dropped_since_start,
+                self.episode.as_ref().map_or(0, |e| e.dropped),
+            );
         }
         Ok(())
     }
 
-    /// The database id of a sensor, registering it when new.
-    fn sensor_db_id(&mut self, name: &Arc<str>, t: i64) -> rusqlite::Result<i64> {
+    /// The database id of a sensor, registering it when new. Its row is
+    /// written with the next commit ([`SqliteStore::commit_with_meta`]), so
+    /// that an append never fails (a full disk fails commits, not appends).
+    fn sensor_db_id(&mut self, name: &Arc<str>, t: i64) -> i64 {
         if let Some(e) = self.sensors.get(name) {
-            return Ok(e.id);
+            return e.id;
         }
-        self.begin()?;
-        self.conn
-            .prepare_cached("INSERT INTO sensors(name, last_t) VALUES (?1, ?2)")?
-            .execute(params![&**name, t.saturating_sub(1)])?;
-        let id = self.conn.last_insert_rowid();
+        let id = self.names.keys().max().map_or(1, |m| m + 1);
+        self.unsaved_sensors.push(id);
         self.sensors.insert(
             name.clone(),
             SensorEntry {
@@ -430,12 +566,13 @@ impl SqliteStore {
             },
         );
         self.names.insert(id, name.clone());
-        Ok(id)
+        id
     }
 
-    fn try_append(&mut self, readings: &[Reading]) -> rusqlite::Result<()> {
+    /// Puts the readings into the tail; nothing here touches the disk.
+    fn push_readings(&mut self, readings: &[Reading]) {
         for r in readings {
-            let id = self.sensor_db_id(&r.sensor_id, r.time_ms)?;
+            let id = self.sensor_db_id(&r.sensor_id, r.time_ms);
             let e = self
                 .sensors
                 .get_mut(&r.sensor_id)
@@ -471,6 +608,11 @@ impl SqliteStore {
             self.dirty_sensors.sort_unstable();
             self.dirty_sensors.dedup();
         }
+    }
+
+    /// After appends: writes full chunks out of a long tail, checks the
+    /// bounds when due.
+    fn after_append(&mut self) -> rusqlite::Result<()> {
         if self.tail.len() >= TAIL_FLUSH {
             self.flush_tail(false)?;
         }
@@ -507,7 +649,8 @@ impl SqliteStore {
             }
             let (first, last, n, data) = self.encoder.finish().expect("at least one reading");
             self.insert_chunk(first, last, n, &data)?;
-            self.tail.drain(..taken);
+            // Kept until committed: a rolled-back commit puts them back.
+            self.written.extend(self.tail.drain(..taken));
         }
         Ok(())
     }
@@ -537,27 +680,28 @@ impl SqliteStore {
         };
         {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT last_seq, n, data FROM chunks WHERE last_seq >= ?1 ORDER BY last_seq",
+                "SELECT last_seq, n, data, first_seq FROM chunks WHERE last_seq >= ?1 ORDER BY last_seq",
             )?;
             let mut rows = stmt.query(params![to_i64(from)])?;
+            let checked_from = self.checked_from;
             'rows: while let Some(row) = rows.next()? {
                 let data = row.get_ref(2)?.as_blob()?;
-                let decoder = match Decoder::new(data) {
-                    Ok(d) => d,
+                let first = row.get::<_, i64>(3)?;
+                let damage = |e| -> rusqlite::Result<Damaged> {
+                    Ok(Damaged::new(first, row.get(0)?, row.get(1)?, data, e))
+                };
+                // The whole chunk is checked before any of it is returned.
+                let decoded = require_checksum(data, first, checked_from)
+                    .and_then(|()| Decoder::new(data))
+                    .and_then(|d| d.collect::<Result<Vec<_>, _>>());
+                let records = match decoded {
+                    Ok(r) => r,
                     Err(e) => {
-                        damaged.push((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, e));
+                        damaged.push(damage(e)?);
                         continue;
                     }
                 };
-                for rec in decoder {
-                    let rec = match rec {
-                        Ok(r) => r,
-                        Err(e) => {
-                            // Keep what was decoded; the rest of the chunk is lost.
-                            damaged.push((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, e));
-                            continue 'rows;
-                        }
-                    };
+                for rec in records {
                     if rec.seq < from {
                         continue;
                     }
@@ -612,6 +756,7 @@ impl SqliteStore {
             self.handed_start = from;
         }
         let mut extending = self.handed.len() < HANDED_MAX;
+        let checked_from = self.checked_from;
         let handed = &mut self.handed;
         let handed_next = &mut self.handed_next;
         let mut damaged = Vec::new();
@@ -639,19 +784,26 @@ impl SqliteStore {
             'rows: while let Some(row) = rows.next()? {
                 let data = row.get_ref(2)?.as_blob()?;
                 let last = row.get::<_, i64>(0)? as u64;
-                // A whole chunk of version 2 is copied sensor by sensor. Its
+                let first = row.get::<_, i64>(3)?;
+                let damage = |e| -> rusqlite::Result<Damaged> {
+                    Ok(Damaged::new(first, last as i64, row.get(1)?, data, e))
+                };
+                // A whole chunk of version 2 or 3 is copied sensor by
+                // sensor, once its checksum matched (in `Chunk::parse`). Its
                 // head must agree with its row (counts and acknowledgements
                 // come from it); if not, it is damaged.
-                let parsed = Chunk::parse(data).and_then(|c| match c {
-                    Some(c)
-                        if c.seq0 != row.get::<_, i64>(3).unwrap_or(-1) as u64
-                            || c.n != row.get::<_, i64>(1).unwrap_or(-1) as u64
-                            || !c.fits(last) =>
-                    {
-                        Err(codec::DecodeError("head disagrees with its row"))
-                    }
-                    c => Ok(c),
-                });
+                let parsed = require_checksum(data, first, checked_from)
+                    .and_then(|()| Chunk::parse(data))
+                    .and_then(|c| match c {
+                        Some(c)
+                            if c.seq0 != row.get::<_, i64>(3).unwrap_or(-1) as u64
+                                || c.n != row.get::<_, i64>(1).unwrap_or(-1) as u64
+                                || !c.fits(last) =>
+                        {
+                            Err(codec::DecodeError("head disagrees with its row"))
+                        }
+                        c => Ok(c),
+                    });
                 match parsed {
                     Ok(Some(c)) if c.seq0 >= from => {
                         let runs: Vec<(&str, &[u8])> =
@@ -678,7 +830,7 @@ impl SqliteStore {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        damaged.push((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, e));
+                        damaged.push(damage(e)?);
                         continue;
                     }
                 }
@@ -688,7 +840,7 @@ impl SqliteStore {
                 let decoder = match Decoder::new(data) {
                     Ok(d) => d,
                     Err(e) => {
-                        damaged.push((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, e));
+                        damaged.push(damage(e)?);
                         continue;
                     }
                 };
@@ -696,7 +848,8 @@ impl SqliteStore {
                     let rec = match rec {
                         Ok(r) => r,
                         Err(e) => {
-                            damaged.push((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, e));
+                            // What was taken of it goes too: the read starts again.
+                            damaged.push(damage(e)?);
                             continue 'rows;
                         }
                     };
@@ -734,19 +887,58 @@ impl SqliteStore {
         Ok(messages)
     }
 
-    /// Deletes chunks whose data cannot be decoded (damaged on disk), logging the loss.
-    fn drop_damaged(&mut self, damaged: &[(i64, i64, codec::DecodeError)]) -> rusqlite::Result<()> {
+    /// Deletes chunks whose data failed its checksum or cannot be decoded
+    /// (damaged on disk), counts their readings as dropped and says in one
+    /// log line what was lost: how many readings, which seqs, which sensors.
+    fn drop_damaged(&mut self, damaged: &[Damaged]) -> rusqlite::Result<()> {
         self.begin()?;
         self.forget_handed();
-        for (last, n, e) in damaged {
-            tracing::error!(last_seq = last, readings = n, error = %e, "a damaged batch of buffered readings was dropped");
+        let mut lost = 0u64;
+        let mut ranges = Vec::new();
+        let mut sensors: Vec<i64> = Vec::new();
+        let mut reasons: Vec<&'static str> = Vec::new();
+        for d in damaged {
             let deleted = self
                 .conn
-                .execute("DELETE FROM chunks WHERE last_seq = ?1", params![last])?;
-            if deleted > 0 {
-                self.pending = self.pending.saturating_sub(*n as u64);
+                .prepare_cached("DELETE FROM chunks WHERE last_seq = ?1")?
+                .execute(params![to_i64(d.last)])?;
+            if deleted == 0 {
+                continue;
+            }
+            lost += d.n;
+            ranges.push(format!("{}..={}", d.first, d.last));
+            sensors.extend(&d.sensors);
+            if !reasons.contains(&d.error.0) {
+                reasons.push(d.error.0);
             }
         }
+        if lost == 0 {
+            return Ok(());
+        }
+        self.pending = self.pending.saturating_sub(lost);
+        self.dropped_since_start += lost;
+        self.dropped_total += lost;
+        self.meta_dirty = true;
+        sensors.sort_unstable();
+        sensors.dedup();
+        let names: Vec<&str> = sensors
+            .iter()
+            .filter_map(|id| self.names.get(id).map(|n| &**n))
+            .collect();
+        let names = if names.is_empty() {
+            "unknown (the chunk's head is damaged too)".to_string()
+        } else {
+            names.join(", ")
+        };
+        let seqs = ranges.join(", ");
+        let reason = reasons.join(", ");
+        tracing::error!(
+            readings = lost,
+            seqs = %seqs,
+            sensors = %names,
+            reason = %reason,
+            "damaged buffered readings were dropped, not sent: {lost} readings, seqs {seqs}, of sensors {names} ({reason}; the disk returned other bytes than were written: check the storage). They count as dropped"
+        );
         Ok(())
     }
 
@@ -878,10 +1070,13 @@ impl SqliteStore {
                 .conn
                 .prepare_cached("SELECT data FROM chunks WHERE last_seq = ?1")?
                 .query_row(params![to_i64(c.last)], |r| r.get(0))?;
-            let records = match codec::decode_all(&data) {
+            let records = match require_checksum(&data, to_i64(c.first), self.checked_from)
+                .and_then(|()| codec::decode_all(&data))
+            {
                 Ok(r) => r,
                 Err(e) => {
-                    self.drop_damaged(&[(to_i64(c.last), to_i64(c.n), e)])?;
+                    let d = Damaged::new(to_i64(c.first), to_i64(c.last), to_i64(c.n), &data, e);
+                    self.drop_damaged(&[d])?;
                     continue;
                 }
             };
@@ -934,6 +1129,7 @@ impl SqliteStore {
         // Readings appended and acknowledged before any was written still
         // used seqs and moved sensor times: those are kept too.
         let idle = self.dirty_sensors.is_empty()
+            && self.unsaved_sensors.is_empty()
             && !self.meta_dirty
             && self.next_seq == self.stored_next_seq
             && self.acked_below == self.stored_acked_below;
@@ -972,6 +1168,20 @@ impl SqliteStore {
 
     /// Writes what changed of `meta` and commits.
     fn commit_with_meta(&mut self) -> rusqlite::Result<()> {
+        if !self.unsaved_sensors.is_empty() {
+            let mut stmt = self.conn.prepare_cached(
+                "INSERT OR REPLACE INTO sensors(id, name, last_t) VALUES (?1, ?2, ?3)",
+            )?;
+            for id in &self.unsaved_sensors {
+                if let Some((name, e)) = self
+                    .names
+                    .get(id)
+                    .and_then(|n| self.sensors.get_key_value(n))
+                {
+                    stmt.execute(params![id, &**name, e.last_t])?;
+                }
+            }
+        }
         if self.meta_dirty {
             set_meta(&self.conn, "dropped", self.dropped_total)?;
         }
@@ -989,6 +1199,8 @@ impl SqliteStore {
         self.conn.execute_batch("COMMIT")?;
         self.in_tx = false;
         self.meta_dirty = false;
+        self.written.clear();
+        self.unsaved_sensors.clear();
         self.stored_acked_below = self.acked_below;
         self.stored_next_seq = self.stored_next_seq.max(written_next);
         Ok(())
@@ -1030,8 +1242,15 @@ impl SqliteStore {
         let page_count = pragma(&self.conn, "page_count")?;
         let used = page_count.saturating_sub(pragma(&self.conn, "freelist_count")?);
         let max_pages = (self.options.max_size / self.page_size).max(MIN_PAGES);
+        // The floor counts what may still be written before the next
+        // check: the WAL up to its checkpoint size, and one commit.
         let floor_hit = self.options.min_free_percent > 0.0
-            && free_percent(&self.dir).is_some_and(|p| p < self.options.min_free_percent);
+            && space(&self.dir).is_some_and(|sp| {
+                let wal_now = fs::metadata(wal_path(&self.path)).map_or(0, |m| m.len());
+                let wal_max = (wal_pages(&self.dir) + COMMIT_PAGES) * self.page_size;
+                let headroom = wal_max.saturating_sub(wal_now) + COMMIT_PAGES * self.page_size;
+                sp.free < sp.floor(self.options.min_free_percent) + headroom
+            });
         let cap = if floor_hit {
             max_pages.min(page_count.max(MIN_PAGES))
         } else {
@@ -1070,18 +1289,28 @@ impl SqliteStore {
         if dropped == 0 {
             return Ok(());
         }
+        let reason = if floor_hit {
+            format!(
+                "less than {}% free on the filesystem of {}",
+                self.options.min_free_percent,
+                self.dir.display()
+            )
+        } else {
+            format!("max_size {} reached", format_size(self.options.max_size))
+        };
+        self.note_drops(dropped, reason);
+        Ok(())
+    }
+
+    /// Counts readings dropped to keep a bound in the current episode,
+    /// logging when one starts.
+    fn note_drops(&mut self, dropped: u64, reason: String) {
+        if dropped == 0 {
+            return;
+        }
         match &mut self.episode {
             Some(ep) => ep.dropped += dropped,
             None => {
-                let reason = if floor_hit {
-                    format!(
-                        "less than {}% free on the filesystem of {}",
-                        self.options.min_free_percent,
-                        self.dir.display()
-                    )
-                } else {
-                    format!("max_size {} reached", format_size(self.options.max_size))
-                };
                 tracing::warn!(
                     dropped,
                     pending = self.pending,
@@ -1090,7 +1319,6 @@ impl SqliteStore {
                 self.episode = Some(Episode { reason, dropped });
             }
         }
-        Ok(())
     }
 
     /// Deletes the oldest chunks, about `pages` pages of them; returns the readings dropped.
@@ -1148,17 +1376,39 @@ impl SqliteStore {
     /// (disk full, I/O error). Bring the bookkeeping back in line with the file.
     fn after_error(&mut self, e: &rusqlite::Error) {
         if self.in_tx && self.conn.is_autocommit() {
-            tracing::error!(error = %e, "the buffer transaction was rolled back: readings written since the last commit are lost");
-            self.in_tx = false;
-            self.dirty_sensors.clear();
-            self.tail.clear();
-            // Back to the cursor as committed; chunks purged since are back.
-            self.acked_below = self.stored_acked_below;
-            self.acked_rows = true;
-            self.forget_handed();
-            if let Err(e) = self.reload_counts() {
-                tracing::error!(error = %e, "cannot re-read the buffer after a rollback");
-            }
+            self.rolled_back(e);
+        }
+    }
+
+    /// The open transaction is gone (rolled back): what it wrote is back in
+    /// the tail and its drops are not counted. Its acknowledgements stand
+    /// (the broker has those readings): the cursor stays where they moved
+    /// it, and is written with the next commit.
+    fn rolled_back(&mut self, e: &rusqlite::Error) {
+        self.in_tx = false;
+        let mut tail: VecDeque<TailEntry> = self.written.drain(..).collect();
+        tail.append(&mut self.tail);
+        let acked = tail.partition_point(|t| t.seq < self.acked_below);
+        tail.drain(..acked);
+        let kept = tail.len();
+        self.tail = tail;
+        let (total, since_start, episode) = self.dropped_at_begin;
+        self.dropped_total = total;
+        self.dropped_since_start = since_start;
+        if let Some(ep) = &mut self.episode {
+            ep.dropped = ep.dropped.min(episode);
+        }
+        self.meta_dirty = true;
+        // Chunks purged under the cursor since the last commit are back.
+        self.acked_rows = true;
+        self.forget_handed();
+        tracing::warn!(
+            error = %e,
+            kept,
+            "a buffer transaction failed and was rolled back ({e}): {kept} readings not yet committed are kept in memory and written with the next commit"
+        );
+        if let Err(e) = self.reload_counts() {
+            tracing::error!(error = %e, "cannot re-read the buffer after a rollback: {e}");
         }
     }
 
@@ -1167,17 +1417,126 @@ impl SqliteStore {
             "SELECT ifnull(sum(n), 0) FROM chunks WHERE last_seq >= ?1",
             params![to_i64(self.acked_below)],
             |r| r.get::<_, i64>(0),
-        )? as u64;
-        let (sensors, names) = load_sensors(&self.conn)?;
-        for (name, mut entry) in sensors {
-            if let Some(old) = self.sensors.get(&name) {
-                entry.last_t = entry.last_t.max(old.last_t);
-            }
-            self.sensors.insert(name, entry);
-        }
-        self.sensors.retain(|_, e| names.contains_key(&e.id));
-        self.names = names;
+        )? as u64
+            + self.tail.len() as u64;
+        // Sensors the file does not have are written with the next commit.
+        let (saved, _) = load_sensors(&self.conn)?;
+        let saved: std::collections::HashSet<i64> = saved.values().map(|e| e.id).collect();
+        self.unsaved_sensors = self
+            .names
+            .keys()
+            .copied()
+            .filter(|id| !saved.contains(id))
+            .collect();
+        self.dirty_sensors = self.names.keys().copied().collect();
         Ok(())
+    }
+
+    /// The filesystem is full (a statement failed with SQLITE_FULL): roll
+    /// back, release the reserve, drop the oldest chunks (counted) so that
+    /// SQLite has free pages and WAL room again, and shrink the WAL. The
+    /// failed operation is then tried once more.
+    fn on_disk_full(&mut self, e: &rusqlite::Error) {
+        if self.in_tx {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            self.rolled_back(e);
+        }
+        let released = self.reserve.release();
+        if self.disk_full.is_none() {
+            let reserve = if released {
+                format!(
+                    "released its {} reserve and ",
+                    format_size(self.reserve.bytes)
+                )
+            } else {
+                String::new()
+            };
+            tracing::error!(
+                dir = %self.dir.display(),
+                error = %e,
+                "the filesystem of the buffer {} is full ({e}): the buffer {reserve}drops its oldest readings so that it can still acknowledge and take new ones; each dropped reading is counted, the total follows when there is room again",
+                self.dir.display()
+            );
+            self.disk_full = Some(DiskFull {
+                dropped_unwritten: 0,
+            });
+        }
+        let pages = (self.reserve.bytes / self.page_size).max(MIN_PAGES);
+        let made_room = (|| -> rusqlite::Result<u64> {
+            self.begin()?;
+            self.purge_acked()?;
+            let d = self.drop_oldest_pages(pages)?;
+            self.commit_with_meta()?;
+            Ok(d)
+        })();
+        match made_room {
+            Ok(d) => {
+                self.forget_handed();
+                let reason = format!("the filesystem of {} is full", self.dir.display());
+                self.note_drops(d, reason);
+                // The WAL back to nothing: its space goes back to the filesystem.
+                let _ = self
+                    .conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            }
+            Err(e2) => {
+                if self.in_tx {
+                    if !self.conn.is_autocommit() {
+                        let _ = self.conn.execute_batch("ROLLBACK");
+                    }
+                    self.rolled_back(&e2);
+                }
+            }
+        }
+        self.bound_tail();
+    }
+
+    /// While nothing can be written, the tail is kept in memory up to
+    /// [`TAIL_MAX`] readings; beyond, its oldest are dropped and counted.
+    fn bound_tail(&mut self) {
+        let excess = self.tail.len().saturating_sub(TAIL_MAX);
+        if excess == 0 {
+            return;
+        }
+        self.tail.drain(..excess);
+        let n = excess as u64;
+        self.pending = self.pending.saturating_sub(n);
+        self.dropped_total += n;
+        self.dropped_since_start += n;
+        self.meta_dirty = true;
+        if let Some(df) = &mut self.disk_full {
+            df.dropped_unwritten += n;
+        }
+    }
+
+    /// Sets the reserve aside again once the filesystem has room for it,
+    /// which also ends a disk-full episode.
+    fn after_commit(&mut self) {
+        if self.reserve.present
+            || !self
+                .reserve
+                .fill_if_room(&self.dir, self.options.min_free_percent)
+        {
+            return;
+        }
+        match self.disk_full.take() {
+            Some(df) => tracing::warn!(
+                dir = %self.dir.display(),
+                dropped_unwritten = df.dropped_unwritten,
+                total_dropped = self.dropped_total,
+                "the buffer can write to {} again and has set its {} disk-full reserve aside again; {} readings that could not be written were dropped meanwhile (those dropped from the file are counted in the buffer-full lines)",
+                self.dir.display(),
+                format_size(self.reserve.bytes),
+                df.dropped_unwritten
+            ),
+            None => tracing::info!(
+                path = %self.reserve.path.display(),
+                "the buffer has set its {} disk-full reserve aside",
+                format_size(self.reserve.bytes)
+            ),
+        }
     }
 
     /// The database turned out corrupt while in use: move it aside and go on
@@ -1185,7 +1544,9 @@ impl SqliteStore {
     /// yet written.
     fn recover(&mut self, e: &rusqlite::Error) {
         let reason = e.to_string();
-        let lost = self.pending - self.tail.len() as u64;
+        let lost = self
+            .pending
+            .saturating_sub((self.tail.len() + self.written.len()) as u64);
         // Close the broken database before moving it.
         match Connection::open_in_memory() {
             Ok(c) => drop(std::mem::replace(&mut self.conn, c)),
@@ -1194,26 +1555,33 @@ impl SqliteStore {
                 return;
             }
         }
+        if self.in_tx {
+            // What the lost transaction wrote goes into the new database.
+            // Its drops stand: those readings are not in the count of what
+            // the old file held (`lost`), and not in the new one.
+            let mut tail: VecDeque<TailEntry> = self.written.drain(..).collect();
+            tail.append(&mut self.tail);
+            self.tail = tail;
+        }
         self.in_tx = false;
         self.dirty_sensors.clear();
-        let moved = move_aside(&self.path, &reason, Some(lost));
-        let loaded = match moved {
-            Ok(rec) => {
+        let loaded = match rebuild(&self.path, &reason, "corrupt", Some(lost), &self.options) {
+            Ok((l, rec)) => {
+                let lost = rec.lost_readings.unwrap_or(0);
+                self.dropped_total += lost;
+                self.dropped_since_start += lost;
                 self.recoveries.push(rec);
-                load(&self.path, &self.options)
+                l
             }
-            Err(e) => Err(LoadError::Other(format!("cannot move it aside: {e}"))),
-        };
-        let loaded = match loaded {
-            Ok(l) => l,
-            Err(LoadError::Corrupt(m) | LoadError::Other(m)) => {
-                tracing::error!(error = %m, path = %self.path.display(), "cannot start a new buffer database: readings are kept in memory until the next start");
+            Err(m) => {
+                tracing::error!(error = %m, path = %self.path.display(), "cannot start a new buffer database {}: {m}; readings are kept in memory until the next start", self.path.display());
                 match load(Path::new(":memory:"), &self.options) {
                     Ok(l) => l,
                     Err(_) => return,
                 }
             }
         };
+        self.meta_dirty = true;
         let keep_seq = self.next_seq;
         let old_last_t: Vec<(Arc<str>, i64)> = self
             .sensors
@@ -1231,20 +1599,14 @@ impl SqliteStore {
         self.acked_rows = false;
         self.forget_handed();
         self.episode = None;
+        self.checked_from = loaded.checked_from;
         // The tail goes into the new database, under its sensor ids.
         let tail = std::mem::take(&mut self.tail);
         self.pending = loaded.pending;
         for mut e in tail {
-            match self.sensor_db_id(&e.reading.sensor_id, e.reading.time_ms) {
-                Ok(id) => {
-                    e.sensor = id;
-                    self.tail.push_back(e);
-                    self.pending += 1;
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot keep a reading across the recovery");
-                }
-            }
+            e.sensor = self.sensor_db_id(&e.reading.sensor_id, e.reading.time_ms);
+            self.tail.push_back(e);
+            self.pending += 1;
         }
         for (name, t) in old_last_t {
             if let Some(e) = self.sensors.get_mut(&name) {
@@ -1254,14 +1616,25 @@ impl SqliteStore {
         }
     }
 
-    /// Runs `op`; on a corrupt database, recovers and runs it once more.
+    /// Runs `op`; on a corrupt database, recovers, on a full disk makes
+    /// room, and runs it once more.
     fn guarded<T>(&mut self, op: impl Fn(&mut Self) -> rusqlite::Result<T>) -> StoreResult<T> {
         match op(self) {
             Ok(v) => Ok(v),
-            Err(e) if is_corrupt(&e) => {
-                self.recover(&e);
+            Err(e) if is_corrupt(&e) || is_full(&e) => {
+                if is_corrupt(&e) {
+                    self.recover(&e);
+                } else {
+                    self.on_disk_full(&e);
+                }
                 op(self).map_err(|e| {
+                    if is_full(&e) && self.in_tx && !self.conn.is_autocommit() {
+                        // Still full: the readings stay in the tail (bounded)
+                        // for the next commit.
+                        let _ = self.conn.execute_batch("ROLLBACK");
+                    }
                     self.after_error(&e);
+                    self.bound_tail();
                     failed(e)
                 })
             }
@@ -1275,19 +1648,31 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn append(&mut self, readings: Vec<Reading>) -> StoreResult<()> {
-        self.guarded(|s| s.try_append(&readings))
+        // In the tail first, so that a failing write below loses none of them.
+        self.push_readings(&readings);
+        let r = self.guarded(|s| s.after_append());
+        self.bound_tail();
+        r
     }
 
     fn commit(&mut self) -> StoreResult<()> {
-        self.guarded(|s| s.finish_tx())
+        self.guarded(|s| s.finish_tx())?;
+        self.after_commit();
+        Ok(())
     }
 
     fn sync(&mut self) -> StoreResult<()> {
-        self.guarded(|s| s.try_sync())
+        self.guarded(|s| s.try_sync())?;
+        self.after_commit();
+        Ok(())
     }
 
     fn commit_acks(&mut self) -> StoreResult<()> {
-        self.guarded(|s| s.commit_open_tx())
+        self.guarded(|s| s.commit_open_tx())?;
+        if self.disk_full.is_some() {
+            self.after_commit();
+        }
+        Ok(())
     }
 
     fn read_packed(
@@ -1315,6 +1700,7 @@ impl Store for SqliteStore {
             bytes: len(&self.path) + len(&wal_path(&self.path)),
             oldest_ms,
             dropped: self.dropped_since_start,
+            memory_only: None,
         })
     }
 }
@@ -1362,6 +1748,9 @@ fn classify(e: rusqlite::Error) -> LoadError {
         }
         // SQLITE_ERROR while reading our own schema: tables or columns missing.
         Some(ErrorCode::Unknown) => LoadError::Corrupt(format!("not a thingplus-gw buffer: {e}")),
+        Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied | ErrorCode::ReadOnly) => {
+            LoadError::Unusable(e.to_string())
+        }
         _ => LoadError::Other(e.to_string()),
     }
 }
@@ -1426,9 +1815,14 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
         Fsync::Period(_) => "NORMAL",
         Fsync::Never => "OFF",
     };
+    let wal_pages = match path.parent() {
+        Some(dir) if !in_memory => wal_pages(dir),
+        _ => WAL_CHECKPOINT_PAGES as u64,
+    };
+    let wal_limit = (WAL_LIMIT as u64).min(wal_pages * 4096);
     conn.execute_batch(&format!(
         "PRAGMA synchronous={synchronous}; PRAGMA cache_size=-{CACHE_KIB}; \
-         PRAGMA journal_size_limit={WAL_LIMIT}; PRAGMA foreign_keys=OFF; PRAGMA mmap_size=0; PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES};"
+         PRAGMA journal_size_limit={wal_limit}; PRAGMA foreign_keys=OFF; PRAGMA mmap_size=0; PRAGMA wal_autocheckpoint={wal_pages};"
     ))
     .map_err(classify)?;
     let version: i64 = conn
@@ -1437,6 +1831,7 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
     let app: i64 = conn
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .map_err(classify)?;
+    let mut upgrade_from = None;
     match (version, app) {
         (0, 0) => {
             let tables: i64 = conn
@@ -1452,6 +1847,7 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
                  CREATE TABLE chunks(last_seq INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL);
                  CREATE TABLE sensors(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, last_t INTEGER NOT NULL);
                  CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+                 INSERT INTO meta(key, value) VALUES ('checked_from', 0);
                  PRAGMA application_id={APPLICATION_ID};
                  PRAGMA user_version={SCHEMA_VERSION};
                  COMMIT;"
@@ -1459,14 +1855,7 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
             .map_err(classify)?;
         }
         (SCHEMA_VERSION, APPLICATION_ID) => {}
-        (1, APPLICATION_ID) => {
-            conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))
-                .map_err(classify)?;
-            tracing::info!(
-                path = %path.display(),
-                "buffer upgraded to schema {SCHEMA_VERSION} (the readings in it are kept as they are)"
-            );
-        }
+        (v @ (1 | 2), APPLICATION_ID) => upgrade_from = Some(v),
         (v, APPLICATION_ID) if v > SCHEMA_VERSION => {
             return Err(LoadError::Other(format!(
                 "it was written by a newer thingplus-gw (schema {v}, this one knows {SCHEMA_VERSION}); it is left untouched: run that version again, or move the file aside to start with an empty buffer (its readings stay in it)"
@@ -1485,14 +1874,22 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
         params![acked_below],
     )
     .map_err(classify)?;
-    // Reading every row of the queue once also finds damage early.
-    let (pending, last): (i64, Option<i64>) = conn
+    // Reading every row of the queue once also finds damage early: a column
+    // of another type than written (a page of zeros) is damage too.
+    let (pending, last, bad): (i64, Option<i64>, i64) = conn
         .query_row(
-            "SELECT ifnull(sum(n), 0), max(last_seq) FROM chunks",
+            "SELECT ifnull(sum(n), 0), max(last_seq), \
+                    count(*) FILTER (WHERE typeof(n) != 'integer' OR typeof(first_seq) != 'integer' OR typeof(data) != 'blob') \
+             FROM chunks",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .map_err(classify)?;
+    if bad > 0 {
+        return Err(LoadError::Corrupt(format!(
+            "database disk image is malformed: {bad} rows of readings with damaged columns"
+        )));
+    }
     let stored_next_seq = meta(&conn, "next_seq").map_err(classify)?;
     let next_seq = stored_next_seq
         .unwrap_or(1)
@@ -1509,7 +1906,26 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
         .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
         .map_err(classify)?
         .max(512) as u64;
+    if let Some(v) = upgrade_from {
+        // Its chunks have no checksum; every one written from now on has.
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             INSERT OR REPLACE INTO meta(key, value) VALUES ('checked_from', {next_seq});
+             PRAGMA user_version={SCHEMA_VERSION};
+             COMMIT;"
+        ))
+        .map_err(classify)?;
+        tracing::info!(
+            path = %path.display(),
+            "buffer upgraded from schema {v} to schema {SCHEMA_VERSION} (the readings in it are kept as they are; those written from now on carry a checksum)"
+        );
+    }
+    // A file without the key (none is written so) checks nothing it holds.
+    let checked_from = meta(&conn, "checked_from")
+        .map_err(classify)?
+        .map_or(u64::MAX, |v| v.max(0) as u64);
     Ok(Loaded {
+        checked_from,
         conn,
         next_seq,
         pending: pending.max(0) as u64,
@@ -1523,21 +1939,56 @@ fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
 }
 
 /// Counts the readings in a damaged file, as far as it can be read.
+/// Counts the readings in a damaged file, as far as it can be read: a row
+/// whose columns are damaged counts the seqs between the rows around it,
+/// and seqs past the newest sound row up to the counter `next_seq` count
+/// too (chunks hold consecutive seqs, except those rewritten after a
+/// partial acknowledgement).
 fn count_readable(path: &Path) -> Option<u64> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
     let acked = acked_below(&conn).unwrap_or(0);
-    conn.query_row(
-        "SELECT sum(n) FROM chunks WHERE last_seq >= ?1",
-        params![acked],
-        |r| r.get::<_, i64>(0),
-    )
-    .ok()
-    .map(|n| n as u64)
+    let next = meta(&conn, "next_seq").ok().flatten().unwrap_or(0);
+    let rows: Option<Vec<(Option<i64>, Option<i64>)>> = conn
+        .prepare(
+            "SELECT CASE WHEN typeof(last_seq) = 'integer' AND typeof(n) = 'integer' \
+                     AND typeof(first_seq) = 'integer' THEN last_seq END, n \
+             FROM chunks WHERE last_seq >= ?1 ORDER BY last_seq",
+        )
+        .and_then(|mut st| {
+            st.query_map(params![acked], |r| {
+                Ok((r.get(0)?, r.get::<_, Option<i64>>(1).ok().flatten()))
+            })?
+            .collect()
+        })
+        .ok();
+    drop(conn);
+    let _ = fs::remove_file(shm_path(path));
+    let rows = rows?;
+    let mut held = 0i64;
+    let mut prev_last = acked - 1;
+    let mut damaged_run = false;
+    for (last, n) in rows {
+        match (last, n) {
+            (Some(last), Some(n)) => {
+                if damaged_run {
+                    // The damaged rows held the seqs between the sound ones.
+                    held += (last - n - prev_last).max(0);
+                    damaged_run = false;
+                }
+                held += n.max(0);
+                prev_last = last;
+            }
+            _ => damaged_run = true,
+        }
+    }
+    if damaged_run || next - 1 > prev_last {
+        held += (next - 1 - prev_last).max(0);
+    }
+    Some(held.max(0) as u64)
 }
 
-/// Renames a database (and its WAL) to `buffer.db.corrupt-<time>` and logs it.
-fn move_aside(path: &Path, reason: &str, pending: Option<u64>) -> io::Result<Recovery> {
-    let lost = pending.or_else(|| count_readable(path));
+/// Renames a database (and its WAL) to `buffer.db.<kind>-<time>`.
+fn rename_aside(path: &Path, kind: &str) -> io::Result<PathBuf> {
     let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
         .to_string()
         .replace(':', "-");
@@ -1545,38 +1996,353 @@ fn move_aside(path: &Path, reason: &str, pending: Option<u64>) -> io::Result<Rec
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| DB_FILE.to_string());
-    let mut target = path.with_file_name(format!("{name}.corrupt-{stamp}"));
+    let mut target = path.with_file_name(format!("{name}.{kind}-{stamp}"));
     let mut i = 1;
-    while target.exists() {
-        target = path.with_file_name(format!("{name}.corrupt-{stamp}.{i}"));
+    while target.symlink_metadata().is_ok() {
+        target = path.with_file_name(format!("{name}.{kind}-{stamp}.{i}"));
         i += 1;
     }
     fs::rename(path, &target)?;
     let wal = wal_path(path);
-    if wal.exists() {
+    if wal.symlink_metadata().is_ok() {
         fs::rename(&wal, wal_path(&target))?;
     }
-    let _ = fs::remove_file(shm_path(path));
+    let shm = shm_path(path);
+    if shm.is_dir() {
+        fs::rename(&shm, shm_path(&target))?;
+    } else {
+        let _ = fs::remove_file(&shm);
+    }
     if let Some(dir) = path.parent() {
         let _ = File::open(dir).and_then(|d| d.sync_all());
     }
-    let what = match lost {
-        Some(n) => format!("{n} pending readings"),
-        None => "the pending readings it held (their number cannot be read)".to_string(),
+    Ok(target)
+}
+
+/// Moves a database that cannot be used aside (`kind`: "corrupt" for one
+/// SQLite or the checks find damaged, "unusable" for a path that cannot be
+/// opened at all), starts a new one in its place, rebuilt from what can
+/// still be read of the old one, and logs what was kept and what was lost.
+fn rebuild(
+    path: &Path,
+    reason: &str,
+    kind: &str,
+    held_hint: Option<u64>,
+    options: &SqliteOptions,
+) -> Result<(Loaded, Recovery), String> {
+    let held = held_hint.or_else(|| count_readable(path));
+    let target = rename_aside(path, kind).map_err(|e| {
+        format!(
+            "it is {} ({reason}) and cannot be moved aside: {e}",
+            if kind == "corrupt" {
+                "unreadable"
+            } else {
+                "unusable"
+            }
+        )
+    })?;
+    let fresh = |what: &str| {
+        load(path, options).map_err(
+            |(LoadError::Other(m) | LoadError::Corrupt(m) | LoadError::Unusable(m))| {
+                format!(
+                    "it was moved aside to {}, but a new one cannot be {what}: {m}",
+                    target.display()
+                )
+            },
+        )
+    };
+    let loaded = fresh("created")?;
+    let salvaged = salvage(&target, &loaded.conn);
+    let loaded = if salvaged.readings > 0 || salvaged.sensors > 0 {
+        drop(loaded);
+        fresh("opened")?
+    } else {
+        loaded
+    };
+    let lost = held.map(|h| h.saturating_sub(salvaged.readings));
+    let what = match (lost, salvaged.skipped.is_empty()) {
+        (Some(n), _) => format!("{n} pending readings"),
+        (None, false) => format!(
+            "the readings of seqs {} (their number cannot be read)",
+            salvaged
+                .skipped
+                .iter()
+                .map(|r| format!("{}..{}", r.start, r.end))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (None, true) => "the pending readings it held (their number cannot be read)".to_string(),
+    };
+    let state = if kind == "corrupt" {
+        "unreadable"
+    } else {
+        "unusable"
     };
     tracing::error!(
         path = %path.display(),
         moved_to = %target.display(),
         reason,
-        "the buffer database is unreadable ({reason}); it was moved aside to {} and a new one was started. Lost: {what}. To rescue what is readable: thingplus-gw buffer export --db {}",
+        kept = salvaged.readings,
+        lost = lost,
+        "the buffer database {} is {state} ({reason}); it was moved aside to {} and a new one was started, rebuilt from what could still be read: {} readings kept. Lost: {what}. To rescue more by hand: thingplus-gw buffer export --db {}",
+        path.display(),
         target.display(),
+        salvaged.readings,
         target.display()
     );
-    Ok(Recovery {
-        reason: reason.to_string(),
-        moved_to: target,
-        lost_readings: lost,
+    Ok((
+        loaded,
+        Recovery {
+            reason: reason.to_string(),
+            moved_to: target,
+            lost_readings: lost,
+            kept_readings: salvaged.readings,
+        },
+    ))
+}
+
+/// What [`salvage`] copied.
+#[derive(Default)]
+struct Salvaged {
+    readings: u64,
+    sensors: u64,
+    /// Seq ranges that could not be read.
+    skipped: Vec<Range<i64>>,
+}
+
+/// Copies what can still be read of a database moved aside into a new,
+/// empty one: its sensors, its counters, and every chunk that passes its
+/// checks (written anew, with a checksum). Damaged parts are jumped over
+/// as `export` does. Nothing is copied when the sensors cannot be read
+/// (the readings could not be named).
+fn salvage(old: &Path, new: &Connection) -> Salvaged {
+    let Ok(conn) = open_read_only(old) else {
+        return Salvaged::default();
+    };
+    let _ = conn.execute_batch("PRAGMA writable_schema=ON");
+    let sensors: Vec<(i64, String, i64)> = match conn
+        .prepare("SELECT id, name, last_t FROM sensors")
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        }) {
+        Ok(s) if !s.is_empty() => s,
+        _ => return Salvaged::default(),
+    };
+    let acked = acked_below(&conn).unwrap_or(0);
+    let checked_from = meta(&conn, "checked_from")
+        .ok()
+        .flatten()
+        .map_or(u64::MAX, |v| v.max(0) as u64);
+    let old_next = meta(&conn, "next_seq").ok().flatten().unwrap_or(0);
+    let dropped = meta(&conn, "dropped").ok().flatten().unwrap_or(0).max(0);
+    // The newest row may be the damaged one: the counter bounds it too.
+    let last: i64 = conn
+        .query_row("SELECT ifnull(max(last_seq), 0) FROM chunks", [], |r| {
+            r.get(0)
+        })
+        .unwrap_or(0)
+        .max(old_next.saturating_sub(1));
+    let copy = || -> rusqlite::Result<Salvaged> {
+        let mut out = Salvaged::default();
+        new.execute_batch("BEGIN IMMEDIATE")?;
+        for (id, name, last_t) in &sensors {
+            new.execute(
+                "INSERT OR IGNORE INTO sensors(id, name, last_t) VALUES (?1, ?2, ?3)",
+                params![id, name, last_t],
+            )?;
+            out.sensors += 1;
+        }
+        let mut stmt = conn.prepare(
+            "SELECT last_seq, first_seq, data FROM chunks WHERE last_seq >= ?1 ORDER BY last_seq LIMIT ?2",
+        )?;
+        // Rows 16 at a time; one at a time next to damage.
+        let mut limit = 16;
+        let mut insert = new
+            .prepare("INSERT INTO chunks(last_seq, first_seq, n, data) VALUES (?1, ?2, ?3, ?4)")?;
+        let mut enc = Encoder::new();
+        let mut from = acked;
+        let mut skip: i64 = 64;
+        let mut top = acked.max(old_next);
+        while from <= last {
+            let batch: rusqlite::Result<Vec<(i64, i64, Vec<u8>)>> = stmt
+                .query_map(params![from, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .and_then(|rows| rows.collect());
+            match batch {
+                Ok(rows) if rows.is_empty() => break,
+                Err(_) if limit > 1 => limit = 1,
+                Ok(rows) => {
+                    skip = 64;
+                    limit = 16;
+                    for (chunk_last, chunk_first, data) in rows {
+                        from = chunk_last + 1;
+                        top = top.max(chunk_last + 1);
+                        let Ok(records) = require_checksum(&data, chunk_first, checked_from)
+                            .and_then(|()| codec::decode_all(&data))
+                        else {
+                            continue;
+                        };
+                        for r in records.iter().filter(|r| r.seq >= acked as u64) {
+                            enc.push_json(r.seq, r.sensor, r.t, r.value);
+                        }
+                        if let Some((first, last, n, data)) = enc.finish() {
+                            insert.execute(params![
+                                to_i64(last),
+                                to_i64(first),
+                                to_i64(n),
+                                data
+                            ])?;
+                            out.readings += n;
+                        }
+                    }
+                }
+                Err(_) => {
+                    let end = from.saturating_add(skip).min(last + 1);
+                    match out.skipped.last_mut() {
+                        Some(prev) if prev.end == from => prev.end = end,
+                        _ => out.skipped.push(from..end),
+                    }
+                    from = end;
+                    skip = skip.saturating_mul(2);
+                }
+            }
+        }
+        drop(insert);
+        set_meta(new, "next_seq", top.max(1) as u64)?;
+        set_meta(new, "acked_below", acked as u64)?;
+        set_meta(new, "dropped", dropped as u64)?;
+        new.execute_batch("COMMIT")?;
+        Ok(out)
+    };
+    let copied = copy();
+    drop(conn);
+    // Its reader's shared-memory file: not part of what is kept.
+    let _ = fs::remove_file(shm_path(old));
+    match copied {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = new.execute_batch("ROLLBACK");
+            tracing::warn!(path = %old.display(), error = %e, "cannot copy what is readable of {} into the new buffer: {e}", old.display());
+            Salvaged::default()
+        }
+    }
+}
+
+/// Free and total bytes of the filesystem holding `dir` (free: for
+/// unprivileged use).
+struct Space {
+    free: u64,
+    total: u64,
+}
+
+fn space(dir: &Path) -> Option<Space> {
+    let c = CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `s` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 || s.f_blocks == 0 {
+        return None;
+    }
+    let unit = s.f_frsize as u64;
+    Some(Space {
+        free: (s.f_bavail as u64).saturating_mul(unit),
+        total: (s.f_blocks as u64).saturating_mul(unit),
     })
+}
+
+impl Space {
+    fn floor(&self, min_free_percent: f64) -> u64 {
+        (self.total as f64 * min_free_percent / 100.0) as u64
+    }
+}
+
+/// WAL pages between automatic checkpoints on the filesystem of `dir`:
+/// [`WAL_CHECKPOINT_PAGES`], or 1/32 of a small filesystem, so that the
+/// WAL cannot fill it.
+fn wal_pages(dir: &Path) -> u64 {
+    space(dir).map_or(WAL_CHECKPOINT_PAGES as u64, |s| {
+        (s.total / 4096 / 32).clamp(64, WAL_CHECKPOINT_PAGES as u64)
+    })
+}
+
+/// `buffer.reserve`: a file of allocated zeros that keeps space for the
+/// store's own needs. When the filesystem is full anyway (another program
+/// filled it, or it filled faster than the bounds are checked), it is
+/// deleted, so that SQLite can delete the oldest chunks and commit
+/// acknowledgements; it is set aside again once there is room.
+struct Reserve {
+    path: PathBuf,
+    bytes: u64,
+    present: bool,
+}
+
+impl Reserve {
+    fn new(dir: &Path, page_size: u64) -> Reserve {
+        let bytes = space(dir).map_or(RESERVE_MIN, |s| {
+            (s.total / 32).clamp(RESERVE_MIN, RESERVE_MAX) / page_size.max(512) * page_size.max(512)
+        });
+        let path = dir.join(RESERVE_FILE);
+        let present = fs::metadata(&path).is_ok_and(|m| m.len() >= bytes);
+        Reserve {
+            path,
+            bytes,
+            present,
+        }
+    }
+
+    /// Allocates the file when the filesystem has room for it (twice its
+    /// size) above the free-space floor. Returns whether it did.
+    fn fill_if_room(&mut self, dir: &Path, min_free_percent: f64) -> bool {
+        if self.present {
+            return false;
+        }
+        let Some(sp) = space(dir) else { return false };
+        if sp.free < sp.floor(min_free_percent) + 2 * self.bytes {
+            return false;
+        }
+        let allocated = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.path)
+            .and_then(|f| {
+                // SAFETY: fallocate on a descriptor we own.
+                let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, self.bytes as libc::off_t) };
+                if r == 0 {
+                    return Ok(());
+                }
+                // A filesystem without fallocate: write the zeros.
+                let mut f = f;
+                let zeros = vec![0u8; 64 << 10];
+                let mut left = self.bytes;
+                while left > 0 {
+                    let n = left.min(zeros.len() as u64) as usize;
+                    f.write_all(&zeros[..n])?;
+                    left -= n as u64;
+                }
+                f.sync_data()
+            });
+        match allocated {
+            Ok(()) => {
+                self.present = true;
+                true
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&self.path);
+                tracing::debug!(path = %self.path.display(), error = %e, "cannot allocate the buffer's disk-full reserve");
+                false
+            }
+        }
+    }
+
+    /// Deletes the file, giving its space back. Returns whether there was one.
+    fn release(&mut self) -> bool {
+        let was = self.present || self.path.exists();
+        let _ = fs::remove_file(&self.path);
+        self.present = false;
+        was
+    }
 }
 
 /// Percentage of the filesystem holding `dir` that is free for unprivileged use.
@@ -1843,13 +2609,19 @@ pub fn export(path: &Path, out: &mut dyn io::Write) -> Result<ExportSummary, Str
                 .collect::<rusqlite::Result<HashMap<_, _>>>()
         })
         .map_err(|e| format!("{}: cannot read the sensor names: {e}", path.display()))?;
-    // The last seq: from the table, or (its end damaged) from the counter.
-    let last: i64 = conn
-        .query_row("SELECT ifnull(max(last_seq), 0) FROM chunks", [], |r| {
-            r.get(0)
-        })
-        .or_else(|_| meta(&conn, "next_seq").map(|v| v.unwrap_or(1) - 1))
-        .map_err(|e| format!("{}: cannot read the readings: {e}", path.display()))?;
+    // The last seq: from the table or from the counter, whichever is
+    // larger (the newest row may be the damaged one).
+    let newest = conn.query_row("SELECT ifnull(max(last_seq), 0) FROM chunks", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    let counter = meta(&conn, "next_seq").map(|v| v.unwrap_or(1) - 1);
+    let last: i64 = match (newest, counter) {
+        (Ok(a), Ok(b)) => a.max(b),
+        (Ok(a), Err(_)) | (Err(_), Ok(a)) => a,
+        (Err(e), Err(_)) => {
+            return Err(format!("{}: cannot read the readings: {e}", path.display()))
+        }
+    };
     let mut summary = ExportSummary::default();
     // Chunks under the acknowledged cursor were delivered.
     let mut from: i64 = acked_below(&conn).unwrap_or(0);
@@ -2119,6 +2891,73 @@ mod tests {
         // And the acknowledgement works once the disk has room.
         s.ack(1..50).unwrap();
         assert_eq!(s.stats().unwrap().pending, 551);
+    }
+
+    #[test]
+    fn a_chunk_passed_off_as_an_older_version_without_its_checksum_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = store(tmp.path());
+        fill(&mut s, 3000);
+        let (last, n, data): (i64, i64, Vec<u8>) = s
+            .conn
+            .query_row(
+                "SELECT last_seq, n, data FROM chunks ORDER BY last_seq LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        // A well-formed version 2 chunk: what a damaged version byte (and
+        // checksum) could make of it.
+        let v2 = [&[2u8][..], &data[5..]].concat();
+        assert_eq!(codec::decode_all(&v2).unwrap().len() as i64, n);
+        s.conn
+            .execute(
+                "UPDATE chunks SET data = ?1 WHERE last_seq = ?2",
+                params![v2, last],
+            )
+            .unwrap();
+        let all = s.read(0, usize::MAX).unwrap();
+        assert_eq!(all[0].seq, last as u64 + 1, "not returned");
+        let stats = s.stats().unwrap();
+        assert_eq!(stats.dropped, n as u64, "counted");
+        assert_eq!(stats.pending, 3000 - n as u64);
+    }
+
+    #[test]
+    fn a_failed_commit_keeps_its_readings_and_sensors_for_the_next_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = store(tmp.path());
+        fill(&mut s, 100);
+        // The chunks cannot be written (as on a full disk) for one commit.
+        s.conn
+            .execute_batch(
+                "CREATE TEMP TRIGGER fail BEFORE INSERT ON chunks BEGIN SELECT RAISE(FAIL, 'injected'); END;",
+            )
+            .unwrap();
+        let fresh: Vec<Reading> = (0..3000)
+            .map(|i| Reading::new("new-sensor", 1_800_000_000_000 + i, Value::Number(i as f64)))
+            .collect();
+        s.append(fresh.clone()).unwrap_or_default();
+        assert!(s.commit().is_err());
+        // Explicitly rolled back, as SQLite does on a full disk.
+        if !s.conn.is_autocommit() {
+            s.conn.execute_batch("ROLLBACK").unwrap();
+            let e = rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            );
+            s.after_error(&e);
+        }
+        s.conn.execute_batch("DROP TRIGGER fail").unwrap();
+        assert_eq!(s.stats().unwrap().pending, 3100);
+        s.commit().unwrap();
+        drop(s);
+        let mut s = store(tmp.path());
+        let all = s.read(0, usize::MAX).unwrap();
+        assert_eq!(all.len(), 3100);
+        let got: Vec<Reading> = all[100..].iter().map(|x| x.reading.clone()).collect();
+        assert_eq!(got, fresh, "the same readings, under their sensor's name");
+        assert_eq!(s.stats().unwrap().dropped, 0);
     }
 
     #[test]

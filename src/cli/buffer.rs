@@ -146,7 +146,11 @@ pub fn describe(db: &Path, dir: Option<&Path>, r: &Inspection, now_ms: i64) -> S
         r.newest_ms.map_or("-".to_string(), age)
     );
     let _ = writeln!(o, "next seq         {}", opt(r.next_seq));
-    let _ = writeln!(o, "dropped (bound)  {}", opt(r.dropped));
+    let _ = writeln!(
+        o,
+        "dropped          {} (bounds, full disk, damaged chunks)",
+        opt(r.dropped)
+    );
     for s in &r.sensors {
         let _ = writeln!(
             o,

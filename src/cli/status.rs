@@ -101,6 +101,12 @@ pub fn render(r: &StatusReport) -> String {
                 "buffer store {} on disk (database and WAL files, not the size of what is pending)",
                 crate::buffer::sqlite::format_size(b.store_bytes)
             );
+            if let Some(why) = &b.memory_only {
+                let _ = writeln!(
+                    o,
+                    "buffer       MEMORY ONLY: the disk buffer cannot be used ({why}); readings are lost at the next restart"
+                );
+            }
         }
         None => {
             let _ = writeln!(o, "backlog      unknown (buffer not answering)");
