@@ -123,6 +123,7 @@ impl Tally {
 fn requester(port: u16) -> rumqttc::Client {
     let mut o = rumqttc::MqttOptions::new(format!("req-{}", free_port()), "127.0.0.1", port);
     o.set_credentials(CLOUD_USER, CLOUD_PASS);
+    o.set_max_packet_size(1 << 20, 1 << 20);
     o.set_keep_alive(Duration::from_secs(30));
     let (client, mut conn) = rumqttc::Client::new(o, 256);
     std::thread::spawn(move || {
@@ -429,4 +430,44 @@ fn time_sync_is_checked_before_it_is_trusted() {
     // an older reading after it: the times that reach the cloud follow the
     // clock once the buffer applies the same rule (src/buffer, issue 18).
     d.wait_log("readings are stamped by the clock again");
+}
+
+/// 200 requests of 60 KiB sent at once (12 MB, more than the 8 MiB of
+/// requests the daemon takes at once if it is slower than they come):
+/// each gets exactly one response.
+#[test]
+fn a_burst_of_large_requests_gets_exactly_one_response_each() {
+    const N: usize = 200;
+    const SIZE: usize = 60 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let tally = Tally::connect(broker.port);
+    let mut d = Daemon::spawn(dir.path(), &config_text(dir.path(), broker.port, "", ""));
+    d.wait_log("connected to Thing+ broker");
+    let client = requester(broker.port);
+    let filler = "x".repeat(SIZE - 100);
+    for i in 0..N {
+        // setProperty: each answer saves the state file.
+        let req = json!({
+            "id": format!("big{i}"),
+            "method": "setProperty",
+            "params": {"reportInterval": 60_000},
+            "pad": filler,
+        });
+        client
+            .publish(
+                topic("req"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                req.to_string(),
+            )
+            .unwrap();
+    }
+    tally.wait(WAIT, "a response to every request", |s| {
+        s.responses.len() >= N
+    });
+    assert_eq!(d.terminate().code(), Some(0));
+    let (total, distinct) = tally.with(|s| (s.response_total, s.responses.len()));
+    assert_eq!((total, distinct), (N, N));
+    assert_eq!(tally.with(|s| s.codes.len()), 0, "all carried out");
 }
