@@ -38,6 +38,8 @@ struct Seen {
     values_at: Vec<Instant>,
     /// Errors of the tally's own connection (a reconnect loses messages).
     errors: Vec<String>,
+    /// Responses to probes (see `wait_until_subscribed`), not counted above.
+    probes: usize,
 }
 
 /// A lean subscriber of the gateway's responses and values that only
@@ -74,6 +76,11 @@ impl Tally {
                         let mut g = m.lock().unwrap();
                         if p.topic == topic("res") {
                             let v: Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                            if v["id"] == json!("probe") {
+                                g.probes += 1;
+                                cv.notify_all();
+                                continue;
+                            }
                             *g.responses.entry(v["id"].clone()).or_default() += 1;
                             g.response_total += 1;
                             if let Some(code) = v["error"]["code"].as_i64() {
@@ -120,8 +127,43 @@ impl Tally {
         }
     }
 
+    /// Waits up to `limit` for `pred`; whether it holds.
+    fn wait_for(&self, limit: Duration, pred: impl Fn(&Seen) -> bool) -> bool {
+        let (m, cv) = &*self.seen;
+        let deadline = Instant::now() + limit;
+        let mut g = m.lock().unwrap();
+        while !pred(&g) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = cv.wait_timeout(g, left).unwrap().0;
+        }
+        true
+    }
+
     fn with<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
         f(&self.seen.0.lock().unwrap())
+    }
+}
+
+/// Waits until the daemon answers requests: "connected" comes before its
+/// subscription is in place, and a request sent before that reaches no
+/// one. The probes' responses (id "probe") are left out of the counts.
+fn wait_until_subscribed(client: &rumqttc::Client, tally: &Tally) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let req = json!({"id": "probe", "method": "swInfo"}).to_string();
+        client
+            .publish(topic("req"), rumqttc::QoS::AtLeastOnce, false, req)
+            .unwrap();
+        if tally.wait_for(Duration::from_secs(1), |s| s.probes > 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never answered a probe"
+        );
     }
 }
 
@@ -186,6 +228,7 @@ fn a_flood_of_requests_gets_exactly_one_response_each_while_readings_flow() {
     let (rss_before, _) = rss_kb(d.child.id());
 
     let client = requester(broker.port);
+    wait_until_subscribed(&client, &tally);
     let flood_start = Instant::now();
     // 10 batches of 1,000, one every 200 ms: about 2 s in all.
     for batch in 0..10 {
@@ -280,6 +323,7 @@ fn warnings_about_a_flood_of_bad_requests_are_rate_limited_and_counted() {
     let d = Daemon::spawn(dir.path(), &config_text(dir.path(), broker.port, "", ""));
     d.wait_log("connected to Thing+ broker");
     let client = requester(broker.port);
+    wait_until_subscribed(&client, &tally);
     for i in 0..N {
         client
             .publish(
@@ -451,6 +495,7 @@ fn a_burst_of_large_requests_gets_exactly_one_response_each() {
     let mut d = Daemon::spawn(dir.path(), &config_text(dir.path(), broker.port, "", ""));
     d.wait_log("connected to Thing+ broker");
     let client = requester(broker.port);
+    wait_until_subscribed(&client, &tally);
     let filler = "x".repeat(SIZE - 100);
     for i in 0..N {
         // setProperty: each answer saves the state file.
