@@ -18,6 +18,17 @@ use crate::sensor::{Reading, Value};
 /// A system clock reading before this (2026-01-01T00:00:00Z) is certainly
 /// wrong: the box has no RTC or a dead one.
 pub const PLAUSIBLE_AFTER_MS: i64 = 1_767_225_600_000;
+/// A time from the server at or after this (2100-01-01T00:00:00Z) is
+/// certainly wrong: `timeSync` refuses it.
+pub const PLAUSIBLE_BEFORE_MS: i64 = 4_102_444_800_000;
+/// Largest difference accepted between the server's time and a system
+/// clock that NTP has synchronised: beyond it one of them is wrong, and
+/// NTP (many servers, checked against each other) is believed.
+pub const MAX_SERVER_SKEW_FROM_NTP_MS: i64 = 300_000;
+/// A sensor's stamps stay strictly increasing through a step back of the
+/// clock up to this; after a larger one they follow the clock again (see
+/// `Stamps::next_time`).
+pub const MAX_STAMP_LEAD_MS: i64 = 60_000;
 /// Readings held while waiting for the time; the oldest go first beyond it.
 pub const MAX_HELD_READINGS: usize = 100_000;
 
@@ -150,6 +161,8 @@ struct Stamps {
     warned: bool,
     /// The last time given to each sensor.
     last: FxHashMap<Arc<str>, i64>,
+    /// When a step back of the clock was last logged (the clock's time).
+    step_back_logged_at: Option<i64>,
     /// The held readings on disk too (see [`Clock::persist_held`]).
     log: Option<HeldLog>,
     /// Releases so far: the number of the last one.
@@ -157,9 +170,33 @@ struct Stamps {
 }
 
 impl Stamps {
+    /// The time for a reading of `id` taken at clock time `t`: strictly
+    /// after the sensor's last one, unless the clock is more than
+    /// [`MAX_STAMP_LEAD_MS`] behind that: then the last time was wrong (a
+    /// wrong time set, since corrected) and the stamps follow the clock
+    /// again rather than stay in the future for as long as the error was.
     fn next_time(&mut self, id: &Arc<str>, t: i64) -> i64 {
         // Looked up before inserting: no reference count traffic per reading.
         match self.last.get_mut(id) {
+            Some(last) if last.saturating_sub(t) > MAX_STAMP_LEAD_MS => {
+                let lead = *last - t;
+                *last = t;
+                // One line per minute of clock time for all sensors: a step
+                // back meets every sensor at once.
+                if self
+                    .step_back_logged_at
+                    .is_none_or(|at| (t - at).abs() > 60_000)
+                {
+                    self.step_back_logged_at = Some(t);
+                    tracing::warn!(
+                        sensor_id = %id,
+                        lead_ms = lead,
+                        "the clock went back {} s behind the last time given to sensor {id} (a wrong time was set and corrected): readings are stamped by the clock again; Thing+ ignores values older than the newest it has, so those readings are not shown until the clock passes the wrong time",
+                        lead / 1000
+                    );
+                }
+                t
+            }
             Some(last) => {
                 let t = t.max(last.saturating_add(1));
                 *last = t;
@@ -255,6 +292,35 @@ impl Clock {
     /// Readings waiting for a trustworthy time.
     pub fn held(&self) -> usize {
         self.lock().held.len()
+    }
+
+    /// Whether `server_ms`, a time the server says it is now, can be
+    /// believed: inside [`PLAUSIBLE_AFTER_MS`]..[`PLAUSIBLE_BEFORE_MS`],
+    /// and within [`MAX_SERVER_SKEW_FROM_NTP_MS`] of the system clock when
+    /// NTP has synchronised it. The error says why not.
+    pub fn check_server_time(&self, server_ms: i64) -> Result<(), String> {
+        if !(PLAUSIBLE_AFTER_MS..PLAUSIBLE_BEFORE_MS).contains(&server_ms) {
+            return Err(format!(
+                "{} is outside the plausible window {} to {}",
+                format_ms(server_ms),
+                format_ms(PLAUSIBLE_AFTER_MS),
+                format_ms(PLAUSIBLE_BEFORE_MS)
+            ));
+        }
+        if self.source.synchronized() {
+            let system = self.source.realtime_ms();
+            let skew = server_ms - system;
+            if skew.abs() > MAX_SERVER_SKEW_FROM_NTP_MS {
+                return Err(format!(
+                    "{} is {} s away from the system clock ({}), which NTP has synchronised; at most {} s are accepted",
+                    format_ms(server_ms),
+                    skew / 1000,
+                    format_ms(system),
+                    MAX_SERVER_SKEW_FROM_NTP_MS / 1000
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Learns the offset from the server's current time; returns it.
@@ -516,6 +582,17 @@ impl Clock {
     }
 }
 
+/// A Unix time in ms as RFC 3339 (UTC), for messages; the number itself
+/// when it is out of the range a date can show.
+pub fn format_ms(ms: i64) -> String {
+    u64::try_from(ms)
+        .ok()
+        .and_then(|ms| UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms)))
+        .filter(|t| *t < UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799))
+        .map(|t| humantime::format_rfc3339_millis(t).to_string())
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
 /// The machine's boot id (`/proc/sys/kernel/random/boot_id`): changes at every boot.
 pub fn boot_id() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -759,6 +836,55 @@ mod tests {
         let other: Arc<str> = "o".into();
         let o = clock.stamp(&other, Value::Number(0.0)).readings;
         assert_eq!(o[0].time_ms, clock.now_ms());
+    }
+
+    #[test]
+    fn after_a_wrong_step_forward_is_corrected_stamps_follow_the_clock_again() {
+        let fake = Fake::at(SERVER, 1_000);
+        let clock = Clock::with_source(Box::new(fake.clone()));
+        let t: Arc<str> = "t".into();
+        let stamp = |c: &Clock| c.stamp(&t, Value::Number(0.0)).readings[0].time_ms;
+        assert_eq!(stamp(&clock), SERVER);
+        // A wrong time, 10 years ahead, then the right one again.
+        let ahead = 10 * 365 * 86_400_000;
+        clock.sync_to(SERVER + ahead);
+        assert_eq!(stamp(&clock), SERVER + ahead);
+        fake.advance(1_000);
+        clock.sync_to(SERVER + 1_000);
+        assert_eq!(stamp(&clock), SERVER + 1_000, "not stamped in the future");
+        fake.advance(1_000);
+        assert_eq!(stamp(&clock), SERVER + 2_000);
+        // A step back within MAX_STAMP_LEAD_MS keeps the order instead.
+        fake.step_realtime(-MAX_STAMP_LEAD_MS);
+        assert_eq!(stamp(&clock), SERVER + 2_001);
+    }
+
+    #[test]
+    fn a_server_time_is_checked_before_it_is_believed() {
+        let fake = Fake::at(SERVER, 1_000);
+        let clock = Clock::with_source(Box::new(fake.clone()));
+        // Not synchronised: anything inside the plausible window.
+        assert_eq!(clock.check_server_time(SERVER + 86_400_000), Ok(()));
+        assert_eq!(clock.check_server_time(PLAUSIBLE_AFTER_MS), Ok(()));
+        let year_2200 = 7_258_118_400_000;
+        let e = clock.check_server_time(year_2200).unwrap_err();
+        assert!(
+            e.starts_with("2200-01-01T00:00:00.000Z is outside the plausible window 2026-01-01"),
+            "{e}"
+        );
+        assert!(clock.check_server_time(PLAUSIBLE_BEFORE_MS).is_err());
+        assert!(clock.check_server_time(PLAUSIBLE_AFTER_MS - 1).is_err());
+        // Synchronised by NTP: only close to the system clock.
+        fake.0 .2.store(true, Ordering::SeqCst);
+        assert_eq!(
+            clock.check_server_time(SERVER + MAX_SERVER_SKEW_FROM_NTP_MS),
+            Ok(())
+        );
+        let e = clock.check_server_time(SERVER - 3_600_000).unwrap_err();
+        assert!(e.contains("is -3600 s away from the system clock"), "{e}");
+        assert!(e.contains("NTP has synchronised"), "{e}");
+        assert_eq!(format_ms(-5), "-5 ms");
+        assert_eq!(format_ms(i64::MAX), format!("{} ms", i64::MAX));
     }
 
     #[test]

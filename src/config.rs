@@ -16,6 +16,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::gateway_id;
+use crate::small_file::{self, SmallFileError};
 use crate::thingplus::Compression;
 use crate::units::{format_duration, ByteSize, HumanDuration};
 
@@ -29,6 +30,9 @@ pub const PROTOCOL_MIN_RECONNECT: Duration = Duration::from_secs(10);
 pub const MAX_CONFIG_SIZE: u64 = 1 << 20;
 /// Largest `apikey_file` read: an APIKEY is a few dozen bytes.
 pub const MAX_SECRET_FILE_SIZE: u64 = 64 << 10;
+/// Largest PEM file read (`ca_file`, `client_cert`, `client_key`): a CA
+/// bundle of the whole system trust store is about 200 KiB.
+pub const MAX_PEM_FILE_SIZE: u64 = 4 << 20;
 
 /// A configuration error, with the place in the file when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -788,8 +792,7 @@ pub fn read_sysfs_root(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
         position,
         message,
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err(None, format!("cannot read the configuration: {e}")))?;
+    let (text, _) = read_config_text(path)?;
     let mut in_gateway = false;
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
@@ -832,6 +835,25 @@ pub fn read_sysfs_root(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
     Ok(None)
 }
 
+/// The configuration file's text: a regular file of at most
+/// [`MAX_CONFIG_SIZE`] bytes, read without blocking and without reading
+/// more than that (a FIFO or a device given by mistake is refused at once).
+pub fn read_config_text(path: &Path) -> Result<(String, std::fs::Metadata), ConfigError> {
+    small_file::read_text(path, MAX_CONFIG_SIZE).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        position: None,
+        message: match e {
+            SmallFileError::Io(e) => format!("cannot read the configuration: {e}"),
+            SmallFileError::NotRegular(kind) => {
+                format!("cannot read the configuration: it is {kind}, not a regular file")
+            }
+            SmallFileError::TooLarge { size, .. } => format!(
+                "the file is {size} bytes; a configuration is limited to {MAX_CONFIG_SIZE} bytes"
+            ),
+        },
+    })
+}
+
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -844,25 +866,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let io_err = |what: &str, e: std::io::Error| ConfigError {
-            path: path.to_path_buf(),
-            position: None,
-            message: format!("cannot {what}: {e}"),
-        };
-        let meta = std::fs::metadata(path).map_err(|e| io_err("read the configuration", e))?;
-        if meta.len() > MAX_CONFIG_SIZE {
-            return Err(ConfigError {
-                path: path.to_path_buf(),
-                position: None,
-                message: format!(
-                    "the file is {} bytes; a configuration is limited to {} bytes",
-                    meta.len(),
-                    MAX_CONFIG_SIZE
-                ),
-            });
-        }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| io_err("read the configuration", e))?;
+        let (text, meta) = read_config_text(path)?;
         let mut config = Config::parse(&text, path)?;
         if meta.permissions().mode() & 0o004 != 0 && text_has_apikey(&text) {
             config.warnings.push(format!(
@@ -1419,29 +1423,14 @@ pub fn secret_mode_warning(
 /// [`MAX_SECRET_FILE_SIZE`] bytes. Opened without blocking, so a FIFO or a
 /// device named by mistake neither hangs the daemon nor fills its memory.
 pub fn read_secret_file(path: &Path) -> Result<String, String> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".to_string());
-    }
-    let mut text = String::new();
-    file.take(MAX_SECRET_FILE_SIZE + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if text.len() as u64 > MAX_SECRET_FILE_SIZE {
-        return Err(format!(
+    match small_file::read_text(path, MAX_SECRET_FILE_SIZE) {
+        Ok((text, _)) => Ok(text),
+        Err(SmallFileError::NotRegular(kind)) => Err(format!("not a regular file ({kind})")),
+        Err(SmallFileError::TooLarge { .. }) => Err(format!(
             "larger than the limit of {MAX_SECRET_FILE_SIZE} bytes for a key file"
-        ));
+        )),
+        Err(e) => Err(e.to_string()),
     }
-    Ok(text)
 }
 
 fn text_has_apikey(text: &str) -> bool {

@@ -11,9 +11,11 @@ use tokio::sync::{mpsc, watch};
 use crate::actuator::{Actuators, Reply};
 use crate::clock::{self, Clock};
 use crate::config::{RpcConfig, SERVICE_MIN_REPORT_INTERVAL};
+use crate::log_limit::{Verdict, WarnLimiter};
 use crate::state::{PersistedState, StateFile};
 use crate::thingplus::rpc::{
-    encode_error, encode_result, millis_param, params_object, parse_request, Request, RpcError,
+    encode_error, encode_result, integer_millis_param, millis_param, params_object, parse_request,
+    Request, RpcError,
 };
 
 /// Something the daemon does after the answer has been sent.
@@ -62,8 +64,8 @@ pub const SW_UPDATE_INTERRUPTED: &str = "interrupted (daemon restarted)";
 /// in that run: it becomes [`SW_UPDATE_INTERRUPTED`] (and is saved so).
 pub fn load_sw_update(state_dir: &Path) -> SwUpdateCell {
     let path = state_dir.join(SW_UPDATE_FILE);
-    let report = match std::fs::read(&path) {
-        Ok(bytes) => match serde_json::from_slice::<SwUpdateReport>(&bytes) {
+    let report = match crate::small_file::read(&path, crate::state::MAX_STATE_FILE_SIZE) {
+        Ok((bytes, _)) => match serde_json::from_slice::<SwUpdateReport>(&bytes) {
             Ok(mut r) => {
                 if r.running {
                     r.running = false;
@@ -177,7 +179,18 @@ impl Dispatcher {
         let req = match parse_request(payload) {
             Ok(r) => r,
             Err(bad) => {
-                tracing::warn!(code = bad.error.code, error = %bad.error.message, "rejected a malformed request: {}", bad.error.message);
+                let verdict = bad_request_verdict(|| {
+                    format!(
+                        "rejected a malformed request (id {}): {}",
+                        bad.id, bad.error.message
+                    )
+                });
+                if verdict.logs() {
+                    tracing::warn!(code = bad.error.code, id = %bad.id, error = %bad.error.message, "rejected a malformed request (id {}): {}", bad.id, bad.error.message);
+                }
+                if verdict == Verdict::LogLast {
+                    say_bad_request_warnings_are_suppressed();
+                }
                 return Response::Now(encode_error(&bad.id, &bad.error));
             }
         };
@@ -246,13 +259,12 @@ impl Dispatcher {
 
     fn time_sync(&mut self, req: &Request) -> Result<Json, RpcError> {
         let p = params_object(&req.params)?;
-        let ms = millis_param(p.get("time"), "params.time")?;
-        if ms <= 0.0 {
-            return Err(RpcError::invalid_params(
-                "\"params.time\" must be a positive Unix time in ms",
-            ));
+        let ms = integer_millis_param(p.get("time"), "params.time")?;
+        if let Err(why) = self.clock.check_server_time(ms) {
+            tracing::warn!(time_ms = ms, id = %req.id, "timeSync refused: {why}");
+            return Err(RpcError::server(format!("timeSync refused: {why}")));
         }
-        let ms = ms as i64;
+        let before = self.clock.now_ms();
         if self.rpc.set_system_clock {
             clock::set_system_clock(ms).map_err(|e| {
                 RpcError::server(format!(
@@ -264,6 +276,14 @@ impl Dispatcher {
         } else {
             let offset = self.clock.sync_to(ms);
             tracing::info!(offset_ms = offset, "clock offset learnt from timeSync");
+        }
+        let step = ms - before;
+        if step < -clock::MAX_STAMP_LEAD_MS {
+            tracing::warn!(
+                step_ms = step,
+                "timeSync set the time back by {} s: readings stamped before it may be up to that far in the future",
+                -step / 1000
+            );
         }
         Ok(Json::String(String::new()))
     }
@@ -522,7 +542,15 @@ fn finish(req: &Request, result: Result<Json, RpcError>) -> Vec<u8> {
             encode_result(&req.id, result)
         }
         Err(e) => {
-            tracing::warn!(method = %req.method, id = %req.id, code = e.code, error = %e.message, "request refused: {what}: {}", e.message);
+            let verdict = bad_request_verdict(|| {
+                format!("request refused: {what}: {} (id {})", e.message, req.id)
+            });
+            if verdict.logs() {
+                tracing::warn!(method = %req.method, id = %req.id, code = e.code, error = %e.message, "request refused: {what}: {} (id {})", e.message, req.id);
+            }
+            if verdict == Verdict::LogLast {
+                say_bad_request_warnings_are_suppressed();
+            }
             encode_error(&req.id, &e)
         }
     }
@@ -577,6 +605,59 @@ fn consequence(method: &str) -> String {
     }
 }
 
+/// Warnings about malformed or refused requests: the cloud can send any
+/// number of them. One limiter for the process, so a reload keeps its count.
+static BAD_REQUEST_WARNINGS: std::sync::Mutex<WarnLimiter> = std::sync::Mutex::new(
+    WarnLimiter::new(BAD_REQUEST_WARNING_BURST, BAD_REQUEST_WARNING_PERIOD),
+);
+
+/// Warnings about bad requests logged per period before the rest are counted.
+pub const BAD_REQUEST_WARNING_BURST: u32 = 5;
+/// The period of [`BAD_REQUEST_WARNING_BURST`], and how often the count of
+/// suppressed warnings is logged while a flood goes on.
+pub const BAD_REQUEST_WARNING_PERIOD: Duration = Duration::from_secs(10);
+
+/// Whether to log a warning about a bad request now; `text` is what it
+/// says, kept for the summary when it is suppressed. The first suppressed
+/// one schedules the summary line at the end of the period.
+fn bad_request_verdict(text: impl FnOnce() -> String) -> Verdict {
+    let lock = || {
+        BAD_REQUEST_WARNINGS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    };
+    let verdict = lock().check(std::time::Instant::now(), text);
+    let due = lock().summary_due();
+    if let (Verdict::SuppressFirst, Some(due), Ok(rt)) =
+        (verdict, due, tokio::runtime::Handle::try_current())
+    {
+        rt.spawn(async move {
+            tokio::time::sleep_until(due.into()).await;
+            let summary = lock().take_summary(std::time::Instant::now());
+            if let Some(s) = summary {
+                tracing::warn!(
+                    suppressed = s.count,
+                    period_s = s.period.as_secs(),
+                    "suppressed {} warnings about bad requests in the last {} s (each got its error response); the last: {}",
+                    s.count,
+                    s.period.as_secs(),
+                    s.last
+                );
+            }
+        });
+    }
+    verdict
+}
+
+/// Logged after the last warning a period allows.
+fn say_bad_request_warnings_are_suppressed() {
+    tracing::warn!(
+        period_s = BAD_REQUEST_WARNING_PERIOD.as_secs(),
+        "bad requests keep coming: further warnings about them are suppressed for up to {} s and counted (each still gets its error response)",
+        BAD_REQUEST_WARNING_PERIOD.as_secs()
+    );
+}
+
 /// `{"id": actuator, "cmd": command, "options": {...}}`
 fn actuator_params(
     params: &Json,
@@ -607,6 +688,22 @@ mod tests {
     use super::*;
     use crate::config::{ActuatorConfig, ActuatorDriver, ActuatorType, OnShutdown};
     use serde_json::json;
+
+    /// The system clock, never synchronised by NTP: `timeSync` is checked
+    /// only against the plausible window, whatever this machine's state.
+    struct Unsynchronised;
+
+    impl clock::TimeSource for Unsynchronised {
+        fn realtime_ms(&self) -> i64 {
+            clock::system_now_ms()
+        }
+        fn boottime_ms(&self) -> i64 {
+            clock::SystemSource.boottime_ms()
+        }
+        fn synchronized(&self) -> bool {
+            false
+        }
+    }
 
     fn dispatcher(
         dir: &std::path::Path,
@@ -641,7 +738,7 @@ mod tests {
         };
         (
             Dispatcher::new(
-                Arc::new(Clock::new()),
+                Arc::new(Clock::with_source(Box::new(Unsynchronised))),
                 acts,
                 StateFile::new(dir),
                 tx,
@@ -909,6 +1006,28 @@ mod tests {
         assert!((d.clock.offset_ms() - 3_600_000).abs() < 1000);
         let r = call(&mut d, r#"{"id":"2","method":"timeSync","params":{}}"#);
         assert_eq!(r["error"]["code"], json!(-32602));
+        // Not a whole number of ms that a time can be: invalid params.
+        for bad in ["1e300", "9223372036854775807", "1.5", "\"x\"", "-1"] {
+            let r = call(
+                &mut d,
+                &format!(r#"{{"id":"b","method":"timeSync","params":{{"time":{bad}}}}}"#),
+            );
+            assert_eq!(r["error"]["code"], json!(-32602), "{bad}: {r}");
+        }
+        // A whole number, but not a time to believe: refused, offset kept.
+        let r = call(
+            &mut d,
+            r#"{"id":"3","method":"timeSync","params":{"time":7258118400000}}"#,
+        );
+        assert_eq!(r["error"]["code"], json!(-32000), "{r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("outside the plausible window"),
+            "{r}"
+        );
+        assert!((d.clock.offset_ms() - 3_600_000).abs() < 1000);
     }
 
     #[tokio::test]

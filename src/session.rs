@@ -7,6 +7,13 @@
 //! connection) whatever was queued for the old one, so the buffer alone
 //! decides what is sent. The event loop runs in its own task and is never
 //! blocked by our publishes (`try_publish` only).
+//!
+//! Requests are acknowledged by hand, once their response is handed to
+//! rumqttc: the broker sends no more than its in-flight window of
+//! unacknowledged requests, so a flood of requests waits at the broker, not
+//! in our memory, and no response is ever dropped. What rumqttc's request
+//! channel cannot take at once waits in order in [`Conn::outbox`] and goes
+//! when the event loop reports progress.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -14,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
-    Outgoing, Packet, QoS, SubscribeReasonCode, TlsConfiguration, Transport,
+    AsyncClient, ClientError, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill,
+    MqttOptions, Outgoing, Packet, QoS, Request, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{interval_at, MissedTickBehavior};
@@ -116,6 +123,55 @@ enum Tag {
     Other,
 }
 
+/// Requests taken from the broker and not answered yet: at most this many
+/// (or [`MAX_TAKEN_REQUEST_BYTES`]) are acknowledged at once; beyond, the
+/// acknowledgements wait until requests are answered, so the broker holds
+/// the rest (within its in-flight window of unacknowledged ones).
+pub const MAX_TAKEN_REQUESTS: usize = 16_384;
+/// The bytes of taken requests above which acknowledgements wait.
+pub const MAX_TAKEN_REQUEST_BYTES: usize = 8 << 20;
+/// Requests answered in one turn of the session loop before it looks at
+/// the broker again.
+const ANSWER_BATCH: usize = 16;
+
+/// Requests taken from the broker, oldest first, waiting to be answered.
+/// They outlive a connection: a request taken is answered, on the next
+/// connection if this one is lost.
+#[derive(Default)]
+struct TakenRequests {
+    queue: VecDeque<Vec<u8>>,
+    bytes: usize,
+}
+
+impl TakenRequests {
+    fn full(&self) -> bool {
+        self.queue.len() >= MAX_TAKEN_REQUESTS || self.bytes >= MAX_TAKEN_REQUEST_BYTES
+    }
+
+    fn push(&mut self, payload: Vec<u8>) {
+        self.bytes += payload.len();
+        self.queue.push_back(payload);
+    }
+
+    fn pop(&mut self) -> Option<Vec<u8>> {
+        let p = self.queue.pop_front()?;
+        self.bytes -= p.len();
+        Some(p)
+    }
+}
+
+/// Something for rumqttc's request channel that did not fit in it yet.
+enum Pending {
+    Publish {
+        topic: String,
+        retain: bool,
+        payload: Vec<u8>,
+        tag: Tag,
+    },
+    /// The acknowledgement of a request from the broker (its QoS and packet id).
+    Ack { qos: QoS, pkid: u16 },
+}
+
 /// Delay before attempt number `failures + 1`: exponential from `min`, capped
 /// at `max`, with jitter, never under `min`.
 pub fn backoff_delay(failures: u32, min: Duration, max: Duration, rand01: f64) -> Duration {
@@ -205,6 +261,13 @@ struct Conn {
     disconnect_sent: bool,
     /// Where responses computed later (exec actuators) are sent.
     deferred: mpsc::UnboundedSender<Vec<u8>>,
+    /// Responses, statuses and request acknowledgements waiting, in order,
+    /// for room in rumqttc's request channel. Requests are answered only
+    /// while it is empty: it holds at most one turn's answers and acks.
+    outbox: VecDeque<Pending>,
+    /// Acknowledgements of requests taken while [`TakenRequests`] was full:
+    /// sent as answering makes room.
+    withheld_acks: VecDeque<Pending>,
 }
 
 impl Conn {
@@ -229,6 +292,8 @@ pub fn mqtt_options(s: &SessionSettings, will_topic: &str, keep_alive: Duration)
     o.set_keep_alive(keep_alive);
     o.set_last_will(LastWill::new(will_topic, "err", QoS::AtLeastOnce, true));
     o.set_max_packet_size(MAX_INCOMING_PACKET, s.mqtt.max_message_size + 1024);
+    // Requests are acknowledged once answered: the broker's back-pressure.
+    o.set_manual_acks(true);
     // Far above our own window, so rumqttc's packet ids cannot collide.
     o.set_inflight(100);
     if let Some(tls) = &s.tls {
@@ -267,7 +332,10 @@ impl Session {
     /// then leaves the actuators as configured.
     pub async fn run(mut self) {
         let (deferred_tx, mut deferred_rx) = mpsc::unbounded_channel();
-        let goodbye = self.run_connections(deferred_tx, &mut deferred_rx).await;
+        let mut taken = TakenRequests::default();
+        let goodbye = self
+            .run_connections(deferred_tx, &mut deferred_rx, &mut taken)
+            .await;
         let broker = self.broker();
         match goodbye {
             Goodbye::Acknowledged => {
@@ -287,6 +355,7 @@ impl Session {
         &mut self,
         deferred_tx: mpsc::UnboundedSender<Vec<u8>>,
         deferred_rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+        taken: &mut TakenRequests,
     ) -> Goodbye {
         let broker = self.broker();
         // The retained `off` of a connection lost while stopping.
@@ -316,7 +385,10 @@ impl Session {
             }
             first = false;
             tracing::debug!(broker = %broker, "connecting");
-            match self.connection(deferred_tx.clone(), deferred_rx).await {
+            match self
+                .connection(deferred_tx.clone(), deferred_rx, taken)
+                .await
+            {
                 Outcome::Shutdown(g) => return g,
                 Outcome::Lost {
                     connected_for,
@@ -349,27 +421,16 @@ impl Session {
         }
     }
 
-    fn publish(
-        &self,
-        conn: &mut Conn,
-        topic: &str,
-        retain: bool,
-        payload: Vec<u8>,
-        tag: Tag,
-    ) -> bool {
-        match conn
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-        {
-            Ok(()) => {
-                conn.queued.push_back((tag, Instant::now()));
-                true
-            }
-            Err(e) => {
-                tracing::warn!(topic, error = %e, "publish not queued: {topic}: {e}");
-                false
-            }
-        }
+    /// Publishes, now or as soon as rumqttc's request channel has room
+    /// (after what waits before it): never dropped while the connection lasts.
+    fn publish(&self, conn: &mut Conn, topic: &str, retain: bool, payload: Vec<u8>, tag: Tag) {
+        conn.outbox.push_back(Pending::Publish {
+            topic: topic.to_string(),
+            retain,
+            payload,
+            tag,
+        });
+        flush_outbox(conn);
     }
 
     fn publish_status(&self, conn: &mut Conn) {
@@ -397,11 +458,16 @@ impl Session {
         &mut self,
         deferred: mpsc::UnboundedSender<Vec<u8>>,
         deferred_rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+        taken: &mut TakenRequests,
     ) -> Outcome {
         let (client, eventloop) = AsyncClient::new(self.options(), 128);
         let mut eventloop: EventLoop = eventloop;
         let mut net = eventloop.network_options();
         net.set_connection_timeout(self.settings.mqtt.connect_timeout.as_secs().max(1));
+        // A request's acknowledgement is a 4-byte write right after its
+        // response: Nagle would hold it for the broker's delayed ACK (up to
+        // 40 ms), and the broker sends no more requests meanwhile.
+        net.set_tcp_nodelay(true);
         eventloop.set_network_options(net);
         let (ev_tx, mut ev_rx) = mpsc::channel(256);
         let _pump = PumpGuard(tokio::spawn(async move {
@@ -428,6 +494,8 @@ impl Session {
             off_acked: false,
             disconnect_sent: false,
             deferred,
+            outbox: VecDeque::new(),
+            withheld_acks: VecDeque::new(),
         };
         let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         let mut status_tick = interval_at(far, Duration::from_secs(86_400));
@@ -443,7 +511,7 @@ impl Session {
             tokio::select! {
                 ev = ev_rx.recv() => match ev {
                     Some(Ok(event)) => {
-                        if let Some(new_tick) = self.on_event(event, &mut conn) {
+                        if let Some(new_tick) = self.on_event(event, &mut conn, taken) {
                             status_tick = new_tick;
                         }
                     }
@@ -461,6 +529,10 @@ impl Session {
                     conn.want_drain = true;
                 }
                 _ = self.flush.notified(), if conn.connected_at.is_some() => conn.want_drain = true,
+                // Requests left from the last turn: answered below.
+                _ = std::future::ready(()), if conn.connected_at.is_some()
+                    && !taken.queue.is_empty()
+                    && conn.outbox.is_empty() => {}
                 Some(response) = deferred_rx.recv(), if conn.connected_at.is_some() => {
                     let topic = self.topics.response.clone();
                     self.publish(&mut conn, &topic, false, response, Tag::Other);
@@ -500,13 +572,27 @@ impl Session {
                 }
             }
 
-            if conn.connected_at.is_some() && conn.want_drain && !conn.off_sent {
+            // Progress of the event loop makes room in its channel.
+            flush_outbox(&mut conn);
+            // Taking requests comes first: answering waits until no event
+            // is pending, so the broker's queue for us stays short.
+            if conn.connected_at.is_some() && ev_rx.is_empty() {
+                self.answer_requests(&mut conn, taken);
+            }
+            if conn.connected_at.is_some()
+                && conn.want_drain
+                && !conn.off_sent
+                && conn.outbox.is_empty()
+            {
                 self.fill_window(&mut conn).await;
             }
 
             if let Some(deadline) = conn.shutdown_deadline {
                 let now = Instant::now();
-                let drained = !conn.want_drain && conn.values_outstanding == 0;
+                let drained = !conn.want_drain
+                    && conn.values_outstanding == 0
+                    && taken.queue.is_empty()
+                    && conn.outbox.is_empty();
                 if !conn.off_sent && (drained || now >= deadline) {
                     if !drained {
                         tracing::warn!(
@@ -515,11 +601,8 @@ impl Session {
                         );
                     }
                     let topic = self.topics.mqtt_status.clone();
-                    conn.off_sent =
-                        self.publish(&mut conn, &topic, true, b"off".to_vec(), Tag::Off);
-                    if !conn.off_sent {
-                        conn.off_acked = true; // nothing to wait for
-                    }
+                    self.publish(&mut conn, &topic, true, b"off".to_vec(), Tag::Off);
+                    conn.off_sent = true;
                 }
                 let give_up = now >= deadline + Duration::from_secs(2);
                 if conn.off_sent && (conn.off_acked || give_up) && !conn.disconnect_sent {
@@ -534,7 +617,12 @@ impl Session {
     }
 
     /// Handles one event; returns a new status ticker after CONNACK.
-    fn on_event(&mut self, event: Event, conn: &mut Conn) -> Option<tokio::time::Interval> {
+    fn on_event(
+        &mut self,
+        event: Event,
+        conn: &mut Conn,
+        taken: &mut TakenRequests,
+    ) -> Option<tokio::time::Interval> {
         match event {
             Event::Incoming(Packet::ConnAck(_)) => {
                 conn.connected_at = Some(Instant::now());
@@ -573,25 +661,30 @@ impl Session {
                 tracing::error!(topic = %self.topics.request, "the broker refused the subscription to requests: commands from Thing+ will not arrive");
             }
             Event::Incoming(Packet::Publish(p)) => {
+                let ack = Pending::Ack {
+                    qos: p.qos,
+                    pkid: p.pkid,
+                };
                 if p.topic == self.topics.request {
-                    match self.dispatcher.handle(&p.payload) {
-                        Response::Now(response) => {
-                            let topic = self.topics.response.clone();
-                            self.publish(conn, &topic, false, response, Tag::Other);
+                    if taken.full() {
+                        if conn.withheld_acks.is_empty() {
+                            tracing::warn!(
+                                waiting = taken.queue.len(),
+                                waiting_bytes = taken.bytes,
+                                "{} requests wait for an answer: further requests are acknowledged only as these are answered, so the broker holds them",
+                                taken.queue.len()
+                            );
                         }
-                        Response::Later(task) => {
-                            // Answered when the program finishes, on whatever connection is up then.
-                            let tx = conn.deferred.clone();
-                            tokio::spawn(async move {
-                                if let Ok(response) = task.await {
-                                    let _ = tx.send(response);
-                                }
-                            });
-                        }
+                        conn.withheld_acks.push_back(ack);
+                    } else {
+                        conn.outbox.push_back(ack);
                     }
+                    taken.push(p.payload.into());
                 } else {
                     tracing::debug!(topic = %p.topic, "ignoring a message on an unexpected topic");
+                    conn.outbox.push_back(ack);
                 }
+                flush_outbox(conn);
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 if let Some(entry) = conn.queued.pop_front() {
@@ -618,6 +711,47 @@ impl Session {
             _ => {}
         }
         None
+    }
+
+    /// Answers taken requests, oldest first, while rumqttc takes what is
+    /// published at once (the outbox stays empty), at most [`ANSWER_BATCH`]
+    /// in this turn; then acknowledges withheld requests as far as there is
+    /// room again.
+    fn answer_requests(&mut self, conn: &mut Conn, taken: &mut TakenRequests) {
+        let mut answered = 0;
+        while conn.outbox.is_empty() && answered < ANSWER_BATCH {
+            let Some(payload) = taken.pop() else { break };
+            answered += 1;
+            match self.dispatcher.handle(&payload) {
+                Response::Now(response) => {
+                    let topic = self.topics.response.clone();
+                    self.publish(conn, &topic, false, response, Tag::Other);
+                }
+                Response::Later(task) => {
+                    // Answered when the program finishes, on whatever connection is up then.
+                    let tx = conn.deferred.clone();
+                    tokio::spawn(async move {
+                        if let Ok(response) = task.await {
+                            let _ = tx.send(response);
+                        }
+                    });
+                }
+            }
+        }
+        let had_withheld = !conn.withheld_acks.is_empty();
+        while !taken.full() {
+            let Some(ack) = conn.withheld_acks.pop_front() else {
+                break;
+            };
+            conn.outbox.push_back(ack);
+        }
+        if had_withheld && conn.withheld_acks.is_empty() {
+            tracing::info!(
+                waiting = taken.queue.len(),
+                "requests are acknowledged as they come again"
+            );
+        }
+        flush_outbox(conn);
     }
 
     /// Sends value messages from the buffer until the window is full or the
@@ -673,25 +807,83 @@ impl Session {
                 self.buffer.ack(msg.seqs);
                 continue;
             }
-            let topic = self.topics.values.clone();
-            let seqs = msg.seqs.clone();
-            if !self.publish(
-                conn,
-                &topic,
+            match conn.client.try_publish(
+                self.topics.values.as_str(),
+                QoS::AtLeastOnce,
                 false,
                 msg.payload,
-                Tag::Values {
-                    seqs: msg.seqs,
-                    count: msg.count,
-                },
             ) {
-                // rumqttc's queue is full: read these again later.
-                conn.cursor = seqs.start;
-                conn.ready.clear();
-                conn.read_ahead = None;
-                return;
+                Ok(()) => {
+                    let tag = Tag::Values {
+                        seqs: msg.seqs,
+                        count: msg.count,
+                    };
+                    conn.queued.push_back((tag, Instant::now()));
+                    conn.values_outstanding += 1;
+                }
+                Err(ClientError::TryRequest(Request::Publish(p))) => {
+                    // rumqttc's channel is full: this one goes first when
+                    // the event loop has made room (want_drain stays set).
+                    conn.ready.push_front(Packed {
+                        payload: p.payload.into(),
+                        ..msg
+                    });
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "the event loop is gone: values not sent");
+                    return;
+                }
             }
-            conn.values_outstanding += 1;
+        }
+    }
+}
+
+/// Hands what waits in the outbox to rumqttc, in order, until its channel
+/// is full (the rest goes after the event loop's next progress) or empty.
+fn flush_outbox(conn: &mut Conn) {
+    while let Some(item) = conn.outbox.pop_front() {
+        let sent = match item {
+            Pending::Publish {
+                topic,
+                retain,
+                payload,
+                tag,
+            } => match conn
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            {
+                Ok(()) => {
+                    conn.queued.push_back((tag, Instant::now()));
+                    Ok(())
+                }
+                Err(ClientError::TryRequest(Request::Publish(p))) => Err(Pending::Publish {
+                    topic: p.topic,
+                    retain,
+                    payload: p.payload.into(),
+                    tag,
+                }),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the event loop is gone: publish not sent");
+                    Ok(())
+                }
+            },
+            Pending::Ack { qos, pkid } => {
+                let mut request = rumqttc::Publish::new("", qos, Vec::new());
+                request.pkid = pkid;
+                match conn.client.try_ack(&request) {
+                    Ok(()) => Ok(()),
+                    Err(ClientError::TryRequest(_)) => Err(Pending::Ack { qos, pkid }),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the event loop is gone: request not acknowledged");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        if let Err(item) = sent {
+            conn.outbox.push_front(item);
+            return;
         }
     }
 }

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// Largest saved state read: it is a few dozen bytes.
+pub const MAX_STATE_FILE_SIZE: u64 = 64 << 10;
+
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PersistedState {
     /// Set by `setProperty reportInterval`; overrides the configuration.
@@ -31,14 +34,14 @@ impl StateFile {
     /// Reads the saved state; a missing file is the default, a broken one is
     /// reported and ignored (the daemon must start).
     pub fn load(&self) -> PersistedState {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        match crate::small_file::read(&self.path, MAX_STATE_FILE_SIZE) {
+            Ok((bytes, _)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 tracing::warn!(path = %self.path.display(), error = %e, "ignoring unreadable saved state");
                 PersistedState::default()
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PersistedState::default(),
+            Err(e) if e.is_not_found() => PersistedState::default(),
             Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot read saved state");
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot read saved state {}: {e}", self.path.display());
                 PersistedState::default()
             }
         }

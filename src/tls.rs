@@ -7,7 +7,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, MAX_PEM_FILE_SIZE};
 
 /// Installs ring as the process-wide crypto provider (one provider only:
 /// two would make rustls panic). Safe to call more than once.
@@ -15,9 +15,17 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// A PEM file's bytes: a regular file of at most [`MAX_PEM_FILE_SIZE`]
+/// bytes (a FIFO or a device is refused without blocking).
+fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    crate::small_file::read(path, MAX_PEM_FILE_SIZE)
+        .map(|(bytes, _)| bytes)
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
 fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?
+    let pem = read_pem(path, what)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{what} {} is not valid PEM: {e}", path.display()))?;
     if certs.is_empty() {
@@ -57,7 +65,8 @@ pub fn client_config(mqtt: &MqttConfig) -> Result<Arc<ClientConfig>, String> {
     let config = match (&mqtt.client_cert, &mqtt.client_key) {
         (Some(cert), Some(key)) => {
             let chain = load_certs(cert, "[mqtt] client_cert")?;
-            let key = PrivateKeyDer::from_pem_file(key)
+            let pem = read_pem(key, "[mqtt] client_key")?;
+            let key = PrivateKeyDer::from_pem_slice(&pem)
                 .map_err(|e| format!("cannot read [mqtt] client_key {}: {e}", key.display()))?;
             builder
                 .with_client_auth_cert(chain, key)

@@ -247,9 +247,12 @@ fn commands_are_answered() {
         file_sensor("t", "temperature", &temp, "interval = \"200ms\""),
         led.display()
     );
-    let mut d = Daemon::spawn(
+    // A clock that NTP has not synchronised (whatever this machine's is):
+    // a server time a day away is then believed.
+    let mut d = Daemon::spawn_with(
         dir.path(),
         &config_text(dir.path(), broker.port, "", &extra),
+        &[(thingplus_gw::clock::TEST_CLOCK_ENV, "0")],
     );
     cloud.next_on(&topic("mqtt/status"));
     let led_id = format!("{GW}-led-0");

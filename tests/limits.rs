@@ -82,6 +82,8 @@ fn oversized_deep_and_crowded_requests_get_json_rpc_errors() {
     let r = error_response(&mut cloud, -32600);
     let msg = r["error"]["message"].as_str().unwrap();
     assert!(msg.contains("exceeds the limit of 65536 bytes"), "{r}");
+    // The id could be read: the answer carries it.
+    assert_eq!(r["id"], json!("big"), "{r}");
 
     // Nesting one level deeper than allowed.
     let deep = format!(
@@ -98,6 +100,7 @@ fn oversized_deep_and_crowded_requests_get_json_rpc_errors() {
             .contains("nests deeper than 32 levels"),
         "{r}"
     );
+    assert_eq!(r["id"], json!("deep"), "{r}");
 
     // More values than allowed.
     let crowded = format!(
@@ -113,6 +116,12 @@ fn oversized_deep_and_crowded_requests_get_json_rpc_errors() {
             .contains("more than 1024 values"),
         "{r}"
     );
+    assert_eq!(r["id"], json!("many"), "{r}");
+
+    // Unparsable after a readable id (a number here): answered with it.
+    cloud.request_raw(br#"{"id":42,"method":"swInfo","params":{"a":tru"#);
+    let r = error_response(&mut cloud, -32700);
+    assert_eq!(r["id"], json!(42), "{r}");
 
     // Just within every limit: answered normally.
     let ok = format!(
@@ -162,4 +171,124 @@ fn a_packet_over_1_mib_drops_the_connection_not_the_daemon() {
     let r = cloud.request("after", json!({"method": "swInfo"}));
     assert!(r["result"].is_object(), "{r}");
     assert_eq!(d.terminate().code(), Some(0));
+}
+
+/// Runs the binary like `run_cli`, but fails the test instead of hanging
+/// when it does not finish in time.
+fn run_cli_bounded(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::Read as _;
+    let mut child = std::process::Command::new(bin())
+        .args(args)
+        .env("RUNTIME_DIRECTORY", std::env::temp_dir())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status, err)
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// A device or a FIFO given as the configuration is refused at once, by
+/// what it is, without reading it (a device has no size to check) and
+/// without blocking (a FIFO with no writer).
+#[test]
+fn a_config_that_is_a_device_or_a_fifo_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("config.fifo");
+    mkfifo(&fifo);
+    for (path, what) in [
+        ("/dev/zero", "it is a character device, not a regular file"),
+        (
+            "/dev/urandom",
+            "it is a character device, not a regular file",
+        ),
+        (
+            fifo.to_str().unwrap(),
+            "it is a FIFO (named pipe), not a regular file",
+        ),
+        (
+            dir.path().to_str().unwrap(),
+            "it is a directory, not a regular file",
+        ),
+    ] {
+        for cmd in ["check", "run", "id"] {
+            let (st, err) = run_cli_bounded(&[cmd, "--config", path]);
+            assert_eq!(st.code(), Some(78), "{cmd} {path}: {err}");
+            assert!(err.contains(what), "{cmd} {path}: {err}");
+            assert!(err.contains(path), "{cmd} {path}: {err}");
+        }
+    }
+}
+
+/// The same for the files the configuration names: `apikey_file` and the
+/// TLS files.
+#[test]
+fn key_and_certificate_files_that_are_fifos_or_devices_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("key.fifo");
+    mkfifo(&fifo);
+    let base = config_text(dir.path(), 8883, "", "");
+    let cfg = dir.path().join("c.toml");
+    for special in [fifo.to_str().unwrap(), "/dev/zero"] {
+        let text = base.replace(
+            &format!("apikey = \"{APIKEY}\""),
+            &format!("apikey_file = \"{special}\""),
+        );
+        assert_ne!(text, base);
+        std::fs::write(&cfg, text).unwrap();
+        let (st, err) = run_cli_bounded(&["check", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(st.code(), Some(78), "{err}");
+        assert!(err.contains("not a regular file"), "{err}");
+        for key in ["ca_file", "client_cert", "client_key"] {
+            let pki = Pki::generate(dir.path(), "p");
+            let mut files = [
+                ("ca_file", pki.ca_cert.to_str().unwrap().to_string()),
+                ("client_cert", pki.client_cert.to_str().unwrap().to_string()),
+                ("client_key", pki.client_key.to_str().unwrap().to_string()),
+            ];
+            for f in files.iter_mut() {
+                if f.0 == key {
+                    f.1 = special.to_string();
+                }
+            }
+            let tls: String = files
+                .iter()
+                .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+                .collect();
+            let text = base.replace("tls = false\n", &format!("tls = true\n{tls}"));
+            assert_ne!(text, base);
+            std::fs::write(&cfg, text).unwrap();
+            let (st, err) = run_cli_bounded(&["check", "--config", cfg.to_str().unwrap()]);
+            assert_eq!(st.code(), Some(78), "{key} {special}: {err}");
+            assert!(
+                err.contains(&format!("[mqtt] {key} {special}"))
+                    && err.contains("not a regular file"),
+                "{key} {special}: {err}"
+            );
+        }
+    }
 }

@@ -5,13 +5,15 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::gateway_id;
+use crate::small_file::SmallFileError;
 
 use super::EXIT_CONFIG;
 
 pub fn run(config_path: &Path, interface: Option<&str>) -> ExitCode {
     // Only [gateway] id and interface matter here; the rest may be incomplete.
-    let (id, cfg_interface) = match std::fs::read_to_string(config_path) {
-        Ok(text) => match text.parse::<toml::Table>() {
+    let read = crate::small_file::read_text(config_path, crate::config::MAX_CONFIG_SIZE);
+    let (id, cfg_interface) = match read {
+        Ok((text, _)) => match text.parse::<toml::Table>() {
             Ok(t) => {
                 let g = t.get("gateway").and_then(|g| g.as_table());
                 let get = |k: &str| {
@@ -26,7 +28,13 @@ pub fn run(config_path: &Path, interface: Option<&str>) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
-        Err(_) => (None, None),
+        // No configuration (yet, or not readable by this user): the id
+        // comes from the interface.
+        Err(SmallFileError::Io(_)) => (None, None),
+        Err(e) => {
+            eprintln!("error: {}: {e}", config_path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     let interface = interface.map(String::from).or(cfg_interface);
     match id.filter(|i| i != "auto") {

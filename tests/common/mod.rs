@@ -122,6 +122,16 @@ impl Mosquitto {
 
     /// A broker whose TLS certificate names only `server_names`.
     pub fn start_with_names(dir: &Path, server_names: &[&str]) -> Mosquitto {
+        Self::start_configured(dir, server_names, "")
+    }
+
+    /// A broker with `extra` lines in its configuration (general settings,
+    /// such as `max_queued_messages 20000`).
+    pub fn start_with_settings(dir: &Path, extra: &str) -> Mosquitto {
+        Self::start_configured(dir, &["localhost", "127.0.0.1"], extra)
+    }
+
+    fn start_configured(dir: &Path, server_names: &[&str], extra: &str) -> Mosquitto {
         let dir = dir.join("mosquitto");
         std::fs::create_dir_all(&dir).unwrap();
         let pki = Pki::generate_for(&dir, "broker", server_names);
@@ -147,7 +157,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "per_listener_settings false\nallow_anonymous false\npassword_file {passwd}\npersistence false\n\
+                "per_listener_settings false\nallow_anonymous false\npassword_file {passwd}\npersistence false\n{extra}\n\
                  log_dest file {log}\nlog_type all\n\
                  listener {port} 127.0.0.1\n\
                  listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
