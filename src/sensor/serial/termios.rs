@@ -66,8 +66,13 @@ pub(crate) fn open_classic(path: &Path, line: &LineSettings) -> io::Result<Owned
     }
     let mut t = get_attr(&fd)?;
     apply_line(&mut t, line, speed)?;
+    // TCSETS itself rather than tcsetattr: glibc's tcsetattr reads the
+    // flags back and fails with EINVAL when a pseudo-terminal dropped
+    // PARENB, which a pty always does from its second open on. serialport
+    // calls TCSETS2 directly, so this keeps its behaviour. The kernel reads
+    // the leading fields glibc's termios shares with its own.
     // SAFETY: `t` is a valid termios read from this descriptor.
-    cvt(unsafe { libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t) })?;
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCSETS as _, &t) })?;
     Ok(fd)
 }
 
@@ -260,6 +265,16 @@ mod tests {
         assert_ne!(t.c_cflag & libc::CSTOPB, 0);
         assert_ne!(t.c_iflag & libc::INPCK, 0);
         assert_eq!(t.c_lflag & (libc::ICANON | libc::ECHO), 0, "not raw");
+    }
+
+    #[test]
+    fn a_pty_opens_again_with_parity_after_a_close() {
+        let (_master, slave) = pty();
+        for round in 0..3 {
+            let fd = open_classic(&slave, &line(19200, 8, Parity::Even, 1))
+                .unwrap_or_else(|e| panic!("open {round}: {e}"));
+            drop(fd);
+        }
     }
 
     #[test]
