@@ -3,7 +3,7 @@
 # daemon they start are ARM binaries, run by qemu-user through binfmt_misc,
 # against the host's Mosquitto.
 #
-#   scripts/test-arm.sh [--arch arm64|armhf|all] [--subset] [-- ARGS for cargo test]
+#   scripts/test-arm.sh [--arch arm64|armhf|all] [--subset] [-- cargo test ARGS (before its --)]
 #
 # --subset: the tests CI runs on ARM (login and will, values and statuses,
 # RPC, outage replay with SIGKILL, serial on a pty, Modbus, the buffer
@@ -51,7 +51,9 @@ for arch in $archs; do
 		cargo test --locked --no-run --target "$TRIPLE" "${sel[@]}"
 		t1=$(date +%s)
 		echo "== $arch: running them under $(qemu-"${GNU%%-*}"-static --version 2>/dev/null | head -n1 || echo qemu-user)"
-		scripts/test.sh --locked --target "$TRIPLE" "${sel[@]}" "$@"
+		# qemu-user runs vfork as fork, so glibc's posix_spawn cannot report
+		# an exec failure: the child exits 127 instead (README, "Run the tests").
+		scripts/test.sh --locked --target "$TRIPLE" "${sel[@]}" "$@" -- --skip rpc::tests::sw_update_outcomes
 		t2=$(date +%s)
 		echo "== $arch: tests passed (build $((t1 - t0)) s, run $((t2 - t1)) s)"
 	)
