@@ -660,7 +660,11 @@ mod tests {
                 3 => -((x >> 40) as i64 % 2_000_000),
                 _ => (x >> 50) as i64,
             };
-            let t = if x.is_multiple_of(97) { -(t % 10_000_000) } else { t };
+            let t = if x.is_multiple_of(97) {
+                -(t % 10_000_000)
+            } else {
+                t
+            };
             assert_eq!(
                 tt.format(t),
                 itoa::Buffer::new().format(t).as_bytes(),
