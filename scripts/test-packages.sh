@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Package tests: builds the .deb and .rpm (scripts/package.sh), then
-#  - lintian on the .deb: no error;
-#  - rpm -qlvp / --scripts: expected files, owners, modes and scriptlets;
-#  - installs the .deb into a throwaway Debian root (debootstrap minbase,
+#  - for each architecture asked for (--arch amd64|arm64|armhf|all, default
+#    amd64): lintian on the .deb (no error), `file` on the binary inside
+#    each package (the right machine), rpm -qlvp / --scripts (expected
+#    files, owners, modes and scriptlets), the same file list in both;
+#  - for amd64 only (the contents and scriptlets are the same for all):
+#    installs the .deb into a throwaway Debian root (debootstrap minbase,
 #    cached in target/pkgtest/): files, owners and modes, the system user,
 #    the unit enabled, conffile kept on upgrade, remove keeps data, purge
 #    cleans up;
@@ -11,8 +14,19 @@
 # Needs root (chroot) and Debian's archive (apt sources) for debootstrap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/cross-env.sh
 export CARGO_TERM_COLOR=never
 start=$(date +%s)
+
+archs=amd64
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--arch) archs=$2; shift 2 ;;
+	--arch=*) archs=${1#--arch=}; shift ;;
+	*) echo "usage: scripts/test-packages.sh [--arch amd64|arm64|armhf|all]" >&2; exit 2 ;;
+	esac
+done
+[ "$archs" = all ] && archs="amd64 arm64 armhf"
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 ok() { echo "ok: $*"; }
@@ -20,6 +34,7 @@ ok() { echo "ok: $*"; }
 need=()
 command -v lintian >/dev/null || need+=(lintian)
 command -v rpm >/dev/null || need+=(rpm)
+command -v file >/dev/null || need+=(file)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
@@ -28,38 +43,99 @@ if [ ${#need[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-echo "== build"
-scripts/package.sh
-deb=$(ls target/debian/thingplus-gw_*.deb)
-rpmf=$(ls target/generate-rpm/thingplus-gw-*.rpm)
+echo "== build ($archs)"
+for a in $archs; do
+	[ "$a" = amd64 ] || { scripts/arm-setup.sh; break; }
+done
+if [ "$archs" = "amd64 arm64 armhf" ]; then
+	scripts/package.sh --arch all
+else
+	for a in $archs; do scripts/package.sh --arch "$a"; done
+fi
 work=target/pkgtest
 mkdir -p "$work"
 
-echo "== lintian"
-lintian --tag-display-limit 0 "$deb" 2>&1 | grep -v 'running with root privileges' | tee "$work/lintian.txt" || true
-if grep -q '^E:' "$work/lintian.txt"; then fail "lintian reports errors"; fi
-ok "lintian: no errors ($(grep -c '^W:' "$work/lintian.txt" || true) warnings)"
+# What `file` says of each architecture's binary.
+machine() {
+	case "$1" in
+	amd64) echo 'ELF 64-bit LSB pie executable, x86-64' ;;
+	arm64) echo 'ELF 64-bit LSB pie executable, ARM aarch64' ;;
+	armhf) echo 'ELF 32-bit LSB pie executable, ARM, EABI5' ;;
+	esac
+}
 
-echo "== rpm"
-rpm -qlvp "$rpmf" | tee "$work/rpm-files.txt"
-for f in /usr/bin/thingplus-gw /usr/lib/systemd/system/thingplus-gw.service \
-	/etc/thingplus-gw/config.toml /usr/lib/sysusers.d/thingplus-gw.conf \
-	/usr/share/man/man8/thingplus-gw.8.gz /usr/share/bash-completion/completions/thingplus-gw \
-	/usr/share/zsh/site-functions/_thingplus-gw /usr/share/fish/vendor_completions.d/thingplus-gw.fish; do
-	grep -q " $f\$" "$work/rpm-files.txt" || fail "rpm lacks $f"
-done
-grep -E '^-rw-r----- .* root +thingplus-gw? .*/etc/thingplus-gw/config.toml$|^-rw-r----- .* root +thingplu .*/etc/thingplus-gw/config.toml$' "$work/rpm-files.txt" >/dev/null \
-	|| fail "rpm: config.toml is not root:thingplus-gw 0640"
-rpm -qp --configfiles "$rpmf" | grep -qx /etc/thingplus-gw/config.toml || fail "rpm: config.toml is not %config"
-rpm -qp --dump "$rpmf" | awk '$1 == "/etc/thingplus-gw/config.toml"' | tee "$work/rpm-dump.txt"
-rpm -qp --scripts "$rpmf" >"$work/rpm-scripts.txt"
-for s in 'preinstall scriptlet' 'useradd -r -g thingplus-gw' 'postinstall scriptlet' \
-	'systemctl --no-reload enable thingplus-gw.service' 'preuninstall scriptlet' \
-	'disable --now thingplus-gw.service' 'postuninstall scriptlet' 'try-restart thingplus-gw.service'; do
-	grep -qF -- "$s" "$work/rpm-scripts.txt" || fail "rpm scriptlets lack: $s"
-done
-if rpm -qpR "$rpmf" | grep -q adduser; then fail "rpm requires adduser"; fi
-ok "rpm: files, owner and mode of the config, %config, scriptlets"
+static_checks() { # ARCH: lintian, rpm metadata, the binary's machine
+	local arch=$1 deb rpmf w
+	arch_facts "$arch"
+	deb=$(ls target/debian/thingplus-gw_*_"$arch".deb)
+	rpmf=$(ls target/generate-rpm/thingplus-gw-*."$RPM_ARCH".rpm)
+	w="$work/$arch"
+	rm -rf "$w"
+	mkdir -p "$w"
+
+	echo "== $arch: lintian"
+	lintian --tag-display-limit 0 "$deb" 2>&1 | grep -v 'running with root privileges' | tee "$w/lintian.txt" || true
+	if grep -q '^E:' "$w/lintian.txt"; then fail "$arch: lintian reports errors"; fi
+	ok "$arch: lintian: no errors ($(grep -c '^W:' "$w/lintian.txt" || true) warnings)"
+	[ "$(dpkg-deb -f "$deb" Architecture)" = "$arch" ] || fail "$deb: Architecture is $(dpkg-deb -f "$deb" Architecture)"
+
+	echo "== $arch: the binary's machine"
+	mkdir -p "$w/deb"
+	dpkg-deb -x "$deb" "$w/deb"
+	f="$w/deb/usr/bin/thingplus-gw"
+	file -b "$f" | tee "$w/file.txt"
+	grep -qF "$(machine "$arch")" "$w/file.txt" || fail "$f is not $(machine "$arch")"
+	grep -q 'stripped' "$w/file.txt" && ! grep -q 'not stripped' "$w/file.txt" || fail "$f is not stripped"
+	# The .rpm carries the same bytes: its digest of the binary is the .deb's.
+	rpm_sum=$(rpm -qp --dump "$rpmf" | awk '$1 == "/usr/bin/thingplus-gw" {print $4}')
+	[ "$rpm_sum" = "$(sha256sum "$f" | cut -d' ' -f1)" ] || fail "$arch: the .rpm's binary is not the .deb's"
+	ok "$arch: both packages carry the same stripped $(machine "$arch") binary"
+	rpm -qp --qf '%{ARCH}\n' "$rpmf" | grep -qx "$RPM_ARCH" || fail "$rpmf: rpm arch is $(rpm -qp --qf '%{ARCH}' "$rpmf")"
+
+	echo "== $arch: rpm"
+	rpm -qlvp "$rpmf" | tee "$w/rpm-files.txt"
+	for f in /usr/bin/thingplus-gw /usr/lib/systemd/system/thingplus-gw.service \
+		/etc/thingplus-gw/config.toml /usr/lib/sysusers.d/thingplus-gw.conf \
+		/usr/share/man/man8/thingplus-gw.8.gz /usr/share/bash-completion/completions/thingplus-gw \
+		/usr/share/zsh/site-functions/_thingplus-gw /usr/share/fish/vendor_completions.d/thingplus-gw.fish; do
+		grep -q " $f\$" "$w/rpm-files.txt" || fail "$arch: rpm lacks $f"
+	done
+	grep -E '^-rw-r----- .* root +thingplus-gw? .*/etc/thingplus-gw/config.toml$|^-rw-r----- .* root +thingplu .*/etc/thingplus-gw/config.toml$' "$w/rpm-files.txt" >/dev/null \
+		|| fail "$arch: rpm: config.toml is not root:thingplus-gw 0640"
+	rpm -qp --configfiles "$rpmf" | grep -qx /etc/thingplus-gw/config.toml || fail "$arch: rpm: config.toml is not %config"
+	rpm -qp --dump "$rpmf" | awk '$1 == "/etc/thingplus-gw/config.toml"' | tee "$w/rpm-dump.txt"
+	rpm -qp --scripts "$rpmf" >"$w/rpm-scripts.txt"
+	for s in 'preinstall scriptlet' 'useradd -r -g thingplus-gw' 'postinstall scriptlet' \
+		'systemctl --no-reload enable thingplus-gw.service' 'preuninstall scriptlet' \
+		'disable --now thingplus-gw.service' 'postuninstall scriptlet' 'try-restart thingplus-gw.service'; do
+		grep -qF -- "$s" "$w/rpm-scripts.txt" || fail "$arch: rpm scriptlets lack: $s"
+	done
+	if rpm -qpR "$rpmf" | grep -q adduser; then fail "$arch: rpm requires adduser"; fi
+	ok "$arch: rpm: files, owner and mode of the config, %config, scriptlets"
+
+	# The other architectures' packages must match amd64's, file for file
+	# (modes, owners, sizes apart from the binary) and script for script.
+	dpkg-deb -c "$deb" | awk '{print $1, $2, $6}' | sort -k3 >"$w/deb-list.txt"
+	tar -xOf <(dpkg-deb --ctrl-tarfile "$deb") ./postinst ./prerm ./postrm ./preinst 2>/dev/null >"$w/deb-scripts.txt" || true
+	awk '{print $1, $3, $4, $NF}' "$w/rpm-files.txt" | sort -k4 >"$w/rpm-list.txt"
+	if [ "$arch" != amd64 ] && [ -f "$work/amd64/deb-list.txt" ]; then
+		diff -u "$work/amd64/deb-list.txt" "$w/deb-list.txt" || fail "$arch: the .deb's files differ from amd64's"
+		diff -u "$work/amd64/deb-scripts.txt" "$w/deb-scripts.txt" || fail "$arch: the .deb's maintainer scripts differ from amd64's"
+		diff -u "$work/amd64/rpm-list.txt" "$w/rpm-list.txt" || fail "$arch: the .rpm's files differ from amd64's"
+		diff -u "$work/amd64/rpm-scripts.txt" "$w/rpm-scripts.txt" || fail "$arch: the .rpm's scriptlets differ from amd64's"
+		ok "$arch: same files, modes, owners and scripts as amd64"
+	fi
+}
+
+for a in $archs; do static_checks "$a"; done
+case " $archs " in
+*" amd64 "*) ;;
+*)
+	echo "package static checks passed ($archs) in $(( $(date +%s) - start )) s; install tests run for amd64 only"
+	exit 0
+	;;
+esac
+deb=$(ls target/debian/thingplus-gw_*_amd64.deb)
 
 echo "== Debian root"
 seed="$work/rootfs-seed"

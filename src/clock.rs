@@ -62,6 +62,7 @@ impl TimeSource for SystemSource {
         system_now_ms()
     }
 
+    #[allow(clippy::unnecessary_cast)] // not unnecessary where time_t is i32
     fn boottime_ms(&self) -> i64 {
         let mut ts = libc::timespec {
             tv_sec: 0,
@@ -69,7 +70,9 @@ impl TimeSource for SystemSource {
         };
         // SAFETY: clock_gettime writes into the timespec we own.
         unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-        ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+        // time_t and c_long are 32 bits on armhf: widen before multiplying
+        // (in 32 bits the milliseconds overflow after 24 days of uptime).
+        ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000
     }
 
     fn synchronized(&self) -> bool {

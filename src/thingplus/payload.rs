@@ -72,7 +72,7 @@ pub fn parse_status(text: &str) -> Result<ParsedStatus, String> {
             .map_err(|_| format!("bad valid duration {s:?}"))
     }
     let fields: Vec<&str> = text.split(',').collect();
-    if fields.len() < 2 || (fields.len() - 2) % 3 != 0 {
+    if fields.len() < 2 || !(fields.len() - 2).is_multiple_of(3) {
         return Err(format!(
             "{} fields: expected status,valid then id,status,valid per sensor",
             fields.len()
@@ -660,7 +660,11 @@ mod tests {
                 3 => -((x >> 40) as i64 % 2_000_000),
                 _ => (x >> 50) as i64,
             };
-            let t = if x % 97 == 0 { -(t % 10_000_000) } else { t };
+            let t = if x.is_multiple_of(97) {
+                -(t % 10_000_000)
+            } else {
+                t
+            };
             assert_eq!(
                 tt.format(t),
                 itoa::Buffer::new().format(t).as_bytes(),

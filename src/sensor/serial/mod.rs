@@ -24,9 +24,10 @@ pub mod csv;
 pub mod json;
 pub mod nmea;
 pub mod regex;
+mod termios;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -449,9 +450,39 @@ pub(crate) fn open_device(device: &Path, line: &LineSettings) -> Result<Device, 
             FlowControl::Software => tokio_serial::FlowControl::Software,
             FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
         });
-    SerialStream::open(&builder)
+    if !CLASSIC_TERMIOS.load(Ordering::Relaxed) {
+        match SerialStream::open(&builder) {
+            Ok(s) => return Ok(Device(s)),
+            Err(e) if !termios::lacks_termios2(device) => {
+                return Err(format!("cannot open {}: {e}", device.display()));
+            }
+            Err(e) => {
+                CLASSIC_TERMIOS.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    device = %device.display(),
+                    "serial: {} does not support termios2 ({e}): opening serial devices \
+                     through classic termios from now on (standard baud rates only)",
+                    device.display()
+                );
+            }
+        }
+    }
+    open_classic(device, line)
         .map(Device)
         .map_err(|e| format!("cannot open {}: {e}", device.display()))
+}
+
+/// Set once a terminal turned out to lack termios2 (qemu-user, some
+/// kernels): every later open goes straight to classic termios.
+static CLASSIC_TERMIOS: AtomicBool = AtomicBool::new(false);
+
+fn open_classic(device: &Path, line: &LineSettings) -> std::io::Result<SerialStream> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let fd = termios::open_classic(device, line)?;
+    // SAFETY: the descriptor is open and handed over; from_raw_fd takes the
+    // flock and TIOCEXCL this descriptor already holds.
+    let port = unsafe { serialport::TTYPort::from_raw_fd(fd.into_raw_fd()) };
+    SerialStream::try_from(port).map_err(std::io::Error::from)
 }
 
 /// A short, printable piece of a bad line for logs.
