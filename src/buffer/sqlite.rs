@@ -96,6 +96,7 @@ use super::codec::{self, Chunk, Decoder, Encoder};
 use super::{
     BufferStats, ChunkFit, MessageBuilder, Packed, Store, StoreError, StoreResult, Stored,
 };
+use crate::clock::MAX_STAMP_LEAD_MS;
 use crate::config::{BufferConfig, Fsync};
 use crate::sensor::Reading;
 
@@ -577,18 +578,36 @@ impl SqliteStore {
                 .sensors
                 .get_mut(&r.sensor_id)
                 .expect("registered above");
-            let t = if r.time_ms <= e.last_t {
+            let behind = e.last_t.saturating_sub(r.time_ms);
+            let t = if r.time_ms > e.last_t {
+                r.time_ms
+            } else if behind <= MAX_STAMP_LEAD_MS {
+                // A small step back (NTP): keep the order Thing+ requires.
                 if !e.warned {
                     e.warned = true;
                     tracing::warn!(
                         sensor_id = %r.sensor_id,
                         time_ms = r.time_ms,
                         newest_buffered_ms = e.last_t,
-                        "a reading is older than this sensor's newest buffered one (did the clock step back?): its time is moved forward to keep the order Thing+ requires"
+                        "a reading of {} is older than this sensor's newest buffered one (did the clock step back?): its time is moved forward to keep the order Thing+ requires",
+                        r.sensor_id
                     );
                 }
                 e.last_t.saturating_add(1)
             } else {
+                // A larger step back means the newest time was wrong (a wrong
+                // timeSync or clock setting, since corrected): follow the
+                // clock, as the clock itself does, instead of stamping every
+                // later reading in the future for as long as the error was.
+                tracing::warn!(
+                    sensor_id = %r.sensor_id,
+                    time_ms = r.time_ms,
+                    newest_buffered_ms = e.last_t,
+                    "a reading of {} is {} s older than this sensor's newest buffered one: that time was wrong (the clock went back by more than {} s), so readings keep the clock's time from here on",
+                    r.sensor_id,
+                    behind / 1000,
+                    MAX_STAMP_LEAD_MS / 1000
+                );
                 r.time_ms
             };
             e.last_t = t;
@@ -2698,6 +2717,34 @@ pub fn export(path: &Path, out: &mut dyn io::Write) -> Result<ExportSummary, Str
 mod tests {
     use super::*;
     use crate::sensor::Value;
+
+    #[test]
+    fn a_small_step_back_keeps_the_order_a_large_one_follows_the_clock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = store(tmp.path());
+        let t0 = 1_800_000_000_000;
+        let times = |s: &mut SqliteStore| -> Vec<i64> {
+            s.read(0, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.reading.time_ms)
+                .collect()
+        };
+        let at = |t: i64| Reading::new("a", t, Value::Number(1.0));
+        // 30 s back: moved just after the newest.
+        s.append(vec![at(t0), at(t0 - 30_000)]).unwrap();
+        s.commit().unwrap();
+        assert_eq!(times(&mut s), [t0, t0 + 1]);
+        // An hour back: the newest time was wrong; the clock's time is kept,
+        // and the next readings follow it, also after a reopen.
+        s.append(vec![at(t0 - 3_600_000)]).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        let mut s = store(tmp.path());
+        s.append(vec![at(t0 - 3_599_000)]).unwrap();
+        s.commit().unwrap();
+        assert_eq!(times(&mut s), [t0, t0 + 1, t0 - 3_600_000, t0 - 3_599_000]);
+    }
 
     fn store(dir: &Path) -> SqliteStore {
         SqliteStore::open(dir, SqliteOptions::unbounded(Fsync::Never)).unwrap()
