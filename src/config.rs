@@ -1296,20 +1296,48 @@ impl Config {
     }
 }
 
+/// The group the packaged service runs as.
+const SERVICE_GROUP: &str = "thingplus-gw";
+
+/// The id of a group, if it exists.
+fn group_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: valid C string, a zeroed struct and a buffer with its length.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+}
+
 /// A warning when a file holding a secret can be read by others than its
-/// owner and the daemon's own group.
+/// owner and the daemon's group: its own, or `thingplus-gw`'s when run by
+/// root (`thingplus-gw check` checks the files the service will read).
 pub fn secret_file_warning(path: &Path, what: &str) -> Option<String> {
+    secret_file_warning_for(path, what, group_id(SERVICE_GROUP))
+}
+
+fn secret_file_warning_for(path: &Path, what: &str, service_group: Option<u32>) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
     let mode = meta.mode();
     // SAFETY: getegid has no preconditions.
     let our_group = unsafe { libc::getegid() };
+    let allowed_group = |gid: u32| gid == our_group || Some(gid) == service_group;
     if mode & 0o004 != 0 {
         Some(format!(
             "{what} {} is readable by every user: chmod 640 it (owner root, group thingplus-gw)",
             path.display()
         ))
-    } else if mode & 0o040 != 0 && meta.gid() != our_group {
+    } else if mode & 0o040 != 0 && !allowed_group(meta.gid()) {
         Some(format!(
             "{what} {} is readable by group {} which is not the service's group: chgrp thingplus-gw it, or chmod 600",
             path.display(),
@@ -2439,6 +2467,25 @@ mod tests {
         }
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(secret_file_warning(&key, "k"), None);
+    }
+
+    #[test]
+    fn key_of_the_service_group_does_not_warn_root() {
+        // `thingplus-gw check` run by root, as README says, on a key that is
+        // root:thingplus-gw 0640: the service can read it, nobody else.
+        use std::os::unix::fs::chown;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("apikey");
+        std::fs::write(&key, "k").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        chown(&key, None, Some(23456)).unwrap();
+        assert_eq!(secret_file_warning_for(&key, "k", Some(23456)), None);
+        assert!(secret_file_warning_for(&key, "k", Some(23457))
+            .unwrap()
+            .contains("group 23456"));
+        assert!(secret_file_warning_for(&key, "k", None)
+            .unwrap()
+            .contains("group 23456"));
     }
 
     #[test]
