@@ -40,7 +40,7 @@ pub async fn run(
         Ok(Ok(out)) => out,
         Ok(Err(e)) => return Err(RpcError::server(format!("{} failed: {e}", command[0]))),
         Err(_) => {
-            tracing::warn!(actuator_id, command = %command[0], cmd, "actuator program timed out and was killed");
+            tracing::warn!(actuator_id, command = %command[0], cmd, "actuator program timed out and was killed: {actuator_id} ({} {cmd})", command[0]);
             return Err(RpcError::server(format!(
                 "{} did not finish within {} s and was killed",
                 command[0],
@@ -51,10 +51,10 @@ pub async fn run(
     let stdout = clip(&out.stdout);
     let stderr = clip(&out.stderr);
     if out.status.success() {
-        tracing::info!(actuator_id, cmd, stdout = %stdout, stderr = %stderr, "actuator program succeeded");
+        tracing::info!(actuator_id, cmd, stdout = %stdout, stderr = %stderr, "actuator program succeeded: {actuator_id} ({} {cmd})", command[0]);
         Ok(Json::String(String::new()))
     } else {
-        tracing::warn!(actuator_id, cmd, status = %out.status, stdout = %stdout, stderr = %stderr, "actuator program failed");
+        tracing::warn!(actuator_id, cmd, status = %out.status, stdout = %stdout, stderr = %stderr, "actuator program failed: {actuator_id} ({} {cmd}) {}: {}", command[0], out.status, stderr.lines().next().unwrap_or(""));
         let detail = stderr.lines().next().unwrap_or("").to_string();
         Err(RpcError::server(format!(
             "{} exited with {}{}",

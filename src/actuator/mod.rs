@@ -105,7 +105,7 @@ impl Actuators {
                 ActuatorDriver::Led { path } => {
                     let led = Led::new(path);
                     if let Err(e) = led.check() {
-                        tracing::warn!(actuator_id = %c.id, error = %e, "actuator may not work");
+                        tracing::warn!(actuator_id = %c.id, error = %e, "actuator may not work: {}: {e}", c.id);
                     }
                     Device::Led(led)
                 }
@@ -119,7 +119,7 @@ impl Actuators {
                 } => match GpioLine::open(chip, *line, *active_low) {
                     Ok(g) => Device::Switch(Arc::new(g)),
                     Err(e) => {
-                        tracing::error!(actuator_id = %c.id, error = %e, "actuator unusable");
+                        tracing::error!(actuator_id = %c.id, error = %e, "actuator unusable: {}: {e}", c.id);
                         Device::Broken(e)
                     }
                 },
@@ -288,7 +288,7 @@ impl Actuators {
                             }
                             level = !level;
                             if let Err(e) = out.set(level) {
-                                tracing::warn!(actuator_id = %id_owned, error = %e, "blinking stopped");
+                                tracing::warn!(actuator_id = %id_owned, error = %e, "blinking stopped: {id_owned}: {e}");
                                 return;
                             }
                         }
@@ -323,10 +323,10 @@ impl Actuators {
             match r {
                 Ok(()) => {
                     *lock(&e.state) = "off".into();
-                    tracing::info!(actuator_id = %id, "actuator turned off at shutdown");
+                    tracing::info!(actuator_id = %id, "actuator turned off at shutdown: {id}");
                 }
                 Err(err) => {
-                    tracing::warn!(actuator_id = %id, error = %err, "cannot turn actuator off at shutdown")
+                    tracing::warn!(actuator_id = %id, error = %err, "cannot turn actuator off at shutdown: {id}: {err}")
                 }
             }
         }
@@ -337,10 +337,10 @@ fn back_to_off(id: &str, r: std::io::Result<()>, state: &Mutex<String>) {
     match r {
         Ok(()) => {
             *lock(state) = "off".into();
-            tracing::info!(actuator_id = %id, "timed command ended: off");
+            tracing::info!(actuator_id = %id, "timed command ended: off ({id})");
         }
         Err(e) => {
-            tracing::warn!(actuator_id = %id, error = %e, "cannot turn actuator off after its duration")
+            tracing::warn!(actuator_id = %id, error = %e, "cannot turn actuator off after its duration: {id}: {e}")
         }
     }
 }

@@ -401,7 +401,7 @@ impl Buffer {
             Err(e) => {
                 tracing::error!(
                     error = %e,
-                    "the disk buffer cannot be used: readings are kept in memory only and will not survive a restart"
+                    "the disk buffer cannot be used ({e}): readings are kept in memory only and will not survive a restart"
                 );
                 Ok(Buffer::start_with(
                     MemoryStore::new(config.max_size),
@@ -561,7 +561,7 @@ impl ErrorLog {
                 if self.last.as_deref() == Some(msg.as_str()) {
                     self.repeats += 1;
                 } else {
-                    tracing::error!(error = %msg, "buffer {what} failed");
+                    tracing::error!(error = %msg, "buffer {what} failed: {msg}");
                     self.last = Some(msg);
                     self.repeats = 0;
                 }

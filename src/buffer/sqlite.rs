@@ -1207,7 +1207,7 @@ impl SqliteStore {
         let loaded = match loaded {
             Ok(l) => l,
             Err(LoadError::Corrupt(m) | LoadError::Other(m)) => {
-                tracing::error!(error = %m, path = %self.path.display(), "cannot start a new buffer database: readings are kept in memory until the next start");
+                tracing::error!(error = %m, path = %self.path.display(), "cannot start a new buffer database {}: {m}; readings are kept in memory until the next start", self.path.display());
                 match load(Path::new(":memory:"), &self.options) {
                     Ok(l) => l,
                     Err(_) => return,
