@@ -176,6 +176,7 @@ user=$(in_root getent passwd thingplus-gw) || fail "no user thingplus-gw"
 uid=$(echo "$user" | cut -d: -f3)
 [ "$uid" -lt 1000 ] || fail "thingplus-gw is not a system user: $user"
 in_root getent group thingplus-gw >/dev/null || fail "no group thingplus-gw"
+in_root getent group gpio >/dev/null || fail "no group gpio (GPIO chips and lines, SupplementaryGroups=gpio)"
 case "$user" in *nologin) ;; *) fail "login shell: $user" ;; esac
 grep -qx /etc/thingplus-gw/config.toml "$root/var/lib/dpkg/info/thingplus-gw.conffiles" || fail "config.toml is not a conffile"
 in_root thingplus-gw --version | grep -q '^thingplus-gw ' || fail "binary does not run"
@@ -221,15 +222,16 @@ in_root dpkg -P thingplus-gw >/dev/null
 [ ! -e "$root/var/lib/thingplus-gw" ] || fail "purge left /var/lib/thingplus-gw"
 if in_root dpkg-statoverride --list | grep -q thingplus-gw; then fail "purge left a stat override"; fi
 [ ! -e "$root/etc/systemd/system/multi-user.target.wants/thingplus-gw.service" ] || fail "purge left the unit enabled"
+if in_root getent passwd thingplus-gw >/dev/null; then fail "purge left the user thingplus-gw"; fi
+if in_root getent group thingplus-gw >/dev/null; then fail "purge left the group thingplus-gw"; fi
 ok "remove and purge"
 
 echo "== install again, the account made by systemd-sysusers this time"
-in_root userdel thingplus-gw
-in_root groupdel thingplus-gw 2>/dev/null || true
 mv "$root/usr/bin/systemd-sysusers.off" "$root/usr/bin/systemd-sysusers"
 in_root dpkg -i /tmp/pkg.deb >"$work/install2.log" 2>&1 || { cat "$work/install2.log"; fail "dpkg -i (sysusers)"; }
 in_root getent passwd thingplus-gw || fail "systemd-sysusers made no user"
 [ "$(mode_owner /etc/thingplus-gw/config.toml)" = "640 root:thingplus-gw" ] || fail "config: $(mode_owner /etc/thingplus-gw/config.toml)"
+in_root getent group gpio >/dev/null || fail "systemd-sysusers made no group gpio"
 ok "install with systemd-sysusers"
 
 echo "== systemd-analyze"

@@ -100,7 +100,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     let settings = session_settings(&config)?;
 
     if let Err(e) = std::fs::create_dir_all(&gw.state_dir) {
-        tracing::error!(path = %gw.state_dir.display(), error = %e, "cannot create the state directory: settings from the server will not survive a restart");
+        tracing::error!(path = %gw.state_dir.display(), error = %e, "cannot create the state directory {}: {e}; settings from the server will not survive a restart", gw.state_dir.display());
     }
     let state_file = StateFile::new(&gw.state_dir);
     let saved = state_file.load();
@@ -277,13 +277,13 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
             }
             _ = sighup.recv() => {
                 notifier.reloading();
-                tracing::info!(path = %config.path.display(), "SIGHUP: reloading the configuration");
+                tracing::info!(path = %config.path.display(), "SIGHUP: reloading the configuration from {}", config.path.display());
                 let loaded = Config::load(&config.path)
                     .map_err(|e| e.to_string())
                     .and_then(|new| Ok((session_settings(&new).map_err(|e| e.to_string())?, new)));
                 match loaded {
                     Err(e) => {
-                        tracing::error!(error = %e, "configuration reload refused: the running configuration stays");
+                        tracing::error!(error = %e, "configuration reload refused: the running configuration stays. {e}");
                         let mut short: String = e.chars().take(200).collect();
                         if short.len() < e.len() {
                             short.push('…');
@@ -421,7 +421,7 @@ pub async fn run(config: Config, control: Control) -> Result<Exit, StartError> {
     // What stays buffered for the next start.
     let backlog = buffer.stats().await.map(|st| st.pending).ok();
     if let Err(e) = buffer.close().await {
-        tracing::error!(error = %e, "cannot close the buffer cleanly");
+        tracing::error!(error = %e, "cannot close the buffer cleanly: {e}");
     }
     match backlog {
         Some(n) => tracing::info!(

@@ -626,7 +626,7 @@ impl Session {
         match event {
             Event::Incoming(Packet::ConnAck(_)) => {
                 conn.connected_at = Some(Instant::now());
-                tracing::info!(broker = %self.broker(), gateway_id = %self.settings.gateway_id, "connected to Thing+ broker");
+                tracing::info!(broker = %self.broker(), gateway_id = %self.settings.gateway_id, "connected to Thing+ broker {} as gateway {}", self.broker(), self.settings.gateway_id);
                 self.link.send_modify(|l| {
                     l.connected = true;
                     l.since_ms = system_now_ms();

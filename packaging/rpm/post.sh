@@ -3,7 +3,7 @@ if [ ! -d /var/lib/thingplus-gw ]; then
 	install -d -o thingplus-gw -g thingplus-gw -m 0750 /var/lib/thingplus-gw
 fi
 if [ -d /run/udev ] && command -v udevadm >/dev/null 2>&1; then
-	udevadm trigger --subsystem-match=leds --action=add >/dev/null 2>&1 || :
+	udevadm trigger --subsystem-match=leds --subsystem-match=gpio --action=add >/dev/null 2>&1 || :
 fi
 if [ "$1" -eq 1 ]; then
 	# Install: enable the unit; start it only once it is configured.

@@ -566,7 +566,7 @@ impl ErrorLog {
                 if self.last.as_deref() == Some(msg.as_str()) {
                     self.repeats += 1;
                 } else {
-                    tracing::error!(error = %msg, "buffer {what} failed");
+                    tracing::error!(error = %msg, "buffer {what} failed: {msg}");
                     self.last = Some(msg);
                     self.repeats = 0;
                 }

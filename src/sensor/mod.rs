@@ -137,7 +137,7 @@ impl Sampler {
         match result {
             Ok(value) => {
                 if let Some(e) = self.last_error.take() {
-                    tracing::info!(sensor_id = id, previous_error = %e, "sensor recovered");
+                    tracing::info!(sensor_id = id, previous_error = %e, "sensor recovered: {id} reads again (it failed with: {e})");
                 }
                 if self.event {
                     if self.last_event_value.as_ref() == Some(&value) {
@@ -166,7 +166,7 @@ impl Sampler {
                         match commit.await {
                             Ok(()) => clock.release_committed(release),
                             Err(e) => {
-                                tracing::warn!(error = %e, "the buffer could not commit the released held readings: they stay in the held readings file and may be sent again after a restart")
+                                tracing::warn!(error = %e, "the buffer could not commit the released held readings ({e}): they stay in the held readings file and may be sent again after a restart")
                             }
                         }
                     });
@@ -178,7 +178,7 @@ impl Sampler {
             Err(e) => {
                 rt.board.record_error(id, &e);
                 if self.last_error.as_deref() != Some(e.as_str()) {
-                    tracing::warn!(sensor_id = id, error = %e, "sensor read failed; its status is err until it recovers");
+                    tracing::warn!(sensor_id = id, error = %e, "sensor read failed: {id}: {e}; its status is err until it recovers");
                     self.last_error = Some(e);
                 }
             }

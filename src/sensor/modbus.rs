@@ -250,11 +250,11 @@ impl BusTask {
             match self.connect() {
                 Err(e) => self.fail_all(&e),
                 Ok(ctx) => {
-                    tracing::info!(bus = %self.label, line = %self.bus.line, "Modbus bus opened");
+                    tracing::info!(bus = %self.label, line = %self.bus.line, "Modbus bus opened: {} ({})", self.label, self.bus.line);
                     self.answered = false;
                     let reason = self.serve(ctx).await;
                     Counters::bump(&self.counters.lost);
-                    tracing::warn!(bus = %self.label, reason = %reason, "Modbus bus lost; reopening it with backoff");
+                    tracing::warn!(bus = %self.label, reason = %reason, "Modbus bus lost: {}: {reason}; reopening it with backoff", self.label);
                     self.fail_all(&reason);
                     if self.answered {
                         backoff.reset();

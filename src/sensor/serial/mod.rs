@@ -568,10 +568,10 @@ impl PortTask {
                 Err(e) => self.fail_all(&e),
                 Ok(stream) => {
                     Counters::bump(&self.counters.opened);
-                    tracing::info!(port = %self.label, line = %self.port.line, "serial port opened");
+                    tracing::info!(port = %self.label, line = %self.port.line, "serial port opened: {} ({})", self.label, self.port.line);
                     let (reason, got_data) = self.session(stream).await;
                     Counters::bump(&self.counters.lost);
-                    tracing::warn!(port = %self.label, reason = %reason, "serial port lost; reopening it with backoff");
+                    tracing::warn!(port = %self.label, reason = %reason, "serial port lost: {}: {reason}; reopening it with backoff", self.label);
                     self.fail_all(&reason);
                     if got_data {
                         backoff.reset();
