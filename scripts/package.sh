@@ -67,6 +67,8 @@ fi
 build_binary() {
 	if [ -n "$1" ]; then
 		set -- --target "$1"
+	else
+		set --
 	fi
 	cargo auditable build --release --locked --no-default-features --bin thingplus-gw "$@"
 }
