@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Package tests: builds the .deb and .rpm (scripts/package.sh), then
 #  - for each architecture asked for (--arch amd64|arm64|armhf|all, default
-#    amd64): lintian on the .deb (no error), `file` on the binary inside
-#    each package (the right machine), rpm -qlvp / --scripts (expected
+#    amd64; --no-build checks the packages already built instead of
+#    running scripts/package.sh first): lintian on the .deb (no error),
+#    `file` on the binary inside each package (the right machine),
+#    rpm -qlvp / --scripts (expected
 #    files, owners, modes and scriptlets), the same file list in both;
 #  - for amd64 only (the contents and scriptlets are the same for all):
 #    installs the .deb into a throwaway Debian root (debootstrap minbase,
@@ -19,11 +21,14 @@ export CARGO_TERM_COLOR=never
 start=$(date +%s)
 
 archs=amd64
+build=1
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--arch) archs=$2; shift 2 ;;
 	--arch=*) archs=${1#--arch=}; shift ;;
-	*) echo "usage: scripts/test-packages.sh [--arch amd64|arm64|armhf|all]" >&2; exit 2 ;;
+	# The packages scripts/package.sh built already: checked as they are.
+	--no-build) build=0; shift ;;
+	*) echo "usage: scripts/test-packages.sh [--arch amd64|arm64|armhf|all] [--no-build]" >&2; exit 2 ;;
 	esac
 done
 [ "$archs" = all ] && archs="amd64 arm64 armhf"
@@ -43,14 +48,16 @@ if [ ${#need[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-echo "== build ($archs)"
-for a in $archs; do
-	[ "$a" = amd64 ] || { scripts/arm-setup.sh; break; }
-done
-if [ "$archs" = "amd64 arm64 armhf" ]; then
-	scripts/package.sh --arch all
-else
-	for a in $archs; do scripts/package.sh --arch "$a"; done
+if [ "$build" = 1 ]; then
+	echo "== build ($archs)"
+	for a in $archs; do
+		[ "$a" = amd64 ] || { scripts/arm-setup.sh; break; }
+	done
+	if [ "$archs" = "amd64 arm64 armhf" ]; then
+		scripts/package.sh --arch all
+	else
+		for a in $archs; do scripts/package.sh --arch "$a"; done
+	fi
 fi
 work=target/pkgtest
 mkdir -p "$work"

@@ -719,10 +719,7 @@ impl HeldLog {
 
 /// Sets the system clock (needs CAP_SYS_TIME).
 pub fn set_system_clock(ms: i64) -> std::io::Result<()> {
-    let ts = libc::timespec {
-        tv_sec: ms.div_euclid(1000) as libc::time_t,
-        tv_nsec: (ms.rem_euclid(1000) * 1_000_000) as libc::c_long,
-    };
+    let ts = timespec_of_ms(ms)?;
     // SAFETY: clock_settime reads a valid timespec we own.
     let rc = unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
     if rc == 0 {
@@ -732,9 +729,67 @@ pub fn set_system_clock(ms: i64) -> std::io::Result<()> {
     }
 }
 
+/// Seconds since the epoch as a time_t, if they fit (32 bits on armhf).
+#[allow(clippy::unnecessary_cast)] // not unnecessary where time_t is i32
+pub fn time_t_of_secs(secs: i64) -> Option<libc::time_t> {
+    let t = secs as libc::time_t;
+    (t as i64 == secs).then_some(t)
+}
+
+/// `ms` since the epoch as a timespec. Where time_t is 32 bits (armhf with
+/// Debian 12's glibc) a time from 2038-01-19T03:14:08Z on does not fit: an
+/// error that says so, instead of a wrapped time the kernel would refuse
+/// as merely "invalid".
+fn timespec_of_ms(ms: i64) -> std::io::Result<libc::timespec> {
+    let tv_sec = time_t_of_secs(ms.div_euclid(1000)).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} does not fit this system's {}-bit time_t (the 2038 limit of 32-bit systems)",
+                format_ms(ms),
+                8 * std::mem::size_of::<libc::time_t>()
+            ),
+        )
+    })?;
+    Ok(libc::timespec {
+        tv_sec,
+        // Below 1e9: fits c_long, 32 bits or 64.
+        tv_nsec: (ms.rem_euclid(1000) * 1_000_000) as libc::c_long,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::unnecessary_cast)] // not unnecessary where time_t is i32
+    fn times_past_2038_are_refused_only_where_time_t_is_32_bits() {
+        let ts = timespec_of_ms(PLAUSIBLE_AFTER_MS + 999).unwrap();
+        assert_eq!(ts.tv_sec as i64, PLAUSIBLE_AFTER_MS / 1000);
+        assert_eq!(ts.tv_nsec as i64, 999_000_000);
+        let last_32 = i64::from(i32::MAX) * 1000 + 999; // 2038-01-19T03:14:07.999Z
+        assert_eq!(
+            timespec_of_ms(last_32).unwrap().tv_sec as i64,
+            i64::from(i32::MAX)
+        );
+        let later = PLAUSIBLE_BEFORE_MS - 1; // 2099-12-31T23:59:59.999Z
+        match timespec_of_ms(later) {
+            Ok(ts) => {
+                assert_eq!(std::mem::size_of::<libc::time_t>(), 8);
+                assert_eq!(ts.tv_sec as i64, later / 1000);
+            }
+            Err(e) => {
+                assert_eq!(std::mem::size_of::<libc::time_t>(), 4);
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("2099-12-31") && msg.contains("32-bit time_t"),
+                    "{msg}"
+                );
+            }
+        }
+    }
 
     /// A settable clock: the box's RTC-less realtime, boot time, NTP flag.
     #[derive(Clone, Default)]

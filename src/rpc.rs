@@ -267,9 +267,12 @@ impl Dispatcher {
         let before = self.clock.now_ms();
         if self.rpc.set_system_clock {
             clock::set_system_clock(ms).map_err(|e| {
-                RpcError::server(format!(
-                    "cannot set the system clock: {e} (the service needs CAP_SYS_TIME)"
-                ))
+                let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    " (the service needs CAP_SYS_TIME)"
+                } else {
+                    ""
+                };
+                RpcError::server(format!("cannot set the system clock: {e}{hint}"))
             })?;
             self.clock.clear_offset();
             tracing::info!(time_ms = ms, "system clock set from timeSync");

@@ -217,7 +217,10 @@ pub fn group_thousands(n: u64) -> String {
 
 /// Local wall-clock "HH:MM" of a time in ms since the epoch.
 fn local_hhmm(ms: i64) -> String {
-    let t: libc::time_t = (ms / 1000) as libc::time_t;
+    // A 32-bit time_t (armhf) cannot hold a time past 2038: no wrapped hour.
+    let Some(t) = crate::clock::time_t_of_secs(ms / 1000) else {
+        return "?".into();
+    };
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
         return "?".into();

@@ -376,6 +376,25 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until `count()` reaches `target`; fails when it has not grown for
+/// `stall`, saying where it stopped.
+fn wait_for_progress(what: &str, target: u64, stall: Duration, mut count: impl FnMut() -> u64) {
+    let mut seen = count();
+    let mut since = Instant::now();
+    while seen < target {
+        assert!(
+            since.elapsed() < stall,
+            "timed out waiting for {what}: stuck at {seen} for {stall:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let now = count();
+        if now > seen {
+            seen = now;
+            since = Instant::now();
+        }
+    }
+}
+
 #[test]
 fn a_second_daemon_on_the_same_directory_exits_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
@@ -549,10 +568,15 @@ async fn appends_are_committed_by_the_policy_of_each_mode() {
             buffer.append(c.iter().map(|i| reading(*i)).collect());
         }
         let db = tmp.path().join(DB_FILE);
-        // Another connection sees only committed rows.
-        wait_for("the commit", Duration::from_secs(10), || {
-            sqlite::inspect(&db, false).unwrap().pending >= Some(committed)
-        });
+        // Another connection sees only committed rows. The limit is on a
+        // stall, not on the whole wait: under emulation (qemu-user) the
+        // 20 000 appends take longer than 10 s while still committing.
+        wait_for_progress(
+            &format!("{committed} committed readings ({fsync:?})"),
+            committed,
+            Duration::from_secs(10),
+            || sqlite::inspect(&db, false).unwrap().pending.unwrap_or(0),
+        );
         buffer.close().await.unwrap();
         // Closed means committed and unlocked: the directory opens again at once.
         let mut again = SqliteStore::open(tmp.path(), opts()).unwrap();
