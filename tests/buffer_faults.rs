@@ -796,6 +796,17 @@ fn delivered_form(i: u64) -> (String, i64, String) {
     (r.sensor_id.to_string(), r.time_ms, r.value.to_json_string())
 }
 
+/// Every delivered reading is one of the `n` appended, unchanged.
+fn assert_each_as_appended(n: u64, delivered: &[(String, i64, String)], changed: &str) {
+    let expected: std::collections::HashMap<(String, i64), String> = (0..n)
+        .map(delivered_form)
+        .map(|(s, t, v)| ((s, t), v))
+        .collect();
+    for (s, t, v) in delivered {
+        assert_eq!(expected.get(&(s.clone(), *t)), Some(v), "{changed}");
+    }
+}
+
 #[test]
 fn bytes_flipped_inside_chunk_data_are_detected_counted_and_never_sent() {
     let tmp = tempfile::tempdir().unwrap();
@@ -822,17 +833,7 @@ fn bytes_flipped_inside_chunk_data_are_detected_counted_and_never_sent() {
     let (delivered, stats) = got;
     // Every reading delivered is the one appended, unchanged; the rest is
     // counted as dropped, and one line says which.
-    let expected: std::collections::HashMap<(String, i64), String> = (0..n)
-        .map(delivered_form)
-        .map(|(s, t, v)| ((s, t), v))
-        .collect();
-    for (s, t, v) in &delivered {
-        assert_eq!(
-            expected.get(&(s.clone(), *t)),
-            Some(v),
-            "a changed reading went out"
-        );
-    }
+    assert_each_as_appended(n, &delivered, "a changed reading went out");
     assert!(stats.dropped > 0 && stats.dropped < 600, "{stats:?}");
     assert_eq!(delivered.len() as u64 + stats.dropped, n, "{logs}");
     let lines: Vec<&str> = logs
@@ -893,17 +894,9 @@ fn a_file_cut_short_sends_no_damaged_text_and_counts_what_is_missing() {
                 store.recoveries().to_vec(),
             )
         });
+        assert_each_as_appended(n, &delivered, &format!("cut {cut}: changed"));
         let mut seen = std::collections::HashSet::new();
-        let expected: std::collections::HashMap<(String, i64), String> = (0..n)
-            .map(delivered_form)
-            .map(|(s, t, v)| ((s, t), v))
-            .collect();
-        for (s, t, v) in &delivered {
-            assert_eq!(
-                expected.get(&(s.clone(), *t)),
-                Some(v),
-                "cut {cut}: changed"
-            );
+        for (s, t, _) in &delivered {
             assert!(seen.insert((s.clone(), *t)), "cut {cut}: sent twice");
         }
         assert!(delivered.len() as u64 <= n);
