@@ -5,12 +5,14 @@
 //! by itself once space is freed; a restart must not resend what was
 //! acknowledged.
 
+mod common;
+
+use common::with_logs;
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use thingplus_gw::buffer::sqlite::{SqliteOptions, SqliteStore, RESERVE_FILE};
@@ -101,30 +103,6 @@ fn reading(i: u64) -> Reading {
         1_700_000_000_000 + i as i64,
         value,
     )
-}
-
-fn with_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let sink = Sink::default();
-    let writer = sink.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let out = tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8_lossy(&sink.0.lock().unwrap()).into_owned();
-    (out, text)
 }
 
 /// The test's account of every reading: appended = delivered + pending +

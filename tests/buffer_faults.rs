@@ -2,11 +2,13 @@
 //! WAL, the size bounds, two users of one directory, and the operator's
 //! `buffer check` / `buffer export`.
 
+mod common;
+
+use common::with_logs;
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thingplus_gw::buffer::sqlite::{
@@ -38,31 +40,6 @@ fn fill(store: &mut SqliteStore, range: std::ops::Range<u64>) {
         store.append(chunk.to_vec()).unwrap();
     }
     store.commit().unwrap();
-}
-
-/// Collects the log lines written while `f` runs on this thread.
-fn with_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let sink = Sink::default();
-    let writer = sink.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let out = tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8_lossy(&sink.0.lock().unwrap()).into_owned();
-    (out, text)
 }
 
 fn corrupt_files(dir: &Path) -> Vec<PathBuf> {
