@@ -44,7 +44,7 @@ use rusqlite::{params, Connection};
 use thingplus_gw::buffer::sqlite::{SqliteOptions, SqliteStore};
 use thingplus_gw::buffer::{Buffer, BufferOptions, Store};
 use thingplus_gw::config::Fsync;
-use thingplus_gw::sensor::{Reading, Value};
+use thingplus_gw::reading::{Reading, Value};
 use thingplus_gw::thingplus::{pack_values, parse_values, Compression};
 
 const BIN: &str = env!("CARGO_BIN_EXE_thingplus-gw");

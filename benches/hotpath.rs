@@ -28,7 +28,8 @@ use std::time::Duration;
 use thingplus_gw::buffer::{Buffer, MemoryStore, Stored};
 use thingplus_gw::clock::Clock;
 use thingplus_gw::config::{Config, Fsync, SensorSource, ValueType};
-use thingplus_gw::sensor::{file, Reading, Sampler, SensorRuntime};
+use thingplus_gw::reading::Reading;
+use thingplus_gw::sensor::{file, Sampler, SensorRuntime};
 use thingplus_gw::status_board::StatusBoard;
 use thingplus_gw::thingplus::pack_values;
 

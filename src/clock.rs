@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::fasthash::FxHashMap;
-use crate::sensor::{Reading, Value};
+use crate::reading::{Reading, Value};
 
 /// A system clock reading before this (2026-01-01T00:00:00Z) is certainly
 /// wrong: the box has no RTC or a dead one.

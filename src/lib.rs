@@ -13,6 +13,7 @@ pub mod fasthash;
 pub mod gateway_id;
 pub mod log_limit;
 pub mod logging;
+pub mod reading;
 pub mod register;
 pub mod reload;
 pub mod rpc;

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 
 use crate::fasthash::FxHashMap;
-use crate::sensor::Value;
+use crate::reading::Value;
 use crate::thingplus::Status;
 
 #[derive(Clone, Debug)]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use thingplus_gw::buffer::sqlite::{SqliteOptions, SqliteStore, RESERVE_FILE};
 use thingplus_gw::buffer::Store;
 use thingplus_gw::config::Fsync;
-use thingplus_gw::sensor::{Reading, Value};
+use thingplus_gw::reading::{Reading, Value};
 
 /// A tmpfs mounted on `dir` in a mount namespace private to this thread
 /// (and the threads it starts); unmounted when dropped.

@@ -16,7 +16,7 @@ use thingplus_gw::buffer::sqlite::{
 };
 use thingplus_gw::buffer::{Buffer, BufferOptions, Store};
 use thingplus_gw::config::Fsync;
-use thingplus_gw::sensor::{Reading, Value};
+use thingplus_gw::reading::{Reading, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_thingplus-gw");
 

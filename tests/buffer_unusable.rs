@@ -17,7 +17,7 @@ use common::*;
 use thingplus_gw::buffer::sqlite::{SqliteOptions, SqliteStore, DB_FILE};
 use thingplus_gw::buffer::Store;
 use thingplus_gw::config::Fsync;
-use thingplus_gw::sensor::{Reading, Value};
+use thingplus_gw::reading::{Reading, Value};
 
 fn opts() -> SqliteOptions {
     SqliteOptions::unbounded(Fsync::Period(Duration::from_secs(1)))

@@ -13,7 +13,7 @@ use common::*;
 use thingplus_gw::buffer::sqlite::{SqliteOptions, SqliteStore};
 use thingplus_gw::buffer::Store;
 use thingplus_gw::config::Fsync;
-use thingplus_gw::sensor::{Reading, Value};
+use thingplus_gw::reading::{Reading, Value};
 
 const BACKLOG: usize = 20_000;
 const SENSORS: usize = 4;

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use pty::*;
 use serde_json::json;
+use thingplus_gw::reading::Value;
 use thingplus_gw::sensor::serial::{spawn_port, Counters, ProblemKind};
-use thingplus_gw::sensor::Value;
 use thingplus_gw::thingplus::Status;
 
 fn sensor(id: &str, ty: &str, port: &str, field: &str, extra: &str) -> String {

@@ -6,7 +6,7 @@
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value as Json;
-use thingplus_gw::sensor::{Reading, Value};
+use thingplus_gw::reading::{Reading, Value};
 use thingplus_gw::thingplus::compress::{self, Compression};
 use thingplus_gw::thingplus::{
     encode_status, encode_values, pack_values, parse_status, parse_values, Status,

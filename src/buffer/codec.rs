@@ -41,7 +41,7 @@
 //! ([`Value::write_json`]). Decoding never panics on bad bytes.
 
 use crate::fasthash::FxHashMap;
-use crate::sensor::Value;
+use crate::reading::Value;
 
 /// The version written.
 pub const VERSION: u8 = 3;

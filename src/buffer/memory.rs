@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 
 use super::{BufferStats, Store, StoreResult, Stored};
-use crate::sensor::{Reading, Value};
+use crate::reading::{Reading, Value};
 
 /// A bounded in-memory queue.
 #[derive(Clone, Debug)]

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::config::{BufferConfig, Fsync};
-use crate::sensor::value::{number_json, NumberBuffer};
-use crate::sensor::{Reading, Value};
+use crate::reading::{number_json, NumberBuffer};
+use crate::reading::{Reading, Value};
 use crate::thingplus::{Compression, Packer};
 
 pub use memory::MemoryStore;
@@ -812,7 +812,7 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sensor::Value;
+    use crate::reading::Value;
 
     /// A store that records the size of each append it gets, and can hold
     /// its first append until told to go on.

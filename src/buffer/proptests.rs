@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use super::sqlite::{wal_path, SqliteOptions, SqliteStore, DB_FILE};
 use super::{MemoryStore, Store, Stored};
 use crate::config::Fsync;
-use crate::sensor::{Reading, Value};
+use crate::reading::{Reading, Value};
 
 const SENSORS: [&str; 4] = ["gw-temp-0", "gw-hum-0", "gw-\"q\"-é", "gw-loc-0"];
 

@@ -98,7 +98,7 @@ use super::{
 };
 use crate::clock::MAX_STAMP_LEAD_MS;
 use crate::config::{BufferConfig, Fsync};
-use crate::sensor::Reading;
+use crate::reading::Reading;
 
 pub const DB_FILE: &str = "buffer.db";
 pub const LOCK_FILE: &str = "buffer.lock";
@@ -2677,7 +2677,7 @@ pub fn export(path: &Path, out: &mut dyn io::Write) -> Result<ExportSummary, Str
                                 .get(&rec.sensor)
                                 .cloned()
                                 .unwrap_or_else(|| format!("unknown-sensor-{}", rec.sensor));
-                            crate::sensor::value::write_json_string(&name, &mut line);
+                            crate::reading::write_json_string(&name, &mut line);
                             line.push_str(",\"time\":");
                             line.push_str(&rec.t.to_string());
                             line.push_str(",\"value\":");
@@ -2716,7 +2716,7 @@ pub fn export(path: &Path, out: &mut dyn io::Write) -> Result<ExportSummary, Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sensor::Value;
+    use crate::reading::Value;
 
     #[test]
     fn a_small_step_back_keeps_the_order_a_large_one_follows_the_clock() {

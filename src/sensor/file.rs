@@ -5,7 +5,7 @@ use std::path::Path;
 use regex::Regex;
 
 use crate::config::{SensorConfig, ValueType};
-use crate::sensor::Value;
+use crate::reading::Value;
 
 /// Files larger than this are not sensor values; reading stops there.
 const MAX_FILE_READ: u64 = 64 * 1024;

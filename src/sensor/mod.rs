@@ -3,7 +3,6 @@
 pub mod file;
 pub mod modbus;
 pub mod serial;
-pub mod value;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +14,8 @@ use tokio::time::MissedTickBehavior;
 use crate::buffer::Buffer;
 use crate::clock::Clock;
 use crate::config::{Config, SensorConfig, SensorSource};
+use crate::reading::Value;
 use crate::status_board::StatusBoard;
-
-pub use value::{Reading, Value};
 
 /// What every sensor task shares with the rest of the daemon.
 #[derive(Clone)]

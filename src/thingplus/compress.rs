@@ -92,7 +92,7 @@ pub fn decode(payload: &[u8], limit: usize) -> std::io::Result<Cow<'_, [u8]>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sensor::{Reading, Value};
+    use crate::reading::{Reading, Value};
     use crate::thingplus::encode_values;
 
     fn backlog(n: usize) -> Vec<u8> {

@@ -4,8 +4,8 @@ use std::borrow::Borrow;
 use std::fmt::{self, Write as _};
 
 use crate::fasthash::FxHashMap;
-use crate::sensor::value::{json_string_len, number_json, write_json_string, NumberBuffer};
-use crate::sensor::{Reading, Value};
+use crate::reading::{json_string_len, number_json, write_json_string, NumberBuffer};
+use crate::reading::{Reading, Value};
 
 /// A gateway or sensor status as Thing+ understands it.
 #[derive(Clone, Debug, PartialEq, Eq)]

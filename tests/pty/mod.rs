@@ -122,7 +122,8 @@ use std::sync::Arc;
 use thingplus_gw::buffer::{Buffer, MemoryStore};
 use thingplus_gw::clock::Clock;
 use thingplus_gw::config::{Config, Fsync};
-use thingplus_gw::sensor::{Reading, SensorRuntime, Value};
+use thingplus_gw::reading::{Reading, Value};
+use thingplus_gw::sensor::SensorRuntime;
 use thingplus_gw::status_board::{SensorState, StatusBoard};
 use tokio::sync::{watch, Notify};
 

@@ -44,8 +44,9 @@ use crate::config::{
     FlowControl, LineSettings, Parity, SensorConfig, SensorSource, SerialFormat, SerialPortConfig,
     ValueType,
 };
+use crate::reading::Value;
 use crate::sensor::file::{number_value, parse as parse_text};
-use crate::sensor::{Sampler, SensorRuntime, Value};
+use crate::sensor::{Sampler, SensorRuntime};
 use crate::units::format_duration;
 
 // ---------------------------------------------------------------- records

@@ -1,4 +1,5 @@
-//! The reading model shared by sensors, the buffer and the encoder.
+//! The reading model shared by sensors, the buffer and the encoder. A leaf:
+//! it imports nothing of the crate, so every other module may import it.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
