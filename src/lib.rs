@@ -2,6 +2,7 @@
 //! these modules; tests and benchmarks use them directly.
 
 pub mod actuator;
+pub mod backoff;
 pub mod buffer;
 pub mod cli;
 pub mod clock;

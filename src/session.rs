@@ -172,13 +172,6 @@ enum Pending {
     Ack { qos: QoS, pkid: u16 },
 }
 
-/// Delay before attempt number `failures + 1`: exponential from `min`, capped
-/// at `max`, with jitter, never under `min`.
-pub fn backoff_delay(failures: u32, min: Duration, max: Duration, rand01: f64) -> Duration {
-    let base = min.saturating_mul(1u32 << failures.min(20)).min(max);
-    base.mul_f64(0.5 + 0.5 * rand01.clamp(0.0, 1.0)).max(min)
-}
-
 /// Turns a rumqttc error into a line an operator can act on.
 pub fn classify(e: &ConnectionError, gateway_id: &str, broker: &str) -> Failure {
     use FailureKind::*;
@@ -369,8 +362,12 @@ impl Session {
             }
             if !first {
                 let s = &self.settings.mqtt;
-                let delay =
-                    backoff_delay(failures, s.reconnect_min, s.reconnect_max, fastrand::f64());
+                let delay = crate::backoff::delay(
+                    failures,
+                    s.reconnect_min,
+                    s.reconnect_max,
+                    fastrand::f64(),
+                );
                 self.link.send_modify(|l| {
                     l.retry_at_ms = Some(system_now_ms() + delay.as_millis() as i64)
                 });
@@ -1001,23 +998,6 @@ mod tests {
             }
         }
         assert!(files > 10, "read only {files} source files");
-    }
-
-    #[test]
-    fn backoff_never_under_min_and_capped() {
-        let min = Duration::from_secs(10);
-        let max = Duration::from_secs(300);
-        for f in 0..40 {
-            for r in [0.0, 0.5, 1.0] {
-                let d = backoff_delay(f, min, max, r);
-                assert!(d >= min, "{f} {r} {d:?}");
-                assert!(d <= max, "{f} {r} {d:?}");
-            }
-        }
-        assert_eq!(backoff_delay(0, min, max, 1.0), min);
-        assert_eq!(backoff_delay(3, min, max, 1.0), Duration::from_secs(80));
-        assert_eq!(backoff_delay(3, min, max, 0.0), Duration::from_secs(40));
-        assert_eq!(backoff_delay(10, min, max, 1.0), max);
     }
 
     #[test]

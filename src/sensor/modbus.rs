@@ -27,12 +27,13 @@ use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 
+use crate::backoff::Backoff;
 use crate::config::{
     ModbusBusConfig, ModbusDataType, ModbusFunction, ModbusPoint, SensorConfig, SensorSource,
     WordOrder,
 };
 use crate::sensor::file::number_value;
-use crate::sensor::serial::{open_device, Backoff, Counters, ProblemKind, ProblemLog};
+use crate::sensor::serial::{open_device, Counters, ProblemKind, ProblemLog};
 use crate::sensor::{Sampler, SensorRuntime};
 use crate::units::format_duration;
 

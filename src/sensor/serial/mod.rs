@@ -40,6 +40,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_serial::{SerialPort, SerialStream};
 
+use crate::backoff::Backoff;
 use crate::config::{
     FlowControl, LineSettings, Parity, SensorConfig, SensorSource, SerialFormat, SerialPortConfig,
     ValueType,
@@ -349,32 +350,6 @@ impl ProblemLog {
         );
         self.suppressed = 0;
         self.last_log = Some(now);
-    }
-}
-
-/// Exponential reopen delay between `min` and `max`, with a little jitter.
-pub(crate) struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            next: min,
-        }
-    }
-    pub(crate) fn reset(&mut self) {
-        self.next = self.min;
-    }
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // Up to 10 % less, so that ports unplugged together do not retry in lockstep.
-        d.mul_f64(1.0 - fastrand::f64() * 0.1)
     }
 }
 
