@@ -4,8 +4,10 @@ use std::path::Path;
 
 use regex::Regex;
 
-use crate::config::{SensorConfig, ValueType};
+use crate::config::SensorConfig;
 use crate::reading::Value;
+// The conversions, also found here (the benchmarks use `file::number_value`).
+pub use crate::sensor::convert::{number_value, parse};
 
 /// Files larger than this are not sensor values; reading stops there.
 const MAX_FILE_READ: u64 = 64 * 1024;
@@ -54,110 +56,10 @@ fn read_file<'a>(
     Ok(&big[..])
 }
 
-/// Turns file contents into a value: the regex's first group (or the whole
-/// text), trimmed; numbers become `raw * scale + offset`, rounded for integer types.
-pub fn parse(
-    text: &str,
-    regex: Option<&Regex>,
-    value_type: ValueType,
-    scale: f64,
-    offset: f64,
-) -> Result<Value, String> {
-    let raw = match regex {
-        Some(re) => re
-            .captures(text)
-            .and_then(|c| c.get(1))
-            .map(|m| m.as_str())
-            .ok_or_else(|| format!("the regex {} does not match {}", re.as_str(), excerpt(text)))?,
-        None => text,
-    }
-    .trim();
-    match value_type {
-        ValueType::Text => Ok(Value::Text(raw.to_string())),
-        ValueType::Number | ValueType::Integer => {
-            let n: f64 = raw
-                .parse()
-                .map_err(|_| format!("not a number: {}", excerpt(raw)))?;
-            number_value(n, value_type, scale, offset)
-                .map_err(|_| format!("not a finite number: {}", excerpt(raw)))
-        }
-    }
-}
-
-/// A raw number as a value: `raw * scale + offset`, rounded for integer
-/// types, as text for text types. Shared by every source that reads numbers.
-pub fn number_value(
-    raw: f64,
-    value_type: ValueType,
-    scale: f64,
-    offset: f64,
-) -> Result<Value, String> {
-    let v = raw * scale + offset;
-    if !v.is_finite() {
-        return Err(format!("not a finite number: {raw}"));
-    }
-    Ok(match value_type {
-        ValueType::Integer => Value::Number(v.round()),
-        // Drop binary noise such as 45.300000000000004 from raw * 0.001.
-        ValueType::Number => Value::Number(round_sig(v)),
-        ValueType::Text => Value::Text(Value::Number(round_sig(v)).to_json_string()),
-    })
-}
-
-/// Rounds to 12 significant digits.
-fn round_sig(v: f64) -> f64 {
-    if v == 0.0 {
-        return 0.0;
-    }
-    let digits = 12 - v.abs().log10().ceil() as i32;
-    if !(0..=300).contains(&digits) {
-        return v;
-    }
-    let f = 10f64.powi(digits);
-    (v * f).round() / f
-}
-
-fn excerpt(s: &str) -> String {
-    let mut e: String = s.trim().chars().take(40).collect();
-    if s.trim().chars().count() > 40 {
-        e.push('…');
-    }
-    format!("{e:?}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sysfs_millidegrees() {
-        let v = parse("45300\n", None, ValueType::Number, 0.001, 0.0).unwrap();
-        assert_eq!(v, Value::Number(45.3));
-    }
-
-    #[test]
-    fn regex_first_group_w1_style() {
-        let re = Regex::new(r"t=(-?\d+)").unwrap();
-        let text = "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n72 01 4b 46 7f ff 0e 10 57 t=23125\n";
-        let v = parse(text, Some(&re), ValueType::Number, 0.001, 0.0).unwrap();
-        assert_eq!(v, Value::Number(23.125));
-        let e = parse("crc=00 NO", Some(&re), ValueType::Number, 1.0, 0.0).unwrap_err();
-        assert!(e.contains("does not match"));
-    }
-
-    #[test]
-    fn integers_are_rounded_and_offset_applies() {
-        let v = parse("41.6", None, ValueType::Integer, 1.0, 0.0).unwrap();
-        assert_eq!(v, Value::Number(42.0));
-        let v = parse("10", None, ValueType::Number, 2.0, -1.5).unwrap();
-        assert_eq!(v, Value::Number(18.5));
-    }
-
-    #[test]
-    fn text_is_kept() {
-        let v = parse("  Charging\n", None, ValueType::Text, 1.0, 0.0).unwrap();
-        assert_eq!(v, Value::Text("Charging".into()));
-    }
+    use crate::config::ValueType;
 
     fn text_sensor(path: &Path) -> SensorConfig {
         SensorConfig {
@@ -225,14 +127,5 @@ mod tests {
         .unwrap();
         let e = read(&p, None, &cfg.sensors[0]).unwrap_err();
         assert_eq!(e, format!("cannot read {}: {std_error}", p.display()));
-    }
-
-    #[test]
-    fn garbage_is_an_error() {
-        assert!(parse("abc", None, ValueType::Number, 1.0, 0.0)
-            .unwrap_err()
-            .contains("not a number"));
-        assert!(parse("", None, ValueType::Number, 1.0, 0.0).is_err());
-        assert!(parse("inf", None, ValueType::Number, 1.0, 0.0).is_err());
     }
 }

@@ -1,5 +1,7 @@
 //! Sensors: where readings come from, and the task that samples each one.
 
+pub mod convert;
+pub mod device;
 pub mod file;
 pub mod modbus;
 pub mod serial;
@@ -13,7 +15,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::buffer::Buffer;
 use crate::clock::Clock;
-use crate::config::{Config, SensorConfig, SensorSource};
+use crate::config::{SensorConfig, SensorSource};
 use crate::reading::Value;
 use crate::status_board::StatusBoard;
 
@@ -28,45 +30,9 @@ pub struct SensorRuntime {
     pub report_interval: watch::Receiver<Duration>,
 }
 
-/// Starts every sensor of a configuration: one task per file sensor, one
-/// per serial port and one per Modbus bus (they own their device and serve
-/// all the sensors on it). Ports and buses without sensors are not opened.
-pub fn spawn_all(config: &Config, rt: SensorRuntime) -> Vec<JoinHandle<()>> {
-    let mut tasks: Vec<JoinHandle<()>> = config
-        .sensors
-        .iter()
-        .filter(|s| matches!(s.source, SensorSource::File { .. }))
-        .map(|s| spawn(s.clone(), rt.clone()))
-        .collect();
-    for port in &config.serial {
-        let sensors: Vec<SensorConfig> = config
-            .sensors
-            .iter()
-            .filter(
-                |s| matches!(&s.source, SensorSource::Serial { port: p, .. } if *p == port.name),
-            )
-            .cloned()
-            .collect();
-        if !sensors.is_empty() {
-            tasks.push(serial::spawn_port(port.clone(), sensors, rt.clone()).0);
-        }
-    }
-    for bus in &config.modbus {
-        let sensors: Vec<SensorConfig> = config
-            .sensors
-            .iter()
-            .filter(|s| matches!(&s.source, SensorSource::Modbus(p) if p.bus == bus.name))
-            .cloned()
-            .collect();
-        if !sensors.is_empty() {
-            tasks.push(modbus::spawn_bus(bus.clone(), sensors, rt.clone()).0);
-        }
-    }
-    tasks
-}
-
 /// Starts the sampling task of one file sensor (serial and Modbus sensors
-/// are served by their port's task: see [`spawn_all`]).
+/// are served by their port's or bus's task: `serial::spawn_port`,
+/// `modbus::spawn_bus`).
 pub fn spawn(cfg: SensorConfig, rt: SensorRuntime) -> JoinHandle<()> {
     tokio::spawn(sample_loop(cfg, rt))
 }

@@ -32,8 +32,8 @@ use crate::config::{
     ModbusBusConfig, ModbusDataType, ModbusFunction, ModbusPoint, SensorConfig, SensorSource,
     WordOrder,
 };
-use crate::sensor::file::number_value;
-use crate::sensor::serial::{open_device, Counters, ProblemKind, ProblemLog};
+use crate::sensor::convert::number_value;
+use crate::sensor::device::{open_device, Counters, ProblemKind, ProblemLog};
 use crate::sensor::{Sampler, SensorRuntime};
 use crate::units::format_duration;
 

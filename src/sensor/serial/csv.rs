@@ -8,7 +8,26 @@
 
 use serde_json::Value as J;
 
-use super::{ParseError, Record};
+use super::format::LineFormat;
+use super::record::{ParseError, Record};
+
+/// The `csv` format: its column names and delimiter.
+pub struct Csv {
+    columns: Vec<String>,
+    delimiter: char,
+}
+
+impl Csv {
+    pub fn new(columns: Vec<String>, delimiter: char) -> Self {
+        Csv { columns, delimiter }
+    }
+}
+
+impl LineFormat for Csv {
+    fn parse(&self, line: &str) -> Result<Option<Record>, ParseError> {
+        parse(line, &self.columns, self.delimiter)
+    }
+}
 
 pub fn parse(
     line: &str,
@@ -84,7 +103,7 @@ fn split(line: &str, delimiter: char) -> Result<Vec<String>, ParseError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Lookup;
+    use super::super::record::Lookup;
     use super::*;
 
     fn cols(c: &[&str]) -> Vec<String> {

@@ -6,7 +6,17 @@
 
 use serde_json::Value as J;
 
-use super::{ParseError, Record};
+use super::format::LineFormat;
+use super::record::{ParseError, Record};
+
+/// The `json` format.
+pub struct Json;
+
+impl LineFormat for Json {
+    fn parse(&self, line: &str) -> Result<Option<Record>, ParseError> {
+        parse(line)
+    }
+}
 
 /// Nesting deeper than this is not an instrument's output.
 const MAX_DEPTH: usize = 64;
@@ -56,7 +66,7 @@ pub fn lookup<'a>(obj: &'a serde_json::Map<String, J>, path: &str) -> Option<&'a
 
 #[cfg(test)]
 mod tests {
-    use super::super::Lookup;
+    use super::super::record::Lookup;
     use super::*;
     use serde_json::json;
 

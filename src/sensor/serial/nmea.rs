@@ -10,11 +10,27 @@
 
 use serde_json::{json, Value as J};
 
-use super::{ParseError, Record};
+use super::format::LineFormat;
+use super::record::{ParseError, Record};
 
 /// Longest sentence NMEA 0183 allows is 82 characters; receivers with
 /// proprietary extensions go further. Anything past this is not NMEA.
 const MAX_SENTENCE: usize = 512;
+
+/// The `nmea` format.
+pub struct Nmea;
+
+impl LineFormat for Nmea {
+    fn parse(&self, line: &str) -> Result<Option<Record>, ParseError> {
+        parse(line)
+    }
+
+    fn no_value_hint(&self, field: &str) -> Option<&'static str> {
+        // The fields a sentence without a fix clears.
+        matches!(field, "location" | "altitude" | "speed" | "course" | "hdop")
+            .then_some("the receiver has no fix")
+    }
+}
 
 /// Parses one line. `Ok(None)`: a valid sentence this parser does not use
 /// (GSV, GSA, VTG, proprietary ones).
@@ -165,8 +181,9 @@ fn rmc(f: &[&str]) -> Result<Record, ParseError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Lookup, ProblemKind};
+    use super::super::record::Lookup;
     use super::*;
+    use crate::sensor::device::ProblemKind;
 
     /// Appends the right checksum to `$...`.
     pub fn sentence(body: &str) -> String {
@@ -285,6 +302,27 @@ mod tests {
         ] {
             let e = parse(&sentence(body)).unwrap_err();
             assert_eq!(e.kind, ProblemKind::Malformed, "{body}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any well-formed GGA with a fix gives a location within range.
+        #[test]
+        fn gga_locations_are_in_range(lat in 0u32..9_000_000, lng in 0u32..18_000_000, s in proptest::bool::ANY, w in proptest::bool::ANY) {
+            let lat_s = format!("{:02}{:07.4}", lat / 100_000, f64::from(lat % 100_000) * 60.0 / 100_000.0);
+            let lng_s = format!("{:03}{:07.4}", lng / 100_000, f64::from(lng % 100_000) * 60.0 / 100_000.0);
+            let body = format!(
+                "GPGGA,120000,{lat_s},{},{lng_s},{},1,08,0.9,10.0,M,0.0,M,,",
+                if s { "S" } else { "N" },
+                if w { "W" } else { "E" }
+            );
+            let sum = body.bytes().fold(0u8, |a, b| a ^ b);
+            let r = parse(&format!("${body}*{sum:02X}")).unwrap().unwrap();
+            let Lookup::Value(loc) = r.get("location") else { panic!("no location in {body}") };
+            let (la, ln) = (loc["lat"].as_f64().unwrap(), loc["lng"].as_f64().unwrap());
+            proptest::prop_assert!((-90.0..=90.0).contains(&la), "{}", body);
+            proptest::prop_assert!((-180.0..=180.0).contains(&ln), "{}", body);
+            proptest::prop_assert!((la.abs() - f64::from(lat) / 100_000.0).abs() < 1e-6, "{}", body);
         }
     }
 }

@@ -7,7 +7,17 @@
 use ::regex::Regex;
 use serde_json::Value as J;
 
-use super::{ParseError, Record};
+use super::format::LineFormat;
+use super::record::{ParseError, Record};
+
+/// The `regex` format: the regex whose named groups are the fields.
+pub struct NamedGroups(pub Regex);
+
+impl LineFormat for NamedGroups {
+    fn parse(&self, line: &str) -> Result<Option<Record>, ParseError> {
+        parse(line, &self.0)
+    }
+}
 
 pub fn parse(line: &str, re: &Regex) -> Result<Option<Record>, ParseError> {
     let line = line.trim_matches(|c: char| c == '\r' || c == '\n');
@@ -25,7 +35,7 @@ pub fn parse(line: &str, re: &Regex) -> Result<Option<Record>, ParseError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Lookup;
+    use super::super::record::Lookup;
     use super::*;
     use serde_json::json;
 
