@@ -1,5 +1,6 @@
-//! A fast hasher for maps keyed by sensor ids on the per-reading paths
-//! (the status board, the clock's last stamps, the values encoder).
+//! The crate's one hand-written hasher, for maps on the per-reading paths
+//! keyed by sensor ids or the buffer's integer ids (the status board, the
+//! clock's last stamps, the values encoder, the buffer's id maps).
 //!
 //! It is the Fx hash of rustc and Firefox: a rotate, xor and multiply per
 //! 8 bytes. The keys come from the configuration, not from the network, so
@@ -46,6 +47,16 @@ impl Hasher for FxHasher {
     }
 
     #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    #[inline]
     fn write_usize(&mut self, i: usize) {
         self.add(i as u64);
     }
@@ -75,5 +86,22 @@ mod tests {
         m.insert("a".into(), 1);
         assert_eq!(m.get("a"), Some(&1));
         assert_eq!(m.get("b"), None);
+    }
+
+    #[test]
+    fn integer_keys_take_one_round_each_and_spread() {
+        use std::hash::BuildHasher;
+        let b = FxBuildHasher::default();
+        // A u64 (and an i64, hashed as one) is the same word as its bytes.
+        let mut h = FxHasher::default();
+        h.write(&0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(b.hash_one(0x0102_0304_0506_0708u64), h.finish());
+        assert_eq!(b.hash_one(-1i64), b.hash_one(u64::MAX));
+        let ids: std::collections::HashSet<u64> = (0..100_000i64).map(|i| b.hash_one(i)).collect();
+        assert_eq!(ids.len(), 100_000);
+        let mut m: FxHashMap<i64, &str> = FxHashMap::default();
+        m.insert(7, "seven");
+        m.insert(-7, "minus seven");
+        assert_eq!((m[&7], m[&-7]), ("seven", "minus seven"));
     }
 }

@@ -3,10 +3,23 @@
 //! operator tools read it.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::fasthash::FxHashMap;
 use crate::reading::Value;
 use crate::thingplus::Status;
+
+/// How long a status report stays valid, in whole seconds (its `valid`
+/// field): the configured `status_validity`, else twice the report interval
+/// (a report may be late by up to one interval before the cloud marks the
+/// gateway and its sensors stale), rounded up.
+pub fn status_valid_secs(configured: Option<Duration>, report_interval: Duration) -> i64 {
+    let valid = configured.unwrap_or(report_interval.saturating_mul(2));
+    let secs = valid
+        .as_secs()
+        .saturating_add(u64::from(valid.subsec_nanos() > 0));
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
 
 #[derive(Clone, Debug)]
 pub struct SensorState {
@@ -113,6 +126,17 @@ impl StatusBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statuses_are_valid_for_twice_the_report_interval_unless_configured() {
+        let s = Duration::from_secs;
+        assert_eq!(status_valid_secs(None, s(60)), 120);
+        assert_eq!(status_valid_secs(None, Duration::from_millis(500)), 1);
+        assert_eq!(status_valid_secs(None, Duration::from_millis(750)), 2);
+        assert_eq!(status_valid_secs(Some(s(300)), s(60)), 300);
+        assert_eq!(status_valid_secs(Some(Duration::from_millis(1)), s(60)), 1);
+        assert_eq!(status_valid_secs(None, Duration::MAX), i64::MAX);
+    }
 
     #[test]
     fn records_values_and_errors() {
