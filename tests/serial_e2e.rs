@@ -64,16 +64,10 @@ fn modbus_device() -> String {
     rx.recv().unwrap()
 }
 
-#[test]
-fn serial_and_modbus_readings_arrive_as_thing_plus_values() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let cloud = Cloud::connect(broker.port);
-
-    let gps = pty::Pty::open();
-    let station = pty::Pty::open();
-    let plc = modbus_device();
-    let sensors = format!(
+/// A GPS (NMEA) and a station (CSV) on serial ports, a thermometer on a
+/// Modbus bus, and a sensor for each of their fields.
+fn sensors_config(gps: &std::path::Path, station: &std::path::Path, plc: &str) -> String {
+    format!(
         r#"
 [serial.gps]
 device = "{gps}"
@@ -120,9 +114,21 @@ modbus = "plc"
 address = 0
 data_type = "f32"
 "#,
-        gps = gps.path.display(),
-        station = station.path.display(),
-    );
+        gps = gps.display(),
+        station = station.display(),
+    )
+}
+
+#[test]
+fn serial_and_modbus_readings_arrive_as_thing_plus_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let cloud = Cloud::connect(broker.port);
+
+    let gps = pty::Pty::open();
+    let station = pty::Pty::open();
+    let plc = modbus_device();
+    let sensors = sensors_config(&gps.path, &station.path, &plc);
     let mut d = Daemon::spawn(
         dir.path(),
         &config_text(dir.path(), broker.port, "", &sensors),
@@ -173,10 +179,32 @@ data_type = "f32"
         }
     }
 
+    // The daemon's own view (`status --json`): every serial and Modbus
+    // sensor on, with its last value, no error.
+    let status = wait_status_json(dir.path(), "every serial and Modbus sensor on", |v| {
+        v["sensors"].as_array().is_some_and(|s| {
+            s.len() == 5
+                && s.iter()
+                    .all(|s| s["status"] == "on" && s["error"].is_null())
+        })
+    });
+    let last = |s: &str| {
+        status["sensors"]
+            .as_array()
+            .and_then(|all| all.iter().find(|x| x["id"] == json!(id(s))))
+            .map(|x| x["value"].clone())
+            .unwrap_or_else(|| panic!("no {s} in {status}"))
+    };
+    assert_eq!(last("location-0"), json!({"lat": 37.5665, "lng": 126.99}));
+    assert_eq!(last("satellites-0"), json!(9));
+    assert_eq!(last("temperature-0"), json!(21.5));
+    assert_eq!(last("string-0"), json!("ok"));
+    assert_eq!(last("temperature-1"), json!(21.5));
+
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     feeder.join().unwrap();
-    // Garbage came with every line: it is logged once (then at most once a
-    // minute), and never stopped the port.
+    // Garbage came with every line: it is logged once (the log's own
+    // once-a-minute limit is what this checks), and never stopped the port.
     assert_eq!(
         d.count_warnings("bad input from serial port \"station\""),
         1,

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use pty::*;
 use thingplus_gw::config::ModbusFunction;
+use thingplus_gw::sensor::device::{Counters, ProblemKind};
 use thingplus_gw::sensor::modbus::spawn_bus;
-use thingplus_gw::sensor::serial::{Counters, ProblemKind};
 use thingplus_gw::thingplus::Status;
 use tokio_modbus::server::rtu::Server;
 use tokio_modbus::server::Service;
@@ -77,16 +77,16 @@ fn sensor(id: &str, ty: &str, keys: &str) -> String {
     format!("[[sensor]]\nid = \"{id}\"\ntype = \"{ty}\"\nmodbus = \"plc\"\ninterval = \"300ms\"\n{keys}\n")
 }
 
-#[tokio::test]
-async fn every_function_and_type_batches_exceptions_timeouts_and_a_late_bus() {
+/// The device of the test: unit 1 holds every data type in neighbouring
+/// registers, two points that do not exist (100, 20) and bits.
+fn plc(log: Log) -> Device {
     let f32_words = |v: f32| {
         let b = v.to_bits();
         ((b >> 16) as u16, b as u16)
     };
     let (h21_hi, h21_lo) = f32_words(21.5);
     let (m05_hi, m05_lo) = f32_words(-0.5);
-    let log: Log = Arc::default();
-    let device = Device {
+    Device {
         holding: BTreeMap::from([
             (0, 0xFFFF),
             (1, 0x0001),
@@ -104,19 +104,16 @@ async fn every_function_and_type_batches_exceptions_timeouts_and_a_late_bus() {
         ]),
         coils: BTreeMap::from([(3, true)]),
         discrete: BTreeMap::from([(7, false)]),
-        log: log.clone(),
-    };
+        log,
+    }
+}
 
-    // The server plays the device on the master side of a pty.
-    let (master, slave) = SerialStream::pair().unwrap();
-    let slave_path = slave.name().unwrap();
-    let server = tokio::spawn(Server::new(master).serve_forever(device));
-
-    let dir = tempfile::tempdir().unwrap();
-    let link = dir.path().join("ttyRS485");
-    let cfg = config(&format!(
+/// A bus `plc` on `device` with a sensor for each point of [`plc`], one
+/// that does not exist, and one on a unit that never answers.
+fn plc_config(device: &std::path::Path) -> thingplus_gw::config::Config {
+    config(&format!(
         "[modbus.plc]\ndevice = \"{}\"\nbaud = 19200\ntimeout = \"500ms\"\nreopen_min = \"20ms\"\nreopen_max = \"100ms\"\n{}",
-        link.display(),
+        device.display(),
         [
             sensor("h-u16", "number", "address = 0"),
             sensor("h-i16", "number", "address = 0\ndata_type = \"i16\""),
@@ -133,17 +130,12 @@ async fn every_function_and_type_batches_exceptions_timeouts_and_a_late_bus() {
             sensor("silent", "number", "unit = 9\naddress = 0"),
         ]
         .concat()
-    ));
-    let rt = Rt::new(&cfg);
-    let (_task, counters) = spawn_bus(cfg.modbus[0].clone(), cfg.sensors.clone(), rt.clone_rt());
+    ))
+}
 
-    // Missing at start: every sensor of the bus is err, saying which bus and why.
-    let e = rt
-        .wait_error("h-u16", &["Modbus bus \"plc\"", "no such device"])
-        .await;
-    assert!(e.contains(&link.display().to_string()), "{e}");
-    plug(&link, std::path::Path::new(&slave_path));
-
+/// Every point of [`plc`] reads its value; the ones the device refuses or
+/// never answers are err, saying which bus, point and why.
+async fn every_point_reads_or_says_why(rt: &Rt) {
     rt.wait_value("h-u16", num(65535.0)).await;
     rt.wait_value("h-i16", num(-1.0)).await;
     rt.wait_value("h-u32", num(65538.0)).await;
@@ -169,21 +161,10 @@ async fn every_function_and_type_batches_exceptions_timeouts_and_a_late_bus() {
         &["Modbus bus \"plc\"", "unit 9", "no reply within 500ms"],
     )
     .await;
+}
 
-    // Later rounds still work although every round has a timeout (the
-    // context is rebuilt after it).
-    eventually("three rounds of h-f32", async || {
-        (rt.values("h-f32").await.len() >= 3).then_some(())
-    })
-    .await;
-    for id in ["h-u16", "h-f32", "i-f32", "c-3", "d-7", "i-21"] {
-        assert_eq!(rt.state(id).status, Status::On, "{id}");
-    }
-    assert!(counters.problems(ProblemKind::Timeout) >= 2);
-    assert!(counters.problems(ProblemKind::Exception) >= 2);
-    assert!(Counters::get(&counters.opened) >= 3);
-
-    let log = log.lock().unwrap().clone();
+/// The requests the device saw: neighbours batched, a refused batch split.
+fn assert_batched_requests(log: &[(u8, ModbusFunction, u16, u16)]) {
     // Neighbouring holding registers 0..=6 are read in one request, never one by one.
     assert!(log.contains(&(1, ModbusFunction::Holding, 0, 7)), "{log:?}");
     assert!(
@@ -208,6 +189,43 @@ async fn every_function_and_type_batches_exceptions_timeouts_and_a_late_bus() {
         "{log:?}"
     );
     assert!(log.contains(&(9, ModbusFunction::Holding, 0, 1)), "{log:?}");
+}
+
+#[tokio::test]
+async fn every_function_and_type_batches_exceptions_timeouts_and_a_late_bus() {
+    let log: Log = Arc::default();
+    // The server plays the device on the master side of a pty.
+    let (master, slave) = SerialStream::pair().unwrap();
+    let slave_path = slave.name().unwrap();
+    let server = tokio::spawn(Server::new(master).serve_forever(plc(log.clone())));
+
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyRS485");
+    let cfg = plc_config(&link);
+    let rt = Rt::new(&cfg);
+    let (_task, counters) = spawn_bus(cfg.modbus[0].clone(), cfg.sensors.clone(), rt.clone_rt());
+
+    // Missing at start: every sensor of the bus is err, saying which bus and why.
+    let e = rt
+        .wait_error("h-u16", &["Modbus bus \"plc\"", "no such device"])
+        .await;
+    assert!(e.contains(&link.display().to_string()), "{e}");
+    plug(&link, std::path::Path::new(&slave_path));
+    every_point_reads_or_says_why(&rt).await;
+
+    // Later rounds still work although every round has a timeout (the
+    // context is rebuilt after it).
+    eventually("three rounds of h-f32", async || {
+        (rt.values("h-f32").await.len() >= 3).then_some(())
+    })
+    .await;
+    for id in ["h-u16", "h-f32", "i-f32", "c-3", "d-7", "i-21"] {
+        assert_eq!(rt.state(id).status, Status::On, "{id}");
+    }
+    assert!(counters.problems(ProblemKind::Timeout) >= 2);
+    assert!(counters.problems(ProblemKind::Exception) >= 2);
+    assert!(Counters::get(&counters.opened) >= 3);
+    assert_batched_requests(&log.lock().unwrap().clone());
 
     // Unplugged: once the bus has to reopen the device (after the next
     // timeout), every sensor is err; plugged back, they recover.
