@@ -113,7 +113,7 @@ mod tests {
         assert_eq!(got.len(), MAX_FILE_READ as usize);
         let e = read_file(&dir.path().join("missing"), &mut small, &mut big).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
-        // Not text: the same words as `read_to_string` used to give.
+        // Not text: the same words as `read_to_string` gives.
         let p = dir.path().join("binary");
         std::fs::write(&p, [0xff, 0xfe, b'1']).unwrap();
         let std_error = std::fs::read_to_string(&p).unwrap_err();

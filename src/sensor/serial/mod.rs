@@ -19,12 +19,12 @@
 //! of the sensors whose fields it names (a reply may span several lines); no
 //! reply within `reply_timeout` is an error for all of them, and a field no
 //! line of a reply named is an error for its sensor.
-
 //!
 //! A format is one file here implementing [`LineFormat`], registered in
-//! [`line_format`]; records and line splitting are apart from the port
-//! task (`port.rs`), and the device plumbing it shares with Modbus is
-//! [`crate::sensor::device`].
+//! [`line_format`] (its name and options are read by the configuration's
+//! `SerialFormat`). Records (`record.rs`) and line splitting (`lines.rs`)
+//! are apart from the port task (`port.rs`); the device plumbing the task
+//! shares with Modbus is [`crate::sensor::device`].
 
 pub mod csv;
 mod format;
