@@ -1100,4 +1100,36 @@ mod tests {
         assert_eq!(r["error"]["code"], json!(-32700));
         assert_eq!(r["id"], Json::Null);
     }
+
+    /// The commands task answers each request once, in the order sent,
+    /// and ends when the session's end of the channel goes.
+    #[tokio::test]
+    async fn the_commands_task_answers_in_order_on_one_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, _, _) = dispatcher(dir.path());
+        let (req_tx, req_rx) = mpsc::channel(4);
+        let (ans_tx, mut ans_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(d.serve(req_rx, ans_tx));
+        for r in [
+            r#"{"id":"1","method":"swInfo"}"#,
+            "garbage",
+            r#"{"id":"3","method":"nope"}"#,
+        ] {
+            req_tx.send(r.as_bytes().to_vec()).await.unwrap();
+        }
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            match ans_rx.recv().await.unwrap() {
+                Answer::Now(b) => {
+                    let v: Json = serde_json::from_slice(&b).unwrap();
+                    ids.push(v["id"].clone());
+                }
+                other => panic!("expected an immediate answer, got {other:?}"),
+            }
+        }
+        assert_eq!(ids, [json!("1"), Json::Null, json!("3")]);
+        drop(req_tx);
+        task.await.unwrap();
+        assert!(ans_rx.recv().await.is_none(), "one answer per request");
+    }
 }

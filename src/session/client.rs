@@ -14,6 +14,15 @@ pub enum Refused<T> {
     Gone(String),
 }
 
+impl<T> std::fmt::Display for Refused<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Full(_) => f.write_str("the MQTT client's request channel is full"),
+            Refused::Gone(e) => f.write_str(e),
+        }
+    }
+}
+
 pub trait MqttClient {
     /// Publishes at QoS 1.
     fn try_publish(
@@ -25,8 +34,8 @@ pub trait MqttClient {
     /// Acknowledges a message the broker sent (manual acks).
     fn try_ack(&mut self, qos: QoS, pkid: u16) -> Result<(), Refused<()>>;
     /// Subscribes at QoS 1.
-    fn try_subscribe(&mut self, topic: &str) -> Result<(), String>;
-    fn try_disconnect(&mut self) -> Result<(), String>;
+    fn try_subscribe(&mut self, topic: &str) -> Result<(), Refused<()>>;
+    fn try_disconnect(&mut self) -> Result<(), Refused<()>>;
 }
 
 impl MqttClient for AsyncClient {
@@ -55,12 +64,19 @@ impl MqttClient for AsyncClient {
         }
     }
 
-    fn try_subscribe(&mut self, topic: &str) -> Result<(), String> {
-        AsyncClient::try_subscribe(self, topic, QoS::AtLeastOnce).map_err(|e| e.to_string())
+    fn try_subscribe(&mut self, topic: &str) -> Result<(), Refused<()>> {
+        AsyncClient::try_subscribe(self, topic, QoS::AtLeastOnce).map_err(refused)
     }
 
-    fn try_disconnect(&mut self) -> Result<(), String> {
-        AsyncClient::try_disconnect(self).map_err(|e| e.to_string())
+    fn try_disconnect(&mut self) -> Result<(), Refused<()>> {
+        AsyncClient::try_disconnect(self).map_err(refused)
+    }
+}
+
+fn refused(e: ClientError) -> Refused<()> {
+    match e {
+        ClientError::TryRequest(_) => Refused::Full(()),
+        e => Refused::Gone(e.to_string()),
     }
 }
 
@@ -145,12 +161,12 @@ impl MqttClient for Recorder {
         Ok(())
     }
 
-    fn try_subscribe(&mut self, topic: &str) -> Result<(), String> {
+    fn try_subscribe(&mut self, topic: &str) -> Result<(), Refused<()>> {
         self.sent.push(Sent::Subscribe(topic.into()));
         Ok(())
     }
 
-    fn try_disconnect(&mut self) -> Result<(), String> {
+    fn try_disconnect(&mut self) -> Result<(), Refused<()>> {
         self.sent.push(Sent::Disconnect);
         Ok(())
     }
