@@ -27,18 +27,37 @@ pub enum SystemAction {
     Poweroff,
 }
 
+/// Carries out the server's requests. One lives as long as the daemon,
+/// in the commands task ([`Dispatcher::serve`]), whatever session is
+/// connected.
 pub struct Dispatcher {
-    pub clock: Arc<Clock>,
-    pub actuators: Actuators,
-    pub state_file: StateFile,
-    pub report_interval: watch::Sender<Duration>,
-    pub rpc: RpcConfig,
-    pub actions: mpsc::UnboundedSender<SystemAction>,
+    clock: Arc<Clock>,
+    actuators: Actuators,
+    state_file: StateFile,
+    report_interval: watch::Sender<Duration>,
+    rpc: RpcConfig,
+    actions: mpsc::UnboundedSender<SystemAction>,
     /// The last request received, for `thingplus-gw status`.
-    pub last_command: Arc<std::sync::Mutex<Option<LastCommand>>>,
+    last_command: LastCommandCell,
     /// The last software update (running or finished), for `thingplus-gw
-    /// status`; shared so that a new dispatcher (after a reload) sees it.
-    pub sw_update: SwUpdateCell,
+    /// status`.
+    sw_update: SwUpdateCell,
+}
+
+/// The last request received, shared between the dispatcher and the status report.
+pub type LastCommandCell = Arc<std::sync::Mutex<Option<LastCommand>>>;
+
+/// What the commands task sends back to the session for each request, on
+/// one channel, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The response, ready at once.
+    Now(Vec<u8>),
+    /// The request started a program: its response follows as
+    /// [`Answer::Later`].
+    Started,
+    /// The response of a request answered [`Answer::Started`].
+    Later(Vec<u8>),
 }
 
 /// The last software update, shared between the dispatcher and the status report.
@@ -161,6 +180,7 @@ impl Dispatcher {
         report_interval: watch::Sender<Duration>,
         rpc: RpcConfig,
         actions: mpsc::UnboundedSender<SystemAction>,
+        sw_update: SwUpdateCell,
     ) -> Self {
         Dispatcher {
             clock,
@@ -170,7 +190,45 @@ impl Dispatcher {
             rpc,
             actions,
             last_command: Default::default(),
-            sw_update: Default::default(),
+            sw_update,
+        }
+    }
+
+    /// The last request, as the status report shows it.
+    pub fn last_command(&self) -> LastCommandCell {
+        self.last_command.clone()
+    }
+
+    /// The last software update, as the status report shows it.
+    pub fn sw_update(&self) -> SwUpdateCell {
+        self.sw_update.clone()
+    }
+
+    /// The commands task: answers each request from `requests` on
+    /// `answers`, in order, until either channel closes.
+    pub async fn serve(
+        mut self,
+        mut requests: mpsc::Receiver<Vec<u8>>,
+        answers: mpsc::UnboundedSender<Answer>,
+    ) {
+        while let Some(payload) = requests.recv().await {
+            let sent = match self.handle(&payload) {
+                Response::Now(response) => answers.send(Answer::Now(response)),
+                Response::Later(task) => {
+                    // Answered when the program finishes, on whatever
+                    // connection is up then.
+                    let later = answers.clone();
+                    tokio::spawn(async move {
+                        if let Ok(response) = task.await {
+                            let _ = later.send(Answer::Later(response));
+                        }
+                    });
+                    answers.send(Answer::Started)
+                }
+            };
+            if sent.is_err() {
+                return;
+            }
         }
     }
 
@@ -250,7 +308,7 @@ impl Dispatcher {
                 "allow_poweroff",
                 SystemAction::Poweroff,
             ),
-            "swUpdate" => self.sw_update(),
+            "swUpdate" => self.start_sw_update(),
             other => Err(RpcError::method_not_found(format!(
                 "unknown method \"{other}\""
             ))),
@@ -357,7 +415,7 @@ impl Dispatcher {
         dir.join(SW_UPDATE_FILE)
     }
 
-    fn sw_update(&mut self) -> Result<Json, RpcError> {
+    fn start_sw_update(&mut self) -> Result<Json, RpcError> {
         let Some(cmd) = self.rpc.sw_update_command.clone().filter(|c| !c.is_empty()) else {
             return Err(RpcError::method_not_found(
                 "swUpdate is disabled on this gateway: set [rpc] sw_update_command to enable it",
@@ -747,6 +805,7 @@ mod tests {
                 tx,
                 rpc,
                 atx,
+                Default::default(),
             ),
             rx,
             arx,
@@ -1040,5 +1099,37 @@ mod tests {
         let r = call(&mut d, "\u{1}\u{2}garbage");
         assert_eq!(r["error"]["code"], json!(-32700));
         assert_eq!(r["id"], Json::Null);
+    }
+
+    /// The commands task answers each request once, in the order sent,
+    /// and ends when the session's end of the channel goes.
+    #[tokio::test]
+    async fn the_commands_task_answers_in_order_on_one_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, _, _) = dispatcher(dir.path());
+        let (req_tx, req_rx) = mpsc::channel(4);
+        let (ans_tx, mut ans_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(d.serve(req_rx, ans_tx));
+        for r in [
+            r#"{"id":"1","method":"swInfo"}"#,
+            "garbage",
+            r#"{"id":"3","method":"nope"}"#,
+        ] {
+            req_tx.send(r.as_bytes().to_vec()).await.unwrap();
+        }
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            match ans_rx.recv().await.unwrap() {
+                Answer::Now(b) => {
+                    let v: Json = serde_json::from_slice(&b).unwrap();
+                    ids.push(v["id"].clone());
+                }
+                other => panic!("expected an immediate answer, got {other:?}"),
+            }
+        }
+        assert_eq!(ids, [json!("1"), Json::Null, json!("3")]);
+        drop(req_tx);
+        task.await.unwrap();
+        assert!(ans_rx.recv().await.is_none(), "one answer per request");
     }
 }

@@ -38,7 +38,7 @@ pub fn run(config_path: &Path) -> ExitCode {
             tracing::error!("configuration error: {e}");
             ExitCode::from(EXIT_CONFIG)
         }
-        Err(StartError::Other(e)) => {
+        Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
