@@ -37,7 +37,7 @@ impl TaskSpec {
     }
 }
 
-/// The tasks a configuration runs (as `sensor::spawn_all` starts them):
+/// The tasks a configuration runs:
 /// ports and buses without sensors are not opened.
 pub fn task_specs(config: &Config) -> Vec<TaskSpec> {
     let mut specs: Vec<TaskSpec> = config

@@ -300,12 +300,7 @@ impl Session {
     /// The status report, encoded (and compressed as configured).
     fn status_payload(&self) -> Vec<u8> {
         let ri = *self.shared.report_interval.borrow();
-        let valid = self
-            .settings
-            .status_validity
-            .unwrap_or(ri * 2)
-            .as_secs_f64()
-            .ceil() as i64;
+        let valid = crate::status_board::status_valid_secs(self.settings.status_validity, ri);
         let sensors = self.shared.board.snapshot();
         let payload = encode_status(
             &Status::On,
