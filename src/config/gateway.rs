@@ -310,6 +310,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::path::{Path, PathBuf};
 
+    use super::sysfs_root_in;
     use crate::config::test_support::*;
     use crate::config::*;
 
@@ -486,5 +487,142 @@ mod tests {
         let e =
             Config::parse("[gateway]\nid = 5\napikey = \"k\"\n", Path::new("c.toml")).unwrap_err();
         assert!(e.message.contains("invalid type"), "{e}");
+    }
+
+    fn parse_for(host: &FakeHost, text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(text, Path::new("/etc/thingplus-gw/config.toml"), host)
+    }
+
+    fn nics() -> FakeHost {
+        FakeHost {
+            nics: vec![
+                ("lo".into(), [0; 6]),
+                ("docker0".into(), [0x02, 0x42, 1, 2, 3, 4]),
+                ("wlan0".into(), [0xb8, 0x27, 0xeb, 0, 0, 2]),
+                ("eth0".into(), [0xb8, 0x27, 0xeb, 0, 0, 1]),
+            ],
+            ..FakeHost::default()
+        }
+    }
+
+    #[test]
+    fn auto_id_is_the_mac_of_the_named_or_first_hardware_nic() {
+        let host = nics();
+        let c = parse_for(&host, "[gateway]\napikey = \"k\"\n").unwrap();
+        assert_eq!(c.gateway.id, "b827eb000001");
+        assert_eq!(c.gateway.id_source, "MAC of the first hardware NIC");
+        let c = parse_for(
+            &host,
+            "[gateway]\nid = \"auto\"\ninterface = \"wlan0\"\napikey = \"k\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.gateway.id, "b827eb000002");
+        assert_eq!(c.gateway.id_source, "MAC of wlan0");
+        let e = parse_for(
+            &host,
+            "[gateway]\nid = \"auto\"\ninterface = \"eth9\"\napikey = \"k\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "/etc/thingplus-gw/config.toml:2:6: id = \"auto\": interface \"eth9\" has no MAC address"
+            ),
+            "{e}"
+        );
+        // Only virtual interfaces, no id: said without a position.
+        let e = parse_for(&FakeHost::default(), "[gateway]\napikey = \"k\"\n").unwrap_err();
+        assert_eq!(e.position, None);
+        assert!(
+            e.message.starts_with(
+                "[gateway] id is not set, so it is \"auto\": no network interface with a hardware MAC"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn state_dir_is_set_or_systemds_first_state_directory_or_the_default() {
+        let mut host = FakeHost::default();
+        let c = parse_for(&host, MIN).unwrap();
+        assert_eq!(c.gateway.state_dir, Path::new(DEFAULT_STATE_DIR));
+        host.env.insert(
+            "STATE_DIRECTORY".into(),
+            "/var/lib/gw-a:/var/lib/gw-b".into(),
+        );
+        let c = parse_for(&host, MIN).unwrap();
+        assert_eq!(c.gateway.state_dir, Path::new("/var/lib/gw-a"));
+        assert_eq!(c.buffer.dir, Path::new("/var/lib/gw-a/buffer"));
+        let c = parse_for(&host, &format!("{MIN}state_dir = \"/srv/gw\"\n")).unwrap();
+        assert_eq!(c.gateway.state_dir, Path::new("/srv/gw"));
+    }
+
+    #[test]
+    fn apikey_file_is_read_through_the_host_and_its_readers_checked() {
+        let g = |gid, name: &str| Group {
+            gid,
+            name: Some(name.into()),
+        };
+        let mut host = FakeHost::default();
+        host.secrets.insert(
+            PathBuf::from("/etc/thingplus-gw/apikey"),
+            (
+                "  s3cr3t \n".into(),
+                KeyFileAccess {
+                    mode: 0o640,
+                    file_group: g(4, "adm"),
+                    service_group: Some(g(997, "thingplus-gw")),
+                    caller_group: g(0, "root"),
+                    caller_is_root: true,
+                },
+            ),
+        );
+        // Relative to the configuration's directory.
+        let text = "[gateway]\nid = \"gw\"\napikey_file = \"apikey\"\n";
+        let c = parse_for(&host, text).unwrap();
+        assert_eq!(c.gateway.apikey.expose(), "s3cr3t");
+        assert_eq!(
+            c.warnings,
+            ["apikey_file /etc/thingplus-gw/apikey is readable by group adm (gid 4) which is not the service's group thingplus-gw (gid 997): chgrp thingplus-gw it, or chmod 600"]
+        );
+        let e = parse_for(&host, "[gateway]\nid = \"gw\"\napikey_file = \"/nope\"\n").unwrap_err();
+        assert_eq!(e.position, Some((3, 15)), "{e}");
+        assert!(e.message.starts_with("apikey_file /nope: "), "{e}");
+        let e = parse_for(
+            &host,
+            "[gateway]\nid = \"gw\"\napikey = \"k\"\napikey_file = \"apikey\"\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn sysfs_root_must_be_a_directory_of_the_host() {
+        let mut host = FakeHost::default();
+        host.dirs.insert(PathBuf::from("/etc/thingplus-gw/tree"));
+        let c = parse_for(&host, &format!("{MIN}sysfs_root = \"tree\"\n")).unwrap();
+        assert_eq!(c.gateway.sysfs_root, Path::new("/etc/thingplus-gw/tree"));
+        let e = parse_for(&host, &format!("{MIN}sysfs_root = \"/srv/sys\"\n")).unwrap_err();
+        assert_eq!(e.position, Some((4, 14)), "{e}");
+        assert!(e.message.starts_with("sysfs_root /srv/sys: "), "{e}");
+    }
+
+    #[test]
+    fn sysfs_root_alone_is_read_from_an_unfinished_file() {
+        let mut host = FakeHost::default();
+        host.dirs.insert(PathBuf::from("/srv/sys"));
+        let path = Path::new("/etc/c.toml");
+        let text =
+            "[mqtt]\nsysfs_root = \"/x\"\n[gateway] # ours\nid = \nsysfs_root = \"/srv/sys\"\n";
+        assert_eq!(
+            sysfs_root_in(text, path, &host).unwrap(),
+            Some(PathBuf::from("/srv/sys"))
+        );
+        assert_eq!(
+            sysfs_root_in("[gateway]\nid = 1\n", path, &host).unwrap(),
+            None
+        );
+        let e = sysfs_root_in("[gateway]\nsysfs_root = 5\n", path, &host).unwrap_err();
+        assert_eq!(e.position, Some((2, 14)), "{e}");
+        assert!(e.message.contains("must be a string"), "{e}");
     }
 }
