@@ -202,3 +202,69 @@ fn driver_of(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use crate::config::test_support::*;
+    use crate::config::*;
+
+    fn actuator(keys: &str) -> Result<Config, ConfigError> {
+        parse(&format!(
+            "{MIN}[[sensor]]\nid = \"s\"\ntype = \"number\"\npath = \"/s\"\n[[actuator]]\n{keys}"
+        ))
+    }
+
+    #[test]
+    fn drivers_types_and_defaults() {
+        let c = actuator(
+            "id = \"{gateway_id}-x\"\ntype = \"exec\"\ncommand = [\"/usr/bin/relay\", \"-v\"]\non_shutdown = \"off\"\n",
+        )
+        .unwrap();
+        let a = &c.actuators[0];
+        assert_eq!(a.id, "gw1-x");
+        assert_eq!(a.actuator_type, ActuatorType::Exec);
+        assert_eq!(
+            a.driver,
+            ActuatorDriver::Exec {
+                command: vec!["/usr/bin/relay".into(), "-v".into()],
+                timeout: Duration::from_secs(30)
+            }
+        );
+        assert_eq!(a.on_shutdown, OnShutdown::Off);
+        assert_eq!(a.thingplus_type, "powerSwitch");
+        let c = actuator(
+            "id = \"l\"\ntype = \"led\"\npath = \"/sys/class/leds/a\"\nthingplus_type = \"x\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.actuators[0].on_shutdown, OnShutdown::Leave);
+        assert_eq!(c.actuators[0].thingplus_type, "x");
+        assert_eq!(
+            c.actuators[0].driver,
+            ActuatorDriver::Led {
+                path: PathBuf::from("/sys/class/leds/a")
+            }
+        );
+    }
+
+    #[test]
+    fn actuator_errors_keep_their_wording_and_place() {
+        let line = MIN.lines().count() + 6;
+        for (keys, message, at) in [
+            ("id = \"s\"\ntype = \"led\"\npath = \"/l\"\n", "duplicate id \"s\"", (line, 6)),
+            ("id = \"a b\"\ntype = \"led\"\n", "invalid actuator id \"a b\"", (line, 6)),
+            ("id = \"a\"\ntype = \"lamp\"\n", "unknown actuator type \"lamp\": expected \"led\", \"powerSwitch\" or \"exec\"", (line + 1, 8)),
+            ("id = \"a\"\ntype = \"led\"\n", "actuator \"a\" needs path = \"...\" (a sysfs LED directory such as /sys/class/leds/led0)", (line, 6)),
+            ("id = \"a\"\ntype = \"powerSwitch\"\npath = \"/v\"\ngpio_chip = \"/dev/gpiochip0\"\nline = 1\n", "powerSwitch \"a\" needs either gpio_chip", (line, 6)),
+            ("id = \"a\"\ntype = \"exec\"\n", "exec actuator \"a\" needs command", (line, 6)),
+            ("id = \"a\"\ntype = \"exec\"\ncommand = [\"relay\"]\n", "command must start with the absolute path", (line + 2, 11)),
+            ("id = \"a\"\ntype = \"led\"\npath = \"/l\"\non_shutdown = \"on\"\n", "invalid on_shutdown \"on\": expected \"leave\" or \"off\"", (line + 3, 15)),
+        ] {
+            let e = actuator(keys).unwrap_err();
+            assert!(e.message.starts_with(message), "{keys}: {e}");
+            assert_eq!(e.position, Some(at), "{keys}: {e}");
+        }
+    }
+}

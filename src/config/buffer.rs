@@ -83,3 +83,51 @@ pub(super) fn buffer_from_raw(
         min_free_percent,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::test_support::*;
+    use crate::config::*;
+
+    #[test]
+    fn fsync_min_free_and_dir() {
+        let c = parse(&format!(
+            "{MIN}[buffer]\nfsync = \"250ms\"\nmin_free = \" 2.5 %\"\nmax_size = \"1MiB\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.buffer.fsync, Fsync::Period(Duration::from_millis(250)));
+        assert_eq!(c.buffer.min_free_percent, 2.5);
+        assert_eq!(c.buffer.max_size, 1 << 20);
+        assert_eq!(c.buffer.dir, Path::new("/var/lib/thingplus-gw/buffer"));
+        for (word, fsync) in [("always", Fsync::Always), ("never", Fsync::Never)] {
+            let c = parse(&format!("{MIN}[buffer]\nfsync = \"{word}\"\n")).unwrap();
+            assert_eq!(c.buffer.fsync, fsync);
+        }
+        let c = parse(&format!("{MIN}[buffer]\ndir = \"/data/q\"\n")).unwrap();
+        assert_eq!(c.buffer.dir, Path::new("/data/q"));
+        assert_eq!(c.buffer.min_free_percent, 5.0);
+    }
+
+    #[test]
+    fn bad_fsync_and_min_free_are_named_at_their_place() {
+        for (keys, message) in [
+            (
+                "fsync = \"0s\"",
+                "invalid fsync \"0s\": expected \"always\", \"never\" or a period such as \"1s\"",
+            ),
+            ("fsync = \"sometimes\"", "invalid fsync \"sometimes\""),
+            (
+                "min_free = \"5\"",
+                "invalid min_free \"5\": expected a percentage such as \"5%\"",
+            ),
+            ("min_free = \"100%\"", "invalid min_free \"100%\""),
+        ] {
+            let e = parse(&format!("{MIN}[buffer]\n{keys}\n")).unwrap_err();
+            assert!(e.message.starts_with(message), "{e}");
+            assert_eq!(e.position.map(|p| p.0), Some(5), "{e}");
+        }
+    }
+}

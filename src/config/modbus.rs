@@ -270,3 +270,79 @@ fn data_type_of(
     }
     Ok(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::test_support::*;
+    use crate::config::*;
+
+    fn bus(keys: &str) -> Result<Config, ConfigError> {
+        parse(&format!("{MIN}[modbus.b]\ndevice = \"/dev/ttyS1\"\n{keys}"))
+    }
+
+    #[test]
+    fn bus_defaults_follow_the_modbus_serial_line_specification() {
+        let c = bus("").unwrap();
+        let b = &c.modbus[0];
+        assert_eq!(b.line.to_string(), "9600 8E1");
+        assert_eq!(b.timeout, Duration::from_secs(1));
+        assert!(b.batch);
+        assert_eq!(
+            (b.max_gap, b.reopen_min, b.reopen_max),
+            (0, Duration::from_secs(1), Duration::from_secs(30))
+        );
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w == "[modbus.b] has no sensor: it is not opened"),
+            "{:?}",
+            c.warnings
+        );
+        let c =
+            bus("parity = \"none\"\nflow_control = \"hardware\"\nbatch = false\nmax_gap = 100\n")
+                .unwrap();
+        assert_eq!(c.modbus[0].line.to_string(), "9600 8N1 rts/cts");
+        assert!(!c.modbus[0].batch);
+    }
+
+    #[test]
+    fn bus_and_point_errors() {
+        for (keys, message) in [
+            ("max_gap = 101\n", "max_gap must be between 0 and 100"),
+            ("timeout = \"0s\"\n", "timeout must be greater than zero"),
+            ("flow_control = \"rts\"\n", "invalid flow_control \"rts\": expected \"none\", \"software\" (XON/XOFF) or \"hardware\" (RTS/CTS)"),
+            ("baud = 0\n", "baud must be greater than zero, such as 9600"),
+        ] {
+            let e = bus(keys).unwrap_err();
+            assert_eq!(e.message, message, "{e}");
+            assert_eq!(e.position.map(|p| p.0), Some(6), "{e}");
+        }
+        let point = |keys: &str| {
+            bus(&format!(
+                "[[sensor]]\nid = \"p\"\ntype = \"number\"\nmodbus = \"b\"\naddress = 7\n{keys}"
+            ))
+        };
+        let e = point("function = \"write\"\n").unwrap_err();
+        assert_eq!(
+            e.message,
+            "invalid function \"write\": expected \"holding\", \"input\", \"coil\" or \"discrete\""
+        );
+        let e = point("data_type = \"u64\"\n").unwrap_err();
+        assert!(
+            e.message
+                .starts_with("invalid data_type \"u64\": expected \"u16\""),
+            "{e}"
+        );
+        let c = point("function = \"input\"\ndata_type = \"i32\"\n").unwrap();
+        let SensorSource::Modbus(p) = &c.sensors[0].source else {
+            panic!("{:?}", c.sensors[0].source)
+        };
+        assert_eq!(
+            (p.function, p.data_type, p.word_order),
+            (ModbusFunction::Input, ModbusDataType::I32, WordOrder::Big)
+        );
+        assert_eq!((p.unit, p.address), (1, 7));
+    }
+}
