@@ -59,6 +59,7 @@ pub fn init(level: Option<&str>) -> Output {
             Output::Journald
         }
         None => {
+            // SAFETY: isatty only inspects the descriptor number.
             let ansi = unsafe { libc::isatty(2) == 1 };
             let fmt = tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
@@ -99,7 +100,9 @@ fn journal_stream_matches(value: &str, fd: libc::c_int) -> bool {
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
         return false;
     };
+    // SAFETY: a zeroed `stat` is a valid out-parameter (plain integers).
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is valid for writes; a bad `fd` only makes fstat fail.
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
         return false;
     }

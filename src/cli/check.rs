@@ -50,6 +50,15 @@ pub fn run(config_path: &Path) -> ExitCode {
 /// A human summary of a configuration. Never shows the APIKEY.
 pub fn describe(c: &Config) -> String {
     let mut o = String::new();
+    describe_gateway(&mut o, c);
+    describe_transport(&mut o, c);
+    describe_sensors(&mut o, c);
+    describe_ports(&mut o, c);
+    describe_actuators(&mut o, c);
+    o
+}
+
+fn describe_gateway(o: &mut String, c: &Config) {
     let g = &c.gateway;
     let _ = writeln!(o, "{}: OK", c.path.display());
     let _ = writeln!(o, "gateway id       {} ({})", g.id, g.id_source);
@@ -71,6 +80,10 @@ pub fn describe(c: &Config) -> String {
             ""
         }
     );
+}
+
+/// The broker, the messages and the buffer.
+fn describe_transport(o: &mut String, c: &Config) {
     let m = &c.mqtt;
     let _ = writeln!(
         o,
@@ -89,7 +102,7 @@ pub fn describe(c: &Config) -> String {
     let _ = writeln!(
         o,
         "keep-alive       {}; reconnect {} .. {}",
-        format_duration(m.keep_alive_for(g.report_interval)),
+        format_duration(m.keep_alive_for(c.gateway.report_interval)),
         format_duration(m.reconnect_min),
         format_duration(m.reconnect_max)
     );
@@ -114,6 +127,9 @@ pub fn describe(c: &Config) -> String {
         c.buffer.dir.display(),
         c.buffer.max_size >> 20
     );
+}
+
+fn describe_sensors(o: &mut String, c: &Config) {
     let _ = writeln!(o, "sensors          {}", c.sensors.len());
     for s in &c.sensors {
         let source = match &s.source {
@@ -163,6 +179,10 @@ pub fn describe(c: &Config) -> String {
             if s.event { ", sent on change" } else { "" }
         );
     }
+}
+
+/// Serial ports and Modbus buses, when there are any.
+fn describe_ports(o: &mut String, c: &Config) {
     if !c.serial.is_empty() {
         let _ = writeln!(o, "serial ports     {}", c.serial.len());
         for p in &c.serial {
@@ -204,6 +224,9 @@ pub fn describe(c: &Config) -> String {
             );
         }
     }
+}
+
+fn describe_actuators(o: &mut String, c: &Config) {
     let _ = writeln!(o, "actuators        {}", c.actuators.len());
     for a in &c.actuators {
         let how = match &a.driver {
@@ -234,5 +257,34 @@ pub fn describe(c: &Config) -> String {
         };
         let _ = writeln!(o, "  {:<36} {:<12} {how}", a.id, a.thingplus_type);
     }
-    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FakeHost;
+
+    #[test]
+    fn describe_shows_each_section_and_never_the_apikey() {
+        let text = "[gateway]\nid = \"gw1\"\napikey = \"Xk9-SeCrEt\"\n\
+                    [mqtt]\nhost = \"127.0.0.1\"\ntls = false\ncompress = \"gzip\"\n\
+                    [[sensor]]\nid = \"t\"\ntype = \"temperature\"\npath = \"/t\"\n\
+                    [[actuator]]\nid = \"r\"\ntype = \"powerSwitch\"\ngpio_chip = \"/dev/gpiochip0\"\nline = 3\nactive_low = true\n";
+        let c = Config::parse_with(text, Path::new("/c.toml"), &FakeHost::default()).unwrap();
+        let d = describe(&c);
+        assert!(!d.contains("Xk9-SeCrEt"), "{d}");
+        let lines: Vec<&str> = d.lines().collect();
+        assert_eq!(lines[0], "/c.toml: OK");
+        assert_eq!(lines[1], "gateway id       gw1 (config)");
+        assert_eq!(lines[2], "apikey           set (10 characters)");
+        assert!(
+            d.contains("broker           127.0.0.1:1883 (plain TCP)\n"),
+            "{d}"
+        );
+        assert!(d.contains("; gzip above 1024 bytes\n"), "{d}");
+        assert!(d.contains("fsync every 1s)\nsensors          1\n"), "{d}");
+        assert!(d.contains("every report interval\n"), "{d}");
+        assert!(!d.contains("serial ports"), "{d}");
+        assert!(d.ends_with("/dev/gpiochip0 line 3, active low\n"), "{d}");
+    }
 }

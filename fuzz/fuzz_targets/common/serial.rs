@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use thingplus_gw::config::{Config, SensorConfig, SensorSource, SerialFormat};
+use thingplus_gw::config::{Config, FakeHost, SensorConfig, SensorSource, SerialFormat};
 use thingplus_gw::sensor::serial::{field_value, parse_line, LineEvent, LineSplitter, Lookup};
 
 /// The line limit used here: libFuzzer's inputs are 4 KiB by default, so
@@ -34,8 +34,12 @@ pub fn port_config(port: &str, fields: &[&str]) -> (SerialFormat, Vec<SensorConf
             );
         }
     }
-    let c = Config::parse(&text, Path::new("/nonexistent/fuzz.toml"))
-        .unwrap_or_else(|e| panic!("fuzz config: {e}\n{text}"));
+    let c = Config::parse_with(
+        &text,
+        Path::new("/nonexistent/fuzz.toml"),
+        &FakeHost::default(),
+    )
+    .unwrap_or_else(|e| panic!("fuzz config: {e}\n{text}"));
     let format = c.serial[0].format.clone();
     (format, c.sensors)
 }
