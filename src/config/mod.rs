@@ -220,12 +220,6 @@ impl Config {
             warnings,
         })
     }
-
-    /// The status valid duration in seconds for a report interval.
-    pub fn status_validity_secs(&self, report_interval: Duration) -> i64 {
-        let d = self.gateway.status_validity.unwrap_or(report_interval * 2);
-        d.as_secs_f64().ceil() as i64
-    }
 }
 
 /// A device is opened exclusively by one port or bus.
@@ -349,7 +343,7 @@ mod tests {
         assert_eq!(c.buffer.fsync, Fsync::Period(Duration::from_secs(1)));
         assert_eq!(c.buffer.max_size, 256 << 20);
         assert_eq!(c.mqtt.compress, Compression::Off);
-        assert_eq!(c.status_validity_secs(c.gateway.report_interval), 120);
+        assert_eq!(c.gateway.status_validity, None);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
