@@ -433,7 +433,7 @@ fn broker_restart_reconnects_no_sooner_than_reconnect_min_and_delivers_backlog()
         .replace("reconnect_min = \"1s\"", "reconnect_min = \"3s\"")
         .replace("reconnect_max = \"2s\"", "reconnect_max = \"6s\"");
     let d = Daemon::spawn(dir.path(), &cfg);
-    d.wait_log("connected to Thing+ broker");
+    d.wait_connected();
     cloud.wait_values("t", "values before the outage", |v| v.len() >= 5);
     let subs = cloud.subscriptions();
 
@@ -588,7 +588,7 @@ fn frozen_broker_is_detected_by_the_ack_timeout_and_nothing_is_lost() {
     let sensors = file_sensor("t", "number", &temp, "interval = \"100ms\"");
     let cfg = config_text(dir.path(), broker.port, "ack_timeout = \"2s\"", &sensors);
     let d = Daemon::spawn(dir.path(), &cfg);
-    d.wait_log("connected to Thing+ broker");
+    d.wait_connected();
     cloud.wait_values("t", "values before the freeze", |v| v.len() >= 5);
     broker.pause();
     d.wait_log("the link is considered dead");
