@@ -1,4 +1,4 @@
-//! End-to-end benchmarks of the packaged daemon (issue 8), each figure next
+//! End-to-end benchmarks of the packaged daemon, each figure next
 //! to a baseline measured in the same run.
 //!
 //! Run it through `scripts/bench.sh`, which builds the packaged binary
