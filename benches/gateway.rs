@@ -1,4 +1,4 @@
-//! End-to-end benchmarks of the packaged daemon (issue 8), each figure next
+//! End-to-end benchmarks of the packaged daemon, each figure next
 //! to a baseline measured in the same run.
 //!
 //! Run it through `scripts/bench.sh`, which builds the packaged binary
@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use thingplus_gw::reading::{Reading, Value};
 use thingplus_gw::thingplus::{pack_values, parse_values};
 
@@ -542,159 +542,253 @@ fn plain_publisher(args: &[String]) {
                 break;
             }
         }
-        // (topic, payload, readings in it)
-        let load = |file: &str| -> Vec<(i64, String, Vec<u8>, u64)> {
-            std::fs::read_to_string(file)
-                .unwrap()
-                .lines()
-                .map(|l| {
-                    let mut f = l.splitn(3, '\t');
-                    let at: i64 = f.next().unwrap().parse().unwrap();
-                    let topic = f.next().unwrap().to_string();
-                    let payload = f.next().unwrap().as_bytes().to_vec();
-                    let n = if topic == format!("v/a/g/{GW}") {
-                        parse_values(&payload).map_or(0, |r| r.len() as u64)
-                    } else {
-                        0
-                    };
-                    (at, topic, payload, n)
-                })
-                .collect()
-        };
         println!("start");
         let started = Instant::now();
-        let (mut msgs, mut readings) = (0u64, 0u64);
-        // Readings per message in flight, in order (Mosquitto acks in order).
-        let mut flight: VecDeque<u64> = VecDeque::new();
+        let mut acked = Acked::default();
+        let link = (&client, &mut ev);
         match mode {
-            "replay" => {
-                let plan = load(&args[2]);
-                let mut next = 0;
-                while next < plan.len() || !flight.is_empty() {
-                    let due = plan
-                        .get(next)
-                        .map(|p| started + Duration::from_millis(p.0.max(0) as u64));
-                    tokio::select! {
-                        _ = async { tokio::time::sleep_until(due.unwrap().into()).await }, if due.is_some() => {
-                            let (_, topic, payload, n) = &plan[next];
-                            client.try_publish(topic, QoS::AtLeastOnce, false, payload.clone()).unwrap();
-                            flight.push_back(*n);
-                            next += 1;
-                        }
-                        e = ev.poll() => if let Event::Incoming(Packet::PubAck(_)) = e.expect("replay") {
-                            readings += flight.pop_front().unwrap_or(0);
-                            msgs += 1;
-                        }
-                    }
-                }
-            }
+            "replay" => replay(link, &load_plan(&args[2]), started, &mut acked).await,
             "flood" => {
-                let plan = load(&args[2]);
-                let secs: u64 = args[3].parse().unwrap();
-                let window: usize = args[4].parse().unwrap();
-                let end = started + Duration::from_secs(secs);
-                let mut i = 0;
-                loop {
-                    let open = Instant::now() < end;
-                    while open && flight.len() < window {
-                        let (_, topic, payload, n) = &plan[i % plan.len()];
-                        client
-                            .try_publish(topic, QoS::AtLeastOnce, false, payload.clone())
-                            .unwrap();
-                        flight.push_back(*n);
-                        i += 1;
-                    }
-                    if !open && flight.is_empty() {
-                        break;
-                    }
-                    if let Event::Incoming(Packet::PubAck(_)) = ev.poll().await.expect("flood") {
-                        readings += flight.pop_front().unwrap_or(0);
-                        msgs += 1;
-                    }
-                }
+                let plan = load_plan(&args[2]);
+                let end = started + Duration::from_secs(args[3].parse().unwrap());
+                flood(link, &plan, end, args[4].parse().unwrap(), &mut acked).await;
             }
-            "sample-flood" => {
-                // The least a gateway must do: read each file, make a reading,
-                // encode, publish; no tasks, buffer, clock or status board.
-                let dir = PathBuf::from(&args[2]);
-                let n: usize = args[3].parse().unwrap();
-                let secs: u64 = args[4].parse().unwrap();
-                let window: usize = args[5].parse().unwrap();
-                let paths: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("temp{i}"))).collect();
-                let ids: Vec<Arc<str>> = (0..n)
-                    .map(|i| Arc::from(format!("{GW}-temperature-{i}")))
-                    .collect();
-                let topic = format!("v/a/g/{GW}");
-                let end = started + Duration::from_secs(secs);
-                let mut batch: Vec<Reading> = Vec::new();
-                let mut k = 0;
-                loop {
-                    let open = Instant::now() < end;
-                    while open && flight.len() < window {
-                        while batch.len() < 4096 {
-                            let raw = std::fs::read_to_string(&paths[k % n]).unwrap();
-                            let v: f64 = raw.trim().parse().unwrap();
-                            batch.push(Reading {
-                                sensor_id: ids[k % n].clone(),
-                                time_ms: now_ms(),
-                                value: Value::Number(v * 0.001),
-                            });
-                            k += 1;
-                        }
-                        let (msg, used) = pack_values(&batch, 64 * 1024);
-                        batch.drain(..used);
-                        client
-                            .try_publish(&topic, QoS::AtLeastOnce, false, msg.into_bytes())
-                            .unwrap();
-                        flight.push_back(used as u64);
-                    }
-                    if !open && flight.is_empty() {
-                        break;
-                    }
-                    if let Event::Incoming(Packet::PubAck(_)) = ev.poll().await.expect("sample-flood") {
-                        readings += flight.pop_front().unwrap_or(0);
-                        msgs += 1;
-                    }
-                }
-            }
+            "sample-flood" => sample_flood(link, &args[2..], started, &mut acked).await,
             "paced" => {
                 let n: usize = args[2].parse().unwrap();
-                let secs: u64 = args[3].parse().unwrap();
-                let ids: Vec<Arc<str>> = (0..n)
-                    .map(|i| Arc::from(format!("{GW}-plain-{i}")))
-                    .collect();
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                let end = started + Duration::from_secs(secs);
-                let mut k = 0u64;
-                while Instant::now() < end || !flight.is_empty() {
-                    tokio::select! {
-                        _ = tick.tick(), if Instant::now() < end => {
-                            let t = now_ms();
-                            let batch: Vec<Reading> = ids
-                                .iter()
-                                .map(|id| Reading { sensor_id: id.clone(), time_ms: t, value: Value::Number(k as f64 * 0.01) })
-                                .collect();
-                            k += 1;
-                            let (msg, _) = pack_values(&batch, usize::MAX);
-                            client.try_publish(format!("v/a/g/{GW}"), QoS::AtLeastOnce, false, msg.into_bytes()).unwrap();
-                            flight.push_back(n as u64);
-                        }
-                        e = ev.poll() => if let Event::Incoming(Packet::PubAck(_)) = e.expect("paced") {
-                            readings += flight.pop_front().unwrap_or(0);
-                            msgs += 1;
-                        }
-                    }
-                }
+                let end = started + Duration::from_secs(args[3].parse().unwrap());
+                paced(link, n, end, &mut acked).await;
             }
             other => panic!("unknown mode {other}"),
         }
         println!(
-            "done {msgs} {readings} {:.3}",
+            "done {} {} {:.3}",
+            acked.msgs,
+            acked.readings,
             started.elapsed().as_secs_f64()
         );
         let _ = std::io::stdout().flush();
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
     });
+}
+
+/// The plain publisher's client and its event loop.
+type Link<'a> = (&'a AsyncClient, &'a mut EventLoop);
+
+/// A planned message: (offset in ms, topic, payload, readings in it).
+type PlannedMessage = (i64, String, Vec<u8>, u64);
+
+/// Messages and readings acknowledged so far, and the readings of each
+/// message in flight, in order (Mosquitto acknowledges in order).
+#[derive(Default)]
+struct Acked {
+    msgs: u64,
+    readings: u64,
+    flight: VecDeque<u64>,
+}
+
+impl Acked {
+    fn sent(&mut self, readings: u64) {
+        self.flight.push_back(readings);
+    }
+
+    fn on_event(&mut self, event: Event) {
+        if let Event::Incoming(Packet::PubAck(_)) = event {
+            self.readings += self.flight.pop_front().unwrap_or(0);
+            self.msgs += 1;
+        }
+    }
+}
+
+/// The messages of a plan file (lines `OFFSET_MS<TAB>TOPIC<TAB>PAYLOAD`).
+fn load_plan(file: &str) -> Vec<PlannedMessage> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(3, '\t');
+            let at: i64 = f.next().unwrap().parse().unwrap();
+            let topic = f.next().unwrap().to_string();
+            let payload = f.next().unwrap().as_bytes().to_vec();
+            let n = if topic == format!("v/a/g/{GW}") {
+                parse_values(&payload).map_or(0, |r| r.len() as u64)
+            } else {
+                0
+            };
+            (at, topic, payload, n)
+        })
+        .collect()
+}
+
+/// Publishes each message of `plan` at its offset from `started`.
+async fn replay(link: Link<'_>, plan: &[PlannedMessage], started: Instant, acked: &mut Acked) {
+    let (client, ev) = link;
+    let mut next = 0;
+    while next < plan.len() || !acked.flight.is_empty() {
+        let due = plan
+            .get(next)
+            .map(|p| started + Duration::from_millis(p.0.max(0) as u64));
+        tokio::select! {
+            _ = async { tokio::time::sleep_until(due.unwrap().into()).await }, if due.is_some() => {
+                let (_, topic, payload, n) = &plan[next];
+                client.try_publish(topic, QoS::AtLeastOnce, false, payload.clone()).unwrap();
+                acked.sent(*n);
+                next += 1;
+            }
+            e = ev.poll() => acked.on_event(e.expect("replay")),
+        }
+    }
+}
+
+/// Publishes the messages of `plan` round robin until `end`, as fast as the
+/// broker acknowledges, at most `window` in flight.
+async fn flood(
+    link: Link<'_>,
+    plan: &[PlannedMessage],
+    end: Instant,
+    window: usize,
+    acked: &mut Acked,
+) {
+    let (client, ev) = link;
+    let mut i = 0;
+    loop {
+        let open = Instant::now() < end;
+        while open && acked.flight.len() < window {
+            let (_, topic, payload, n) = &plan[i % plan.len()];
+            client
+                .try_publish(topic, QoS::AtLeastOnce, false, payload.clone())
+                .unwrap();
+            acked.sent(*n);
+            i += 1;
+        }
+        if !open && acked.flight.is_empty() {
+            break;
+        }
+        acked.on_event(ev.poll().await.expect("flood"));
+    }
+}
+
+/// The least a gateway must do: read each file, make a reading, encode,
+/// publish; no tasks, buffer, clock or status board. `args`: DIR N SECS
+/// WINDOW.
+async fn sample_flood(link: Link<'_>, args: &[String], started: Instant, acked: &mut Acked) {
+    let (client, ev) = link;
+    let dir = PathBuf::from(&args[0]);
+    let n: usize = args[1].parse().unwrap();
+    let secs: u64 = args[2].parse().unwrap();
+    let window: usize = args[3].parse().unwrap();
+    let paths: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("temp{i}"))).collect();
+    let ids: Vec<Arc<str>> = (0..n)
+        .map(|i| Arc::from(format!("{GW}-temperature-{i}")))
+        .collect();
+    let topic = format!("v/a/g/{GW}");
+    let end = started + Duration::from_secs(secs);
+    let mut batch: Vec<Reading> = Vec::new();
+    let mut k = 0;
+    loop {
+        let open = Instant::now() < end;
+        while open && acked.flight.len() < window {
+            while batch.len() < 4096 {
+                let raw = std::fs::read_to_string(&paths[k % n]).unwrap();
+                let v: f64 = raw.trim().parse().unwrap();
+                batch.push(Reading {
+                    sensor_id: ids[k % n].clone(),
+                    time_ms: now_ms(),
+                    value: Value::Number(v * 0.001),
+                });
+                k += 1;
+            }
+            let (msg, used) = pack_values(&batch, 64 * 1024);
+            batch.drain(..used);
+            client
+                .try_publish(&topic, QoS::AtLeastOnce, false, msg.into_bytes())
+                .unwrap();
+            acked.sent(used as u64);
+        }
+        if !open && acked.flight.is_empty() {
+            break;
+        }
+        acked.on_event(ev.poll().await.expect("sample-flood"));
+    }
+}
+
+/// Every second until `end`, `n` readings stamped now in one message.
+async fn paced(link: Link<'_>, n: usize, end: Instant, acked: &mut Acked) {
+    let (client, ev) = link;
+    let ids: Vec<Arc<str>> = (0..n)
+        .map(|i| Arc::from(format!("{GW}-plain-{i}")))
+        .collect();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut k = 0u64;
+    while Instant::now() < end || !acked.flight.is_empty() {
+        tokio::select! {
+            _ = tick.tick(), if Instant::now() < end => {
+                let t = now_ms();
+                let batch: Vec<Reading> = ids
+                    .iter()
+                    .map(|id| Reading { sensor_id: id.clone(), time_ms: t, value: Value::Number(k as f64 * 0.01) })
+                    .collect();
+                k += 1;
+                let (msg, _) = pack_values(&batch, usize::MAX);
+                client.try_publish(format!("v/a/g/{GW}"), QoS::AtLeastOnce, false, msg.into_bytes()).unwrap();
+                acked.sent(n as u64);
+            }
+            e = ev.poll() => acked.on_event(e.expect("paced")),
+        }
+    }
+}
+
+/// Writes a plan of messages shaped like the daemon's in the throughput run:
+/// 1,000 sensors, up to 64 KiB each.
+fn write_thousand_sensor_plan(path: &Path) {
+    let ids: Vec<Arc<str>> = (0..1000)
+        .map(|i| Arc::from(format!("{GW}-temperature-{i}")))
+        .collect();
+    let t = now_ms();
+    let readings: Vec<Reading> = (0..20_000)
+        .map(|i| Reading {
+            sensor_id: ids[i % 1000].clone(),
+            time_ms: t + (i / 1000) as i64 * 10,
+            value: Value::Number(20.0 + (i % 1000) as f64 * 0.037),
+        })
+        .collect();
+    let mut msgs = Vec::new();
+    let mut rest = &readings[..];
+    while !rest.is_empty() {
+        let (m, n) = pack_values(rest, 64 * 1024);
+        msgs.push(m);
+        rest = &rest[n..];
+    }
+    let topic = format!("v/a/g/{GW}");
+    let plan: Vec<(i64, &str, &[u8])> = msgs
+        .iter()
+        .map(|m| (0, topic.as_str(), m.as_bytes()))
+        .collect();
+    write_plan(path, &plan);
+}
+
+/// The messages a subscriber saw, at the same pace (from `start`), sent
+/// again by a plain rumqttc publisher.
+fn replay_plainly(dir: &Path, port: u16, seen: &[Seen], start: Instant) -> PlainResult {
+    let plan_path = dir.join("replay.tsv");
+    let first = seen.first().map_or(start, |m| m.at);
+    let plan: Vec<(i64, &str, &[u8])> = seen
+        .iter()
+        .map(|m| {
+            (
+                (m.at - first).as_millis() as i64,
+                m.topic.as_str(),
+                &m.payload[..],
+            )
+        })
+        .collect();
+    write_plan(&plan_path, &plan);
+    Plain::spawn(&[
+        "replay".into(),
+        port.to_string(),
+        plan_path.display().to_string(),
+    ])
+    .run()
 }
 
 fn write_plan(path: &Path, msgs: &[(i64, &str, &[u8])]) {
@@ -844,26 +938,7 @@ impl Bench {
             ));
         }
 
-        // The same messages, at the same pace, from a plain rumqttc publisher.
-        let plan_path = dir.join("replay.tsv");
-        let first = seen.first().map_or(t0, |m| m.at);
-        let plan: Vec<(i64, &str, &[u8])> = seen
-            .iter()
-            .map(|m| {
-                (
-                    (m.at - first).as_millis() as i64,
-                    m.topic.as_str(),
-                    &m.payload[..],
-                )
-            })
-            .collect();
-        write_plan(&plan_path, &plan);
-        let plain = Plain::spawn(&[
-            "replay".into(),
-            broker.port.to_string(),
-            plan_path.display().to_string(),
-        ])
-        .run();
+        let plain = replay_plainly(dir, broker.port, &seen, t0);
         let seen_readings = readings_in(&seen);
 
         let pct = |cpu: Duration, wall: f64| 100.0 * cpu.as_secs_f64() / wall;
@@ -954,32 +1029,8 @@ impl Bench {
         let sampled = delivered as i64 + p1 as i64 - p0 as i64;
         let cpu = Duration::from_nanos(c1 - c0);
 
-        // Messages shaped like the daemon's: 1,000 sensors, up to 64 KiB.
-        let ids: Vec<Arc<str>> = (0..1000)
-            .map(|i| Arc::from(format!("{GW}-temperature-{i}")))
-            .collect();
-        let t = now_ms();
-        let readings: Vec<Reading> = (0..20_000)
-            .map(|i| Reading {
-                sensor_id: ids[i % 1000].clone(),
-                time_ms: t + (i / 1000) as i64 * 10,
-                value: Value::Number(20.0 + (i % 1000) as f64 * 0.037),
-            })
-            .collect();
-        let mut msgs = Vec::new();
-        let mut rest = &readings[..];
-        while !rest.is_empty() {
-            let (m, n) = pack_values(rest, 64 * 1024);
-            msgs.push(m);
-            rest = &rest[n..];
-        }
-        let topic = format!("v/a/g/{GW}");
-        let plan: Vec<(i64, &str, &[u8])> = msgs
-            .iter()
-            .map(|m| (0, topic.as_str(), m.as_bytes()))
-            .collect();
         let plan_path = dir.join("flood.tsv");
-        write_plan(&plan_path, &plan);
+        write_thousand_sensor_plan(&plan_path);
         let flood_secs = (self.secs.as_secs() / 3).max(5);
         let plain = Plain::spawn(&[
             "flood".into(),

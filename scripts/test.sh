@@ -13,4 +13,13 @@ if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ] || ! comman
   $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
 
+# The TLS tests check the system trust store (tests/transport.rs fails
+# without it rather than skipping).
+if [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then
+  echo "installing ca-certificates (the TLS tests use the system trust store)..." >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ca-certificates >/dev/null
+fi
+
 cargo test "$@"

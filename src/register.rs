@@ -325,32 +325,7 @@ pub fn plan(config: &Config, http: &mut dyn Http) -> Result<Plan, String> {
         Json::Number(n) => n.to_string(),
         _ => return Err(format!("the gateway information has no model: {info}")),
     };
-    let model = get_ok(
-        http,
-        &format!("/gatewayModels/{model_id}"),
-        "reading the gateway model",
-        gw,
-    )?;
-    let device_models = model["deviceModels"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let Some(device_model) = device_models
-        .iter()
-        .find(|d| d["discoverable"].as_str() == Some("y"))
-        .or(device_models.first())
-    else {
-        return Err(format!("gateway model {model_id} has no device model"));
-    };
-    let device_model_id = device_model["id"].as_str().unwrap_or_default().to_string();
-    let device_template = device_model["idTemplate"]
-        .as_str()
-        .unwrap_or("{gatewayId}-{deviceAddress}")
-        .to_string();
-    let sensor_models = device_model["sensors"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let (device_model_id, device_template, sensor_models) = device_model(http, gw, &model_id)?;
 
     let mut things: Vec<(String, String, &str)> = config
         .sensors
@@ -380,28 +355,7 @@ pub fn plan(config: &Config, http: &mut dyn Http) -> Result<Plan, String> {
             continue;
         };
         let driver = sm["driverName"].as_str().unwrap_or_default().to_string();
-        let template = match drivers.get(&driver) {
-            Some(t) => t.clone(),
-            None => {
-                let d = get_ok(
-                    http,
-                    &format!("/sensorDrivers/?filter[id]={driver}"),
-                    "reading a sensor driver",
-                    gw,
-                )?;
-                // One object, or a list holding it.
-                let d = match d {
-                    Json::Array(a) => a.into_iter().next().unwrap_or(Json::Null),
-                    d => d,
-                };
-                let t = d["idTemplate"]
-                    .as_str()
-                    .unwrap_or("{gatewayId}-{deviceAddress}-{type}-{sequence}")
-                    .to_string();
-                drivers.insert(driver.clone(), t.clone());
-                t
-            }
-        };
+        let template = driver_template(http, gw, &mut drivers, &driver)?;
         let Some(mut address) = match_template(&template, &id, gw, &ty) else {
             failed.push((
                 id,
@@ -444,16 +398,7 @@ pub fn plan(config: &Config, http: &mut dyn Http) -> Result<Plan, String> {
     let mut items: Vec<Planned> = devices.into_values().collect();
     items.extend(sensors);
     if !items.is_empty() {
-        let have_devices = existing(http, gw, "devices", &mut notes)?;
-        let have_sensors = existing(http, gw, "sensors", &mut notes)?;
-        for p in &mut items {
-            let have = if p.what == "device" {
-                &have_devices
-            } else {
-                &have_sensors
-            };
-            p.exists = have.as_ref().is_some_and(|h| h.contains(&p.id));
-        }
+        mark_existing(http, gw, &mut items, &mut notes)?;
     }
     Ok(Plan {
         items,
@@ -461,6 +406,92 @@ pub fn plan(config: &Config, http: &mut dyn Http) -> Result<Plan, String> {
         notes,
         refusal,
     })
+}
+
+/// The gateway model's device model (the discoverable one, else the first):
+/// its id, its device id template and the sensor models it offers.
+fn device_model(
+    http: &mut dyn Http,
+    gw: &str,
+    model_id: &str,
+) -> Result<(String, String, Vec<Json>), String> {
+    let model = get_ok(
+        http,
+        &format!("/gatewayModels/{model_id}"),
+        "reading the gateway model",
+        gw,
+    )?;
+    let device_models = model["deviceModels"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let Some(device_model) = device_models
+        .iter()
+        .find(|d| d["discoverable"].as_str() == Some("y"))
+        .or(device_models.first())
+    else {
+        return Err(format!("gateway model {model_id} has no device model"));
+    };
+    let device_model_id = device_model["id"].as_str().unwrap_or_default().to_string();
+    let device_template = device_model["idTemplate"]
+        .as_str()
+        .unwrap_or("{gatewayId}-{deviceAddress}")
+        .to_string();
+    let sensor_models = device_model["sensors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok((device_model_id, device_template, sensor_models))
+}
+
+/// The id template of sensor driver `driver`, asked of the API once per
+/// driver (`drivers` keeps the answers).
+fn driver_template(
+    http: &mut dyn Http,
+    gw: &str,
+    drivers: &mut HashMap<String, String>,
+    driver: &str,
+) -> Result<String, String> {
+    if let Some(t) = drivers.get(driver) {
+        return Ok(t.clone());
+    }
+    let d = get_ok(
+        http,
+        &format!("/sensorDrivers/?filter[id]={driver}"),
+        "reading a sensor driver",
+        gw,
+    )?;
+    // One object, or a list holding it.
+    let d = match d {
+        Json::Array(a) => a.into_iter().next().unwrap_or(Json::Null),
+        d => d,
+    };
+    let t = d["idTemplate"]
+        .as_str()
+        .unwrap_or("{gatewayId}-{deviceAddress}-{type}-{sequence}")
+        .to_string();
+    drivers.insert(driver.to_string(), t.clone());
+    Ok(t)
+}
+
+/// Marks the planned devices and sensors the gateway already has.
+fn mark_existing(
+    http: &mut dyn Http,
+    gw: &str,
+    items: &mut [Planned],
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
+    let have_devices = existing(http, gw, "devices", notes)?;
+    let have_sensors = existing(http, gw, "sensors", notes)?;
+    for p in items {
+        let have = if p.what == "device" {
+            &have_devices
+        } else {
+            &have_sensors
+        };
+        p.exists = have.as_ref().is_some_and(|h| h.contains(&p.id));
+    }
+    Ok(())
 }
 
 /// Creates what the plan lists as missing, in order, telling `report` what

@@ -263,13 +263,8 @@ fn reboot_poweroff_and_sw_update_when_enabled() {
         .unwrap()
         .contains("already running"));
     // While it runs, status says so (with the output so far).
-    let socket = dir.path().join("run/control.sock");
-    // The update's part of status --json once `pred` holds, and the human table.
-    let status = |what: &str, pred: &dyn Fn(&Value) -> bool| -> (Value, String) {
-        let v = wait_status_json(dir.path(), what, |v| pred(&v["sw_update"]));
-        let (_, human, _) = run_cli(&["status", "--socket", socket.to_str().unwrap()]);
-        (v["sw_update"].clone(), human)
-    };
+    let status =
+        |what: &str, pred: &dyn Fn(&Value) -> bool| sw_update_status(dir.path(), what, pred);
     let (u, human) = status("the running update's first output", &|u| {
         u["running"] == json!(true) && u["output_tail"] == json!("fetching\n")
     });
@@ -327,10 +322,25 @@ fn reboot_poweroff_and_sw_update_when_enabled() {
     );
     assert_eq!(std::fs::read_to_string(&marks).unwrap(), "reboot\n");
 
-    // After a restart of the daemon (which an update often causes), status
-    // still shows the last update's outcome.
     drop(d);
-    let d = Daemon::spawn(dir.path(), &cfg);
+    the_last_update_survives_restarts(dir.path(), &cfg);
+}
+
+/// The update's part of `status --json` once `pred` holds, and the human
+/// table.
+fn sw_update_status(dir: &Path, what: &str, pred: &dyn Fn(&Value) -> bool) -> (Value, String) {
+    let socket = dir.join("run/control.sock");
+    let v = wait_status_json(dir, what, |v| pred(&v["sw_update"]));
+    let (_, human, _) = run_cli(&["status", "--socket", socket.to_str().unwrap()]);
+    (v["sw_update"].clone(), human)
+}
+
+/// After a restart of the daemon (which an update often causes), status
+/// still shows the last update's outcome (a failed one here), and a record
+/// left "running" by a run that ended shows as interrupted.
+fn the_last_update_survives_restarts(dir: &Path, cfg: &str) {
+    let status = |what: &str, pred: &dyn Fn(&Value) -> bool| sw_update_status(dir, what, pred);
+    let d = Daemon::spawn(dir, cfg);
     let (u, _) = status("the failed update after a restart", &|u| {
         u["success"] == json!(false)
     });
@@ -341,7 +351,7 @@ fn reboot_poweroff_and_sw_update_when_enabled() {
     );
     // A run that ended while its update was still running: interrupted.
     drop(d);
-    let record = dir.path().join("state/sw-update.json");
+    let record = dir.join("state/sw-update.json");
     let mut r: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     for (k, v) in [
         ("running", json!(true)),
@@ -353,7 +363,7 @@ fn reboot_poweroff_and_sw_update_when_enabled() {
         r[k] = v;
     }
     std::fs::write(&record, r.to_string()).unwrap();
-    let _d = Daemon::spawn(dir.path(), &cfg);
+    let _d = Daemon::spawn(dir, cfg);
     let (u, human) = status("the interrupted update", &|u| {
         u["outcome"] == json!("interrupted (daemon restarted)")
     });

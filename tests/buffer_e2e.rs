@@ -106,7 +106,7 @@ fn committed_readings_survive_an_outage_and_two_sigkills_and_arrive_in_order() {
 
     // Online for a moment.
     let mut daemon = Daemon::spawn(dir, &cfg);
-    daemon.wait_log("connected to Thing+ broker");
+    daemon.wait_connected();
     cloud.wait_values(&sensor_id(0), "first values", |v| !v.is_empty());
 
     // The uplink goes away; sampling goes on into the buffer.
@@ -133,7 +133,7 @@ fn committed_readings_survive_an_outage_and_two_sigkills_and_arrive_in_order() {
     let messages_before = values_messages(&cloud);
     broker.restart();
     cloud.wait_subscriptions(subscriptions + 1);
-    daemon.wait_log("connected to Thing+ broker");
+    daemon.wait_connected();
     wait_for("the drain to be under way", || {
         values_messages(&cloud) >= messages_before + 5
     });
@@ -148,7 +148,7 @@ fn committed_readings_survive_an_outage_and_two_sigkills_and_arrive_in_order() {
 
     // Everything comes back.
     let mut daemon = Daemon::spawn(dir, &cfg);
-    daemon.wait_log("connected to Thing+ broker");
+    daemon.wait_connected();
     let must_arrive: BTreeSet<(String, i64)> =
         before_kill_1.union(&before_kill_2).cloned().collect();
     wait_for("every committed reading at the cloud", || {
@@ -204,14 +204,14 @@ fn nothing_acknowledged_is_sent_again_after_a_clean_restart() {
     let cloud = Cloud::connect(broker.port);
     let cfg = config(dir, broker.port);
     let mut daemon = Daemon::spawn(dir, &cfg);
-    daemon.wait_log("connected to Thing+ broker");
+    daemon.wait_connected();
     cloud.wait_values(&sensor_id(0), "values", |v| v.len() >= 200);
     assert!(daemon.terminate().success());
     // Everything pending was delivered or stays in the buffer for the next start.
     let left = committed(dir);
     let first_run = delivered(&cloud);
     let mut daemon = Daemon::spawn(dir, &cfg);
-    daemon.wait_log("connected to Thing+ broker");
+    daemon.wait_connected();
     cloud.wait_values(&sensor_id(0), "values from the second run", |v| {
         v.len() >= first_run[&sensor_id(0)].len() + 200
     });

@@ -577,15 +577,49 @@ fn a_lock_held_for_a_moment_by_this_process_is_waited_for() {
         unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
         0
     );
-    let (tx, rx) = std::sync::mpsc::channel();
+    // The store reads the lock file only after its flock failed (to learn
+    // who holds it): inotify's IN_ACCESS on that read is the event that the
+    // open has met the held lock, and only then is it let go.
+    let lock_path = std::ffi::CString::new(
+        tmp.path()
+            .join("buffer.lock")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: plain inotify calls on a descriptor this test owns.
+    let watch = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    assert!(
+        watch >= 0,
+        "inotify_init1: {}",
+        std::io::Error::last_os_error()
+    );
+    assert!(
+        unsafe { libc::inotify_add_watch(watch, lock_path.as_ptr(), libc::IN_ACCESS) } >= 0,
+        "inotify_add_watch: {}",
+        std::io::Error::last_os_error()
+    );
     let releaser = std::thread::spawn(move || {
-        rx.recv().unwrap(); // the open below has started
-        std::thread::sleep(Duration::from_millis(50));
+        let mut event = [0u8; 256];
+        let mut ready = libc::pollfd {
+            fd: watch,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll and read on the inotify descriptor into a local buffer.
+        let polled = unsafe { libc::poll(&mut ready, 1, 30_000) };
+        let read = (polled == 1)
+            .then(|| unsafe { libc::read(watch, event.as_mut_ptr().cast(), event.len()) });
         drop(lock);
+        unsafe { libc::close(watch) };
+        read.is_some_and(|n| n > 0)
     });
-    tx.send(()).unwrap();
     let store = SqliteStore::open(tmp.path(), opts());
-    releaser.join().unwrap();
+    let open_met_the_lock = releaser.join().unwrap();
+    assert!(
+        open_met_the_lock,
+        "the open never read the lock file, so it never found the lock held"
+    );
     assert!(store.is_ok(), "{:?}", store.err());
     let pid = fs::read_to_string(tmp.path().join("buffer.lock")).unwrap();
     assert_eq!(pid, format!("{}\n", std::process::id()));

@@ -70,7 +70,7 @@ fn a_gzipped_backlog_arrives_whole_and_in_order_and_small_messages_stay_plain() 
     )
     .replace("[buffer]\n", "[buffer]\nmin_free = \"0%\"\n");
     let mut daemon = Daemon::spawn(dir, &cfg);
-    daemon.wait_log("connected to Thing+ broker");
+    daemon.wait_connected();
 
     for s in 0..SENSORS {
         cloud.wait_values(&backlog_id(s), "the whole backlog", |v| {

@@ -224,50 +224,10 @@ fn failing_sensor_is_err_alone_and_recovers() {
     d.wait_log("sensor recovered");
 }
 
-#[test]
-fn commands_are_answered() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let mut cloud = Cloud::connect(broker.port);
-    let led = dir.path().join("led");
-    std::fs::create_dir_all(&led).unwrap();
-    for (f, v) in [
-        ("brightness", "0"),
-        ("max_brightness", "255"),
-        ("trigger", "none"),
-        ("delay_on", "0"),
-        ("delay_off", "0"),
-    ] {
-        std::fs::write(led.join(f), v).unwrap();
-    }
-    let temp = dir.path().join("temp");
-    std::fs::write(&temp, "20\n").unwrap();
-    let extra = format!(
-        "{}[[actuator]]\nid = \"{{gateway_id}}-led-0\"\ntype = \"led\"\npath = \"{}\"\n",
-        file_sensor("t", "temperature", &temp, "interval = \"200ms\""),
-        led.display()
-    );
-    // A clock that NTP has not synchronised (whatever this machine's is):
-    // a server time a day away is then believed.
-    let mut d = Daemon::spawn_with(
-        dir.path(),
-        &config_text(dir.path(), broker.port, "", &extra),
-        &[(thingplus_gw::clock::TEST_CLOCK_ENV, "0")],
-    );
-    cloud.next_on(&topic("mqtt/status"));
-    let led_id = format!("{GW}-led-0");
-    let read = |f: &str| std::fs::read_to_string(led.join(f)).unwrap();
-
-    // timeSync: readings after it carry the server's time (a day ahead here).
-    let server = thingplus_gw::clock::system_now_ms() + 86_400_000;
-    let r = cloud.request("ts", json!({"method":"timeSync","params":{"time": server}}));
-    assert_eq!(r, json!({"id":"ts","result":""}));
-    cloud.wait_values("t", "a value stamped with the server's time", |v| {
-        v.iter().any(|(t, _)| *t >= server)
-    });
-
-    // swInfo
-    let r = cloud.request("sw", json!({"method":"swInfo"}));
+/// A `swInfo` answer names this program, its version, the build id
+/// `--version` prints (this checkout's commit unless a packager set one),
+/// and the OS, kernel and architecture it runs on.
+fn assert_sw_info(r: &serde_json::Value) {
     assert_eq!(r["result"]["version"], json!(env!("CARGO_PKG_VERSION")));
     assert_eq!(r["result"]["name"], json!("thingplus-gw"));
     // The build id embedded at compile time, the same `--version` prints.
@@ -328,6 +288,53 @@ fn commands_are_answered() {
     };
     assert_eq!(r["result"]["kernel"], json!(uname_r.trim()), "{r}");
     assert_eq!(r["result"]["arch"], json!(std::env::consts::ARCH), "{r}");
+}
+
+#[test]
+fn commands_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let mut cloud = Cloud::connect(broker.port);
+    let led = dir.path().join("led");
+    std::fs::create_dir_all(&led).unwrap();
+    for (f, v) in [
+        ("brightness", "0"),
+        ("max_brightness", "255"),
+        ("trigger", "none"),
+        ("delay_on", "0"),
+        ("delay_off", "0"),
+    ] {
+        std::fs::write(led.join(f), v).unwrap();
+    }
+    let temp = dir.path().join("temp");
+    std::fs::write(&temp, "20\n").unwrap();
+    let extra = format!(
+        "{}[[actuator]]\nid = \"{{gateway_id}}-led-0\"\ntype = \"led\"\npath = \"{}\"\n",
+        file_sensor("t", "temperature", &temp, "interval = \"200ms\""),
+        led.display()
+    );
+    // A clock that NTP has not synchronised (whatever this machine's is):
+    // a server time a day away is then believed.
+    let mut d = Daemon::spawn_with(
+        dir.path(),
+        &config_text(dir.path(), broker.port, "", &extra),
+        &[(thingplus_gw::clock::TEST_CLOCK_ENV, "0")],
+    );
+    cloud.next_on(&topic("mqtt/status"));
+    let led_id = format!("{GW}-led-0");
+    let read = |f: &str| std::fs::read_to_string(led.join(f)).unwrap();
+
+    // timeSync: readings after it carry the server's time (a day ahead here).
+    let server = thingplus_gw::clock::system_now_ms() + 86_400_000;
+    let r = cloud.request("ts", json!({"method":"timeSync","params":{"time": server}}));
+    assert_eq!(r, json!({"id":"ts","result":""}));
+    cloud.wait_values("t", "a value stamped with the server's time", |v| {
+        v.iter().any(|(t, _)| *t >= server)
+    });
+
+    // swInfo
+    let r = cloud.request("sw", json!({"method":"swInfo"}));
+    assert_sw_info(&r);
 
     // LED on / blink / off / timed on, and errors.
     let r = cloud.request(
@@ -426,7 +433,7 @@ fn broker_restart_reconnects_no_sooner_than_reconnect_min_and_delivers_backlog()
         .replace("reconnect_min = \"1s\"", "reconnect_min = \"3s\"")
         .replace("reconnect_max = \"2s\"", "reconnect_max = \"6s\"");
     let d = Daemon::spawn(dir.path(), &cfg);
-    d.wait_log("connected to Thing+ broker");
+    d.wait_connected();
     cloud.wait_values("t", "values before the outage", |v| v.len() >= 5);
     let subs = cloud.subscriptions();
 
@@ -581,7 +588,7 @@ fn frozen_broker_is_detected_by_the_ack_timeout_and_nothing_is_lost() {
     let sensors = file_sensor("t", "number", &temp, "interval = \"100ms\"");
     let cfg = config_text(dir.path(), broker.port, "ack_timeout = \"2s\"", &sensors);
     let d = Daemon::spawn(dir.path(), &cfg);
-    d.wait_log("connected to Thing+ broker");
+    d.wait_connected();
     cloud.wait_values("t", "values before the freeze", |v| v.len() >= 5);
     broker.pause();
     d.wait_log("the link is considered dead");

@@ -51,48 +51,17 @@ fn cstr(p: &std::path::Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }
 
-#[test]
-fn logs_natively_to_journald_with_structured_fields_and_no_apikey() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock_path = dir.path().join("journal.sock");
-    let journal = UnixDatagram::bind(&sock_path).unwrap();
-    let config = config_text(
-        dir.path(),
-        free_port(),
-        "",
-        &format!(
-            "[[sensor]]\nid = \"broken-0\"\ntype = \"temperature\"\npath = \"{}\"\n",
-            dir.path().join("missing").display()
-        ),
-    );
-    let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, config).unwrap();
-
-    // stderr: a pipe whose identity goes into JOURNAL_STREAM, as systemd does.
-    let mut fds = [0; 2];
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::fstat(fds[1], &mut st) }, 0);
-    let journal_stream = format!("{}:{}", st.st_dev, st.st_ino);
-
-    let src = cstr(&sock_path);
+/// Spawns `cmd` in a private mount namespace where
+/// `/run/systemd/journal/socket` is `socket` (bind-mounted over a tmpfs
+/// `/run/systemd`), so the daemon's journald output comes to the test.
+/// Needs root, and fails saying so without it.
+fn spawn_with_journal_socket(mut cmd: Command, socket: &std::path::Path) -> std::process::Child {
+    let src = cstr(socket);
     let run_systemd = CString::new("/run/systemd").unwrap();
     let journal_dir = CString::new("/run/systemd/journal").unwrap();
     let target = CString::new("/run/systemd/journal/socket").unwrap();
     let tmpfs = CString::new("tmpfs").unwrap();
     let root = CString::new("/").unwrap();
-    let mut cmd = Command::new(bin());
-    cmd.arg("run")
-        .arg("--config")
-        .arg(&config_path)
-        .env("RUST_LOG", "debug")
-        .env("JOURNAL_STREAM", &journal_stream)
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(write_end));
     unsafe {
         cmd.pre_exec(move || {
             let check = |r: libc::c_int| {
@@ -134,14 +103,53 @@ fn logs_natively_to_journald_with_structured_fields_and_no_apikey() {
             Ok(())
         });
     }
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
             panic!("this test needs root (CAP_SYS_ADMIN) for a private mount namespace, as CI has: {e}")
         }
         Err(e) => panic!("spawn: {e}"),
     };
-    drop(cmd);
+    child
+}
+
+#[test]
+fn logs_natively_to_journald_with_structured_fields_and_no_apikey() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("journal.sock");
+    let journal = UnixDatagram::bind(&sock_path).unwrap();
+    let config = config_text(
+        dir.path(),
+        free_port(),
+        "",
+        &format!(
+            "[[sensor]]\nid = \"broken-0\"\ntype = \"temperature\"\npath = \"{}\"\n",
+            dir.path().join("missing").display()
+        ),
+    );
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, config).unwrap();
+
+    // stderr: a pipe whose identity goes into JOURNAL_STREAM, as systemd does.
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::fstat(fds[1], &mut st) }, 0);
+    let journal_stream = format!("{}:{}", st.st_dev, st.st_ino);
+
+    let mut cmd = Command::new(bin());
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&config_path)
+        .env("RUST_LOG", "debug")
+        .env("JOURNAL_STREAM", &journal_stream)
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(write_end));
+    let mut child = spawn_with_journal_socket(cmd, &sock_path);
     let stderr_reader = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = std::fs::File::from(read_end).read_to_string(&mut s);

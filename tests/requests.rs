@@ -223,7 +223,7 @@ fn a_flood_of_requests_gets_exactly_one_response_each_while_readings_flow() {
             &file_sensor("n", &value, "100ms"),
         ),
     );
-    d.wait_log("connected to Thing+ broker");
+    d.wait_connected();
     tally.wait(WAIT, "the first values", |s| !s.values_at.is_empty());
     let (rss_before, _) = rss_kb(d.child.id());
 
@@ -321,7 +321,7 @@ fn warnings_about_a_flood_of_bad_requests_are_rate_limited_and_counted() {
     let broker = Mosquitto::start_with_settings(dir.path(), "max_queued_messages 20000");
     let tally = Tally::connect(broker.port);
     let d = Daemon::spawn(dir.path(), &config_text(dir.path(), broker.port, "", ""));
-    d.wait_log("connected to Thing+ broker");
+    d.wait_connected();
     let client = requester(broker.port);
     wait_until_subscribed(&client, &tally);
     for i in 0..N {
@@ -493,7 +493,7 @@ fn a_burst_of_large_requests_gets_exactly_one_response_each() {
     let broker = Mosquitto::start(dir.path());
     let tally = Tally::connect(broker.port);
     let mut d = Daemon::spawn(dir.path(), &config_text(dir.path(), broker.port, "", ""));
-    d.wait_log("connected to Thing+ broker");
+    d.wait_connected();
     let client = requester(broker.port);
     wait_until_subscribed(&client, &tally);
     let filler = "x".repeat(SIZE - 100);

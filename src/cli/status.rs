@@ -60,58 +60,12 @@ pub fn render(r: &StatusReport) -> String {
         if r.build.is_empty() { "?" } else { &r.build },
         r.gateway_id
     );
-    if r.connected {
-        let _ = writeln!(
-            o,
-            "connection   connected to {} since {}",
-            r.broker,
-            ago(now, r.since_ms)
-        );
-    } else {
-        let since = if r.since_ms > 0 {
-            format!(" since {}", ago(now, r.since_ms))
-        } else {
-            String::new()
-        };
-        let retry = r
-            .retry_at_ms
-            .map(|t| format!(", next attempt in {} s", ((t - now).max(0) + 999) / 1000))
-            .unwrap_or_default();
-        let _ = writeln!(o, "connection   OFFLINE{since}{retry} ({})", r.broker);
-        if let Some(e) = &r.last_error {
-            let _ = writeln!(o, "last error   {e}");
-        }
-    }
+    connection(&mut o, r);
     let last = r
         .last_delivery_ms
         .map_or("never".to_string(), |t| ago(now, t));
     let _ = writeln!(o, "delivered    {} readings, last {last}", r.delivered);
-    match &r.backlog {
-        Some(b) => {
-            let oldest = b
-                .oldest_ms
-                .map_or(String::new(), |t| format!(", oldest {}", ago(now, t)));
-            let _ = writeln!(
-                o,
-                "backlog      {} readings pending{oldest}; {} dropped",
-                b.pending, b.dropped
-            );
-            let _ = writeln!(
-                o,
-                "buffer store {} on disk (database and WAL files, not the size of what is pending)",
-                crate::buffer::sqlite::format_size(b.store_bytes)
-            );
-            if let Some(why) = &b.memory_only {
-                let _ = writeln!(
-                    o,
-                    "buffer       MEMORY ONLY: the disk buffer cannot be used ({why}); readings are lost at the next restart"
-                );
-            }
-        }
-        None => {
-            let _ = writeln!(o, "backlog      unknown (buffer not answering)");
-        }
-    }
+    backlog(&mut o, r);
     let _ = writeln!(o, "report every {} s", r.report_interval_ms as f64 / 1000.0);
     let mut clock = r.clock.clone();
     if r.clock_offset_ms != 0 {
@@ -130,28 +84,7 @@ pub fn render(r: &StatusReport) -> String {
         let what = c["what"].as_str().or(c["method"].as_str()).unwrap_or("?");
         let _ = writeln!(o, "last command {what} ({}) {at}: {err}", c["id"]);
     }
-    if let Some(u) = &r.sw_update {
-        let state = if u.running {
-            format!("RUNNING, started {}", ago(now, u.started_ms))
-        } else {
-            format!(
-                "{} {} ({}), started {}",
-                if u.success == Some(true) {
-                    "finished"
-                } else {
-                    "FAILED"
-                },
-                u.finished_ms.map_or("-".to_string(), |t| ago(now, t)),
-                u.outcome.as_deref().unwrap_or("?"),
-                ago(now, u.started_ms)
-            )
-        };
-        let _ = writeln!(o, "sw update    {state}: {}", u.command.join(" "));
-        let lines: Vec<&str> = u.output_tail.lines().collect();
-        for l in &lines[lines.len().saturating_sub(SW_UPDATE_LINES)..] {
-            let _ = writeln!(o, "             | {l}");
-        }
-    }
+    sw_update(&mut o, r);
     let _ = writeln!(
         o,
         "\n{:<36} {:<6} {:>14}  {:<12} error",
@@ -178,6 +111,92 @@ pub fn render(r: &StatusReport) -> String {
         }
     }
     o
+}
+
+/// The connection lines: connected since when, or offline with the next
+/// attempt and the last error.
+fn connection(o: &mut String, r: &StatusReport) {
+    let now = r.now_ms;
+    if r.connected {
+        let _ = writeln!(
+            o,
+            "connection   connected to {} since {}",
+            r.broker,
+            ago(now, r.since_ms)
+        );
+    } else {
+        let since = if r.since_ms > 0 {
+            format!(" since {}", ago(now, r.since_ms))
+        } else {
+            String::new()
+        };
+        let retry = r
+            .retry_at_ms
+            .map(|t| format!(", next attempt in {} s", ((t - now).max(0) + 999) / 1000))
+            .unwrap_or_default();
+        let _ = writeln!(o, "connection   OFFLINE{since}{retry} ({})", r.broker);
+        if let Some(e) = &r.last_error {
+            let _ = writeln!(o, "last error   {e}");
+        }
+    }
+}
+
+/// The backlog and buffer store lines.
+fn backlog(o: &mut String, r: &StatusReport) {
+    let now = r.now_ms;
+    match &r.backlog {
+        Some(b) => {
+            let oldest = b
+                .oldest_ms
+                .map_or(String::new(), |t| format!(", oldest {}", ago(now, t)));
+            let _ = writeln!(
+                o,
+                "backlog      {} readings pending{oldest}; {} dropped",
+                b.pending, b.dropped
+            );
+            let _ = writeln!(
+                o,
+                "buffer store {} on disk (database and WAL files, not the size of what is pending)",
+                crate::buffer::sqlite::format_size(b.store_bytes)
+            );
+            if let Some(why) = &b.memory_only {
+                let _ = writeln!(
+                    o,
+                    "buffer       MEMORY ONLY: the disk buffer cannot be used ({why}); readings are lost at the next restart"
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(o, "backlog      unknown (buffer not answering)");
+        }
+    }
+}
+
+/// The last software update and the end of its output.
+fn sw_update(o: &mut String, r: &StatusReport) {
+    let now = r.now_ms;
+    if let Some(u) = &r.sw_update {
+        let state = if u.running {
+            format!("RUNNING, started {}", ago(now, u.started_ms))
+        } else {
+            format!(
+                "{} {} ({}), started {}",
+                if u.success == Some(true) {
+                    "finished"
+                } else {
+                    "FAILED"
+                },
+                u.finished_ms.map_or("-".to_string(), |t| ago(now, t)),
+                u.outcome.as_deref().unwrap_or("?"),
+                ago(now, u.started_ms)
+            )
+        };
+        let _ = writeln!(o, "sw update    {state}: {}", u.command.join(" "));
+        let lines: Vec<&str> = u.output_tail.lines().collect();
+        for l in &lines[lines.len().saturating_sub(SW_UPDATE_LINES)..] {
+            let _ = writeln!(o, "             | {l}");
+        }
+    }
 }
 
 #[cfg(test)]

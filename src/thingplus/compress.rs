@@ -49,12 +49,9 @@ impl Compression {
     }
 }
 
-/// gzip at level 3. Measured on a drain's 64 KiB values messages (4
-/// number sensors): level 1 keeps 25 % of the bytes for 114 ns per reading,
-/// 3 keeps 18.5 % for 200 ns, 6 (the zlib default) 17.3 % for about 900 ns,
-/// 9 the same for 3 us: level 3 saves nearly all there is to save at a
-/// quarter of the default's CPU, which on an edge box's slow core bounds
-/// how fast a backlog drains.
+/// gzip at level 3: it saves nearly all that higher levels save at a
+/// fraction of their CPU, and on an edge box's slow core that CPU bounds how
+/// fast a backlog drains (figures per level: benches/README.md).
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = GzEncoder::new(
         Vec::with_capacity(data.len() / 4 + 64),

@@ -233,8 +233,8 @@ impl<'a> Packer<'a> {
 
     /// The entry of `id`. A backlog from the disk buffer names each sensor
     /// with one allocation, so with a few sensors a scan comparing pointers
-    /// finds it without hashing or comparing the text (the hash lookup was
-    /// a fifth of the drain's packing time); many sensors use the map.
+    /// finds it without hashing or comparing the text, which costs more
+    /// than the packing around it; many sensors use the map.
     #[inline]
     fn find(&self, id: &str) -> Option<usize> {
         if self.entries.len() > Self::SCAN {
@@ -712,8 +712,8 @@ mod tests {
         assert_eq!(back.len(), 400);
     }
 
-    /// The encoder as it was before it was made faster (per-sensor strings
-    /// and SipHash), kept as the reference the fast one must equal byte for byte.
+    /// The plain way to encode (per-sensor strings and SipHash), the
+    /// reference the packer must equal byte for byte.
     fn pack_values_reference(readings: &[Reading], max_bytes: usize) -> (String, usize) {
         let mut index: std::collections::HashMap<&str, usize> = Default::default();
         let mut entries: Vec<(&str, String)> = Vec::new();

@@ -611,6 +611,18 @@ impl Daemon {
         }
     }
 
+    /// Waits until `thingplus-gw status --json` says the session is
+    /// connected (the state set on CONNACK), rather than for log wording.
+    pub fn wait_connected(&self) -> serde_json::Value {
+        let dir = self
+            .config
+            .parent()
+            .expect("the config is in the test's directory");
+        wait_status_json(dir, "the daemon connected to the broker", |v| {
+            v["connected"] == serde_json::json!(true)
+        })
+    }
+
     pub fn wait_log(&self, needle: &str) -> Instant {
         self.wait_log_n(needle, 1)
     }
