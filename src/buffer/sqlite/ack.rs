@@ -211,7 +211,7 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::super::testing::{fill, rows_under_cursor, store};
-    use crate::buffer::Store;
+    use crate::buffer::{Store, StoreError};
 
     #[test]
     fn a_drains_acknowledgements_move_the_cursor_and_chunks_go_later() {
@@ -328,7 +328,9 @@ mod tests {
                 "CREATE TRIGGER fail BEFORE INSERT ON chunks BEGIN SELECT RAISE(ABORT, 'injected'); END;",
             )
             .unwrap();
-        assert!(s.ack(1..50).is_err());
+        let err = s.ack(1..50).unwrap_err();
+        assert!(matches!(err, StoreError::Io(_)), "{err:?}");
+        assert!(err.to_string().contains("injected"), "{err}");
         s.conn.execute_batch("DROP TRIGGER fail").unwrap();
         assert_eq!(s.stats().unwrap().pending, 600);
         s.commit().unwrap();

@@ -102,6 +102,7 @@ use rusqlite::{Connection, ErrorCode};
 use super::codec::Encoder;
 use super::{BufferStats, Packed, Store, StoreError, StoreResult, Stored};
 use crate::config::{BufferConfig, Fsync};
+use crate::fasthash::FxHashMap;
 use crate::reading::Reading;
 use ack::HandedChunk;
 use append::{SensorEntry, TailEntry};
@@ -268,8 +269,16 @@ pub struct SqliteStore {
     disk_full: Option<DiskFull>,
 }
 
+/// The kind of a failed statement, for the store's callers.
 fn failed(e: rusqlite::Error) -> StoreError {
-    StoreError::Failed(e.to_string())
+    let text = e.to_string();
+    if is_corrupt(&e) {
+        StoreError::Corrupt(text)
+    } else if is_full(&e) {
+        StoreError::Full(text)
+    } else {
+        StoreError::Io(text)
+    }
 }
 
 fn is_corrupt(e: &rusqlite::Error) -> bool {
@@ -292,26 +301,8 @@ fn to_i64(x: u64) -> i64 {
     x.min(i64::MAX as u64) as i64
 }
 
-/// Hashes sensor ids (small integers) with one multiplication: decoding a
-/// backlog looks one up per reading.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_i64(&mut self, v: i64) {
-        self.0 = (v as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type IdMap<V> = HashMap<i64, V, std::hash::BuildHasherDefault<IdHasher>>;
+/// Maps keyed by sensor ids: decoding a backlog looks one up per reading.
+type IdMap<V> = FxHashMap<i64, V>;
 
 impl SqliteStore {
     /// Opens (or creates) the store in `dir`, taking the directory's lock.
@@ -602,5 +593,42 @@ mod testing {
                 |r| r.get(0),
             )
             .unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::ffi;
+
+    use super::*;
+
+    fn sqlite_error(code: i32) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn a_failed_statement_is_told_apart_by_what_the_caller_can_do() {
+        let full = failed(sqlite_error(ffi::SQLITE_FULL));
+        assert!(matches!(full, StoreError::Full(_)), "{full:?}");
+        assert_eq!(full.to_string(), sqlite_error(ffi::SQLITE_FULL).to_string());
+        for code in [ffi::SQLITE_CORRUPT, ffi::SQLITE_NOTADB] {
+            let e = failed(sqlite_error(code));
+            assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+        }
+        // A column of another type than written is damage too.
+        let e = failed(rusqlite::Error::InvalidColumnType(
+            0,
+            "n".into(),
+            rusqlite::types::Type::Text,
+        ));
+        assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+        for code in [
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_READONLY,
+            ffi::SQLITE_CONSTRAINT,
+        ] {
+            let e = failed(sqlite_error(code));
+            assert!(matches!(e, StoreError::Io(_)), "{e:?}");
+        }
     }
 }
