@@ -1,12 +1,14 @@
 //! Reading: readings and packed messages from the chunks and the tail,
 //! and the damaged chunks found on the way.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension};
 
 use super::ack::HandedChunk;
 use super::ack::HANDED_MAX;
+use super::append::TailEntry;
 use super::{to_i64, IdMap, SqliteStore};
 use crate::buffer::codec::{self, Chunk, Decoder};
 use crate::buffer::{ChunkFit, MessageBuilder, Packed, Stored};
@@ -186,22 +188,8 @@ impl SqliteStore {
                 let damage = |e| -> rusqlite::Result<Damaged> {
                     Ok(Damaged::new(first, last as i64, row.get(1)?, data, e))
                 };
-                // A whole chunk of version 2 or 3 is copied sensor by
-                // sensor, once its checksum matched (in `Chunk::parse`). Its
-                // head must agree with its row (counts and acknowledgements
-                // come from it); if not, it is damaged.
-                let parsed = require_checksum(data, first, checked_from)
-                    .and_then(|()| Chunk::parse(data))
-                    .and_then(|c| match c {
-                        Some(c)
-                            if c.seq0 != row.get::<_, i64>(3).unwrap_or(-1) as u64
-                                || c.n != row.get::<_, i64>(1).unwrap_or(-1) as u64
-                                || !c.fits(last) =>
-                        {
-                            Err(codec::DecodeError("head disagrees with its row"))
-                        }
-                        c => Ok(c),
-                    });
+                let row_n = row.get::<_, i64>(1).unwrap_or(-1);
+                let parsed = parse_whole(data, first, last, row_n, checked_from);
                 match parsed {
                     Ok(Some(c)) if c.seq0 >= from => {
                         let runs: Vec<(&str, &[u8])> =
@@ -261,20 +249,7 @@ impl SqliteStore {
                 }
             }
             if !full {
-                let start = self.tail.partition_point(|e| e.seq < from);
-                let mut text = String::new();
-                for e in self.tail.range(start..) {
-                    text.clear();
-                    e.reading.value.write_json(&mut text);
-                    if !b.add(
-                        e.seq,
-                        &e.reading.sensor_id,
-                        e.reading.time_ms,
-                        text.as_bytes(),
-                    ) {
-                        break;
-                    }
-                }
+                pack_tail(&self.tail, from, &mut b);
             }
             b.finish(false)
         };
@@ -355,6 +330,45 @@ impl SqliteStore {
             }
         }
         Ok(self.tail.front().map(|e| e.reading.time_ms))
+    }
+}
+
+/// A chunk of version 2 or 3, ready to be copied sensor by sensor once its
+/// checksum matched (in `Chunk::parse`); `None` for version 1. Its head must
+/// agree with its row (counts and acknowledgements come from the row): if
+/// not, it is damaged.
+fn parse_whole(
+    data: &[u8],
+    first: i64,
+    last: u64,
+    row_n: i64,
+    checked_from: u64,
+) -> Result<Option<Chunk<'_>>, codec::DecodeError> {
+    require_checksum(data, first, checked_from)
+        .and_then(|()| Chunk::parse(data))
+        .and_then(|c| match c {
+            Some(c) if c.seq0 != first as u64 || c.n != row_n as u64 || !c.fits(last) => {
+                Err(codec::DecodeError("head disagrees with its row"))
+            }
+            c => Ok(c),
+        })
+}
+
+/// Adds the readings of the tail from `from` on, while they fit.
+fn pack_tail<'a>(tail: &'a VecDeque<TailEntry>, from: u64, b: &mut MessageBuilder<'a>) {
+    let start = tail.partition_point(|e| e.seq < from);
+    let mut text = String::new();
+    for e in tail.range(start..) {
+        text.clear();
+        e.reading.value.write_json(&mut text);
+        if !b.add(
+            e.seq,
+            &e.reading.sensor_id,
+            e.reading.time_ms,
+            text.as_bytes(),
+        ) {
+            break;
+        }
     }
 }
 

@@ -104,8 +104,8 @@ pub(super) fn acked_below(conn: &Connection) -> rusqlite::Result<i64> {
     Ok(meta(conn, "acked_below")?.unwrap_or(0).max(0))
 }
 
-/// Opens the database file, creating the schema in a new one, and checks it.
-pub(super) fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
+/// Opens the file in WAL mode with the store's pragmas.
+fn connect(path: &Path, options: &SqliteOptions) -> Result<Connection, LoadError> {
     let in_memory = path == Path::new(":memory:");
     let conn = Connection::open(path).map_err(classify)?;
     conn.busy_timeout(Duration::from_secs(5))
@@ -133,13 +133,19 @@ pub(super) fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadE
          PRAGMA journal_size_limit={wal_limit}; PRAGMA foreign_keys=OFF; PRAGMA mmap_size=0; PRAGMA wal_autocheckpoint={wal_pages};"
     ))
     .map_err(classify)?;
+    Ok(conn)
+}
+
+/// Checks that the file is a thingplus-gw buffer of a schema this version
+/// reads, creating the schema in an empty one. Returns the version to
+/// upgrade from, if any.
+fn check_schema(conn: &Connection) -> Result<Option<i64>, LoadError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(classify)?;
     let app: i64 = conn
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .map_err(classify)?;
-    let mut upgrade_from = None;
     match (version, app) {
         (0, 0) => {
             let tables: i64 = conn
@@ -163,7 +169,7 @@ pub(super) fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadE
             .map_err(classify)?;
         }
         (SCHEMA_VERSION, APPLICATION_ID) => {}
-        (v @ (1 | 2), APPLICATION_ID) => upgrade_from = Some(v),
+        (v @ (1 | 2), APPLICATION_ID) => return Ok(Some(v)),
         (v, APPLICATION_ID) if v > SCHEMA_VERSION => {
             return Err(LoadError::Other(format!(
                 "it was written by a newer thingplus-gw (schema {v}, this one knows {SCHEMA_VERSION}); it is left untouched: run that version again, or move the file aside to start with an empty buffer (its readings stay in it)"
@@ -175,6 +181,13 @@ pub(super) fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadE
             )))
         }
     }
+    Ok(None)
+}
+
+/// Opens the database file, creating the schema in a new one, and checks it.
+pub(super) fn load(path: &Path, options: &SqliteOptions) -> Result<Loaded, LoadError> {
+    let conn = connect(path, options)?;
+    let upgrade_from = check_schema(&conn)?;
     // Chunks acknowledged by the cursor before the last stop go now.
     let acked_below = acked_below(&conn).map_err(classify)?;
     conn.execute(
