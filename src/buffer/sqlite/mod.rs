@@ -125,11 +125,11 @@ const CACHE_KIB: i64 = 1024;
 /// The WAL is cut back to this size after a checkpoint.
 const WAL_LIMIT: i64 = 4 << 20;
 /// WAL pages that trigger an automatic checkpoint (SQLite's default: 1000).
-/// A checkpoint fsyncs the WAL and the database even at synchronous=NORMAL;
-/// a drain commits its acknowledgements often, and at 1000 pages those
-/// fsyncs were about half the drain's commit time. The WAL may now reach
-/// 16 MiB (at 4 KiB pages) between checkpoints; durability is unchanged
-/// (commits are in the WAL either way; the periodic sync still checkpoints).
+/// A checkpoint fsyncs the WAL and the database even at synchronous=NORMAL,
+/// and a drain commits its acknowledgements often: fewer checkpoints keep
+/// those fsyncs out of most of its commits. The WAL may reach 16 MiB (at
+/// 4 KiB pages) between checkpoints; durability does not depend on it
+/// (commits are in the WAL either way; the periodic sync checkpoints).
 const WAL_CHECKPOINT_PAGES: i64 = 4096;
 /// Appends between two checks of the size bounds (also checked at commit).
 const BOUNDS_CHECK_EVERY: usize = 1024;

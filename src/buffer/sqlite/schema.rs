@@ -13,10 +13,10 @@ use super::bounds::wal_pages;
 use super::{to_i64, IdMap, SqliteOptions, CACHE_KIB, WAL_CHECKPOINT_PAGES, WAL_LIMIT};
 use crate::config::Fsync;
 
-/// 3: chunks carry a checksum (codec version 3, which an earlier daemon
-/// cannot read: it would drop them as damaged; 2 brought codec version 2
-/// the same way). A file of version 1 or 2 is upgraded in place at open:
-/// its chunks stay as they are and are still read.
+/// 3: chunks carry a checksum (codec version 3). A daemon that knows only
+/// an older schema refuses the file rather than drop such chunks as
+/// damaged. A file of version 1 or 2 is upgraded in place at open: its
+/// chunks stay as they are and are still read.
 pub(super) const SCHEMA_VERSION: i64 = 3;
 /// "TPGW": marks the file as a thingplus-gw buffer.
 pub const APPLICATION_ID: i64 = 0x5450_4757;
