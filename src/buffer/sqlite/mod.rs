@@ -14,10 +14,10 @@
 //!   (a directory, no permission), moved aside;
 //! - `buffer.reserve`: allocated space given back to the filesystem when it
 //!   is full, so that the oldest chunks can be deleted and acknowledgements
-//!   committed (see [`disk_full`]).
+//!   committed (see `disk_full`).
 //!
 //! Schema (version 3, `PRAGMA application_id` = "TPGW"; a file of version 1
-//! or 2 is upgraded at open, see [`schema`]):
+//! or 2 is upgraded at open, see `schema`):
 //! - `chunks(last_seq INTEGER PRIMARY KEY, first_seq, n, data)`: `n` readings
 //!   with increasing seqs from `first_seq` to `last_seq`, encoded by
 //!   [`super::codec`]. A chunk is pending when `last_seq >= acked_below`
@@ -74,10 +74,10 @@
 //! before anything else reads or changes chunks, and at open), since one
 //! delete per message would cost as much as the rest of the acknowledgement.
 //!
-//! One file per concern: [`schema`] (opening the file), [`append`],
-//! [`read`], [`ack`], [`commit`], [`bounds`], [`disk_full`], [`recovery`]
-//! (moving a damaged file aside and salvaging it), [`lock`], and
-//! [`inspect`] (the offline `buffer check` and `buffer export`).
+//! One file per concern: `schema` (opening the file), `append`,
+//! `read`, `ack`, `commit`, `bounds`, `disk_full`, `recovery`
+//! (moving a damaged file aside and salvaging it), `lock`, and
+//! `inspect` (the offline `buffer check` and `buffer export`).
 
 mod ack;
 mod append;
