@@ -591,8 +591,24 @@ fn main() {
         return;
     }
     println!("# thingplus-gw buffer benchmarks ({n} readings)\n");
+    report_drain_phases(&rs);
+    report_checksum(&rs);
+    if std::env::var_os("BENCH_PHASES_ONLY").is_some() {
+        return;
+    }
+    report_appends(&rs);
+    report_database_drain(&rs);
+    let messages = backlog_messages(&rs);
+    let memory = report_mosquitto_drain(&rs, &messages);
+    report_gzip(n, &messages);
+    report_memory(n, memory);
+}
+
+/// The buffer thread's side of a drain, phase by phase, in process.
+fn report_drain_phases(rs: &[Reading]) {
+    let n = rs.len();
     println!("\n## The buffer thread's work in a drain, in process ({RUNS} runs, median)\n");
-    let mut runs: Vec<[Duration; 3]> = (0..RUNS).map(|_| store_drain_phases(&rs)).collect();
+    let mut runs: Vec<[Duration; 3]> = (0..RUNS).map(|_| store_drain_phases(rs)).collect();
     let ns = |d: Duration| d.as_nanos() as f64 / n as f64;
     println!("| phase | ns per reading |");
     println!("|---|---:|");
@@ -607,49 +623,53 @@ fn main() {
         runs.sort_by_key(|r| r[i]);
         println!("| {what} | {:.1} |", ns(runs[RUNS / 2][i]));
     }
-    // The checksum's share of the read: CRC32C over every chunk's bytes,
-    // as `Chunk::parse` verifies them before a drain copies their text.
-    {
-        let tmp = tempfile::tempdir().unwrap();
-        prefill(tmp.path(), &rs);
-        let c = Connection::open(tmp.path().join("buffer.db")).unwrap();
-        let chunks: Vec<Vec<u8>> = c
-            .prepare("SELECT data FROM chunks")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let bytes: usize = chunks.iter().map(Vec::len).sum();
-        let mut times: Vec<Duration> = (0..RUNS * 4)
-            .map(|_| {
-                let t = Instant::now();
-                let mut x = 0u32;
-                for d in &chunks {
-                    x ^= crc32c::crc32c(std::hint::black_box(d));
-                }
-                std::hint::black_box(x);
-                t.elapsed()
-            })
-            .collect();
-        times.sort();
-        let t = times[times.len() / 2];
-        println!(
-            "| of the read: CRC32C over the chunks' bytes ({} chunks, {:.1} bytes a reading) | {:.2} |",
-            chunks.len(),
-            bytes as f64 / n as f64,
-            ns(t)
-        );
-    }
-    if std::env::var_os("BENCH_PHASES_ONLY").is_some() {
-        return;
-    }
+}
 
+/// The checksum's share of the read: CRC32C over every chunk's bytes, as
+/// `Chunk::parse` verifies them before a drain copies their text.
+fn report_checksum(rs: &[Reading]) {
+    let n = rs.len();
+    let ns = |d: Duration| d.as_nanos() as f64 / n as f64;
+    let tmp = tempfile::tempdir().unwrap();
+    prefill(tmp.path(), rs);
+    let c = Connection::open(tmp.path().join("buffer.db")).unwrap();
+    let chunks: Vec<Vec<u8>> = c
+        .prepare("SELECT data FROM chunks")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let bytes: usize = chunks.iter().map(Vec::len).sum();
+    let mut times: Vec<Duration> = (0..RUNS * 4)
+        .map(|_| {
+            let t = Instant::now();
+            let mut x = 0u32;
+            for d in &chunks {
+                x ^= crc32c::crc32c(std::hint::black_box(d));
+            }
+            std::hint::black_box(x);
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    let t = times[times.len() / 2];
+    println!(
+        "| of the read: CRC32C over the chunks' bytes ({} chunks, {:.1} bytes a reading) | {:.2} |",
+        chunks.len(),
+        bytes as f64 / n as f64,
+        ns(t)
+    );
+}
+
+/// Appends through the `Buffer` handle against plain SQLite inserts.
+fn report_appends(rs: &[Reading]) {
+    let n = rs.len();
     println!("## Appends\n");
     println!("| what | readings/s | vs plain SQLite |");
     println!("|---|---:|---:|");
-    let plain_normal = rate(n, plain_sqlite(&rs, "NORMAL"));
-    let plain_full = rate(n, plain_sqlite(&rs, "FULL"));
+    let plain_normal = rate(n, plain_sqlite(rs, "NORMAL"));
+    let plain_full = rate(n, plain_sqlite(rs, "FULL"));
     println!(
         "| plain SQLite, 1 transaction per 1000, synchronous=NORMAL | {plain_normal:.0} | 1.00 |"
     );
@@ -681,15 +701,19 @@ fn main() {
             plain_full,
         ),
     ] {
-        let r = rate(n, ours(&rs, fsync, per));
+        let r = rate(n, ours(rs, fsync, per));
         println!("| {label} | {r:.0} | {:.2} |", r / base);
     }
+}
 
+/// The database side of a drain: one row per reading against the store's chunks.
+fn report_database_drain(rs: &[Reading]) {
+    let n = rs.len();
     println!("\n## Reading and deleting a {n}-reading backlog (the database side of a drain)\n");
     println!("| what | readings/s | vs one row per reading |");
     println!("|---|---:|---:|");
-    let rows = rate(n, plain_rows_drain(&rs));
-    let chunks = rate(n, store_drain(&rs));
+    let rows = rate(n, plain_rows_drain(rs));
+    let chunks = rate(n, store_drain(rs));
     println!(
         "| plain SQLite, one row per reading: SELECT 4096 + DELETE, commit | {rows:.0} | 1.00 |"
     );
@@ -697,14 +721,37 @@ fn main() {
         "| the store (batch rows): read 4096 + ack, commit | {chunks:.0} | {:.2} |",
         chunks / rows
     );
+}
 
+/// The backlog as the values messages a plain publisher sends.
+fn backlog_messages(rs: &[Reading]) -> Vec<String> {
+    let mut messages = Vec::new();
+    let mut rest: &[Reading] = rs;
+    while !rest.is_empty() {
+        let (m, k) = pack_values(rest, MAX_MESSAGE);
+        messages.push(m);
+        rest = &rest[k..];
+    }
+    messages
+}
+
+/// The daemon's RSS (empty buffer, backlog pending, peak while draining).
+struct Memory {
+    empty: u64,
+    full: u64,
+    peak_draining: u64,
+}
+
+/// The drain through Mosquitto: the daemon against a plain publisher.
+fn report_mosquitto_drain(rs: &[Reading], messages: &[String]) -> Memory {
+    let n = rs.len();
     println!(
         "\n## Drain of a {n}-reading backlog through Mosquitto ({RUNS} runs each, interleaved)\n"
     );
     let broker = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let template = tmp.path().join("template");
-    prefill(&template, &rs);
+    prefill(&template, rs);
     let buffer_dir = tmp.path().join("buffer");
     let empty_dir = tmp.path().join("empty");
     let fresh_copy = |to: &Path| {
@@ -725,28 +772,68 @@ fn main() {
     let rss_full = d.rss_over(Duration::from_secs(2));
     d.stop();
 
-    // The same messages, for the plain publisher.
-    let mut messages = Vec::new();
-    let mut rest: &[Reading] = &rs;
-    while !rest.is_empty() {
-        let (m, k) = pack_values(rest, MAX_MESSAGE);
-        messages.push(m);
-        rest = &rest[k..];
-    }
     let count = messages.len();
+    let backlog = Backlog {
+        broker: &broker,
+        dir: tmp.path(),
+        buffer_dir: &buffer_dir,
+        fresh_copy: &fresh_copy,
+    };
+    let (rates, hwm_drain, last) = drain_runs(&backlog, n, messages);
+    print_drain_rates(&rates);
+    println!(
+        "\n{count} messages of at most 64 KiB; the daemon sent {}.",
+        last.messages
+    );
+    for ((parse, name), v) in {
+        let mut all: Vec<_> = rates.iter().collect();
+        all.sort_by_key(|((p, n), _)| (*p, *n));
+        all
+    } {
+        println!(
+            "All runs, {} / {name}: {:?}",
+            if *parse { "decoding" } else { "counting" },
+            v.iter().map(|r| *r as u64).collect::<Vec<_>>()
+        );
+    }
+    println!(
+        "Last run: {} status messages (report interval 100 ms) arrived during the drain; \
+         the fresh sensor (sampled every 10 ms) had {} readings delivered after the backlog and {} before it (must be 0).",
+        last.statuses_during, last.fresh_after, last.fresh_before
+    );
+    Memory {
+        empty: rss_empty,
+        full: rss_full,
+        peak_draining: hwm_drain,
+    }
+}
 
+/// Where the drains run: the broker, and a fresh copy of the backlog each time.
+struct Backlog<'a> {
+    broker: &'a Mosquitto,
+    dir: &'a Path,
+    buffer_dir: &'a Path,
+    fresh_copy: &'a dyn Fn(&Path),
+}
+
+type Rates = HashMap<(bool, &'static str), Vec<f64>>;
+
+/// Interleaved runs of each publisher, with each observer; returns the
+/// rates, the daemon's peak RSS and what the last run saw.
+fn drain_runs(backlog: &Backlog, n: usize, messages: &[String]) -> (Rates, u64, Seen) {
+    let broker = backlog.broker;
     // Interleaved runs, with two observers: one that only counts (the
     // transport's ceiling), one that decodes every message as the cloud does.
     // Publishers: plain rumqttc with its default window (100) and with the
     // daemon's (8), and the daemon (max_inflight 8, its default).
-    let mut rates: HashMap<(bool, &str), Vec<f64>> = HashMap::new();
+    let mut rates: Rates = HashMap::new();
     let mut hwm_drain = 0;
     let mut last = Seen::default();
     for _ in 0..RUNS {
         for parse in [false, true] {
             for (name, inflight) in [("plain/100", 100), ("plain/8", 8)] {
                 let done = subscriber(broker.port, n, false, parse);
-                plain_publisher(broker.port, messages.clone(), inflight);
+                plain_publisher(broker.port, messages.to_vec(), inflight);
                 let plain = done
                     .recv_timeout(Duration::from_secs(300))
                     .expect("plain publisher delivered");
@@ -755,9 +842,9 @@ fn main() {
                     .or_default()
                     .push(rate(n, plain.done.unwrap() - plain.first.unwrap()));
             }
-            fresh_copy(&buffer_dir);
+            (backlog.fresh_copy)(backlog.buffer_dir);
             let done = subscriber(broker.port, n, true, parse);
-            let d = Daemon::start(&daemon_config(tmp.path(), &buffer_dir, broker.port));
+            let d = Daemon::start(&daemon_config(backlog.dir, backlog.buffer_dir, broker.port));
             let seen = done
                 .recv_timeout(Duration::from_secs(300))
                 .expect("drained");
@@ -770,6 +857,11 @@ fn main() {
             last = seen;
         }
     }
+    (rates, hwm_drain, last)
+}
+
+/// The drain rates' medians and bests, against each plain publisher.
+fn print_drain_rates(rates: &Rates) {
     // Median and best of the runs: the best is the least disturbed by other
     // work on the machine.
     let stats = |v: &[f64]| {
@@ -808,29 +900,11 @@ fn main() {
             );
         }
     }
-    println!(
-        "\n{count} messages of at most 64 KiB; the daemon sent {}.",
-        last.messages
-    );
-    for ((parse, name), v) in {
-        let mut all: Vec<_> = rates.iter().collect();
-        all.sort_by_key(|((p, n), _)| (*p, *n));
-        all
-    } {
-        println!(
-            "All runs, {} / {name}: {:?}",
-            if *parse { "decoding" } else { "counting" },
-            v.iter().map(|r| *r as u64).collect::<Vec<_>>()
-        );
-    }
-    println!(
-        "Last run: {} status messages (report interval 100 ms) arrived during the drain; \
-         the fresh sensor (sampled every 10 ms) had {} readings delivered after the backlog and {} before it (must be 0).",
-        last.statuses_during, last.fresh_after, last.fresh_before
-    );
+}
 
-    // What [mqtt] compress = "gzip" does to the same backlog: every message
-    // is over the 1 KiB threshold, so each goes gzipped (level 3).
+/// What `[mqtt] compress = "gzip"` does to the same backlog: every message
+/// is over the 1 KiB threshold, so each goes gzipped (level 3).
+fn report_gzip(n: usize, messages: &[String]) {
     let json_bytes: usize = messages.iter().map(String::len).sum();
     let start = Instant::now();
     let gzip_bytes: usize = messages
@@ -859,7 +933,10 @@ fn main() {
         rate(n, gzip_time),
         gzip_time.as_nanos() as f64 / n as f64
     );
+}
 
+fn report_memory(n: usize, memory: Memory) {
+    let (rss_empty, rss_full, hwm_drain) = (memory.empty, memory.full, memory.peak_draining);
     println!("\n## Daemon memory\n");
     println!("| what | RSS MiB |");
     println!("|---|---:|");

@@ -1,7 +1,7 @@
 //! The compact encoding of a batch of readings, as one BLOB of the `chunks`
 //! table.
 //!
-//! Version 3 (written now) is version 2 with a checksum:
+//! Version 3 (the one written) is version 2 with a checksum:
 //! ```text
 //! chunk3 := 3:u8  crc:u32le  body2
 //! ```
@@ -12,7 +12,7 @@
 //! every burst of up to 32 bits and all but one in 2^32 of the rest; the
 //! processors a gateway runs on compute it in hardware (SSE 4.2, ARMv8 CRC).
 //!
-//! Version 2 (still read: written before the checksum) keeps each sensor's
+//! Version 2 (read, not written: it has no checksum) keeps each sensor's
 //! readings as the very text a values message carries, so that a drain
 //! copies a chunk into a message sensor by sensor, without touching a
 //! single reading:
@@ -32,7 +32,7 @@
 //! read (and filtered) reading by reading. The texts are found from the end
 //! of the chunk, so copying them needs no walk of the index.
 //!
-//! Version 1 (still read: files written before it) is a list of records:
+//! Version 1 (read, not written) is a list of records:
 //! ```text
 //! chunk1 := 1:u8  seq0:varint  t0:zigzag  record*
 //! record := (seq - seq0):varint  sensor:varint  (t - t0):zigzag  len:varint  value

@@ -10,12 +10,12 @@ pub mod memory;
 #[cfg(test)]
 mod proptests;
 pub mod sqlite;
+mod worker;
 
-use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -26,6 +26,7 @@ use crate::thingplus::{Compression, Packer};
 
 pub use memory::MemoryStore;
 pub use sqlite::{OpenError, SqliteOptions, SqliteStore};
+use worker::{lock, run, Command, Staging};
 
 /// A reading with its place in the queue. Sequence numbers only grow.
 #[derive(Clone, Debug, PartialEq)]
@@ -218,10 +219,24 @@ pub struct BufferStats {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Why a store operation failed, by what a caller may do about it. The
+/// text is the underlying error's, as logged.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database is damaged, and moving it aside did not help.
     #[error("{0}")]
-    Failed(String),
+    Corrupt(String),
+    /// The filesystem is full, and dropping the oldest readings did not
+    /// make room: what was not committed waits in memory (bounded).
+    #[error("{0}")]
+    Full(String),
+    /// Any other failure to read or write the store (I/O, permissions, a
+    /// statement SQLite refused): the operation can be tried again.
+    #[error("{0}")]
+    Io(String),
+    /// The buffer thread has stopped (closed, or gone with its store).
+    #[error("the buffer thread has stopped")]
+    ThreadGone,
 }
 
 /// A durable (or not) ordered queue of readings.
@@ -271,12 +286,6 @@ pub const NEVER_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// Appends are also committed as soon as this many readings wait.
 pub const COMMIT_READINGS: usize = 8192;
 
-/// How long the buffer thread, woken by the first append of a burst, lets
-/// the rest of the burst gather before taking it (any other command cuts
-/// it short). Appends reach the store that much later; reads, acks and
-/// stats never wait for it.
-const STAGING_LINGER: Duration = Duration::from_millis(1);
-
 /// How the buffer thread runs its store.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BufferOptions {
@@ -295,33 +304,6 @@ impl BufferOptions {
     }
 }
 
-enum Command {
-    /// One append (the thread's own view of a staged one).
-    Append(Vec<Reading>),
-    /// Sent by [`Buffer::append`] when the staging area was empty: take
-    /// what is staged, if it is still of this generation.
-    Staged(u64),
-    /// Staged appends handed over whole, ahead of another command.
-    Appends(Vec<Vec<Reading>>),
-    Read {
-        from: u64,
-        max: usize,
-        reply: oneshot::Sender<StoreResult<Vec<Stored>>>,
-    },
-    ReadPacked {
-        from: u64,
-        max_bytes: usize,
-        max_messages: usize,
-        compress: Compression,
-        reply: oneshot::Sender<StoreResult<Vec<Packed>>>,
-    },
-    Ack(Range<u64>),
-    Stats(oneshot::Sender<StoreResult<BufferStats>>),
-    /// Commit now; answered once everything appended before is committed.
-    Commit(oneshot::Sender<StoreResult<()>>),
-    Close(oneshot::Sender<StoreResult<()>>),
-}
-
 /// A handle to the buffer thread. Cheap to clone; every clone talks to the
 /// same store, and commands are carried out in the order they are sent.
 #[derive(Clone)]
@@ -333,27 +315,6 @@ struct Shared {
     tx: mpsc::Sender<Command>,
     /// Appends the thread has not taken yet (see [`Buffer::append`]).
     staged: Arc<Mutex<Staging>>,
-}
-
-/// Appends on their way to the thread, each kept whole so that the thread
-/// carries them out one by one, exactly as if each had been sent alone.
-#[derive(Default)]
-struct Staging {
-    appends: Vec<Vec<Reading>>,
-    /// Bumped each time the appends are taken: a `Staged` message of an
-    /// older generation finds nothing of its own left to take.
-    generation: u64,
-}
-
-impl Staging {
-    fn take(&mut self) -> Vec<Vec<Reading>> {
-        self.generation += 1;
-        std::mem::take(&mut self.appends)
-    }
-}
-
-fn lock(staged: &Mutex<Staging>) -> MutexGuard<'_, Staging> {
-    staged.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
@@ -516,13 +477,13 @@ impl<T> std::future::Future for Reply<T> {
             Ok(rx) => std::pin::Pin::new(rx)
                 .poll(cx)
                 .map(|r| r.map_err(|_| gone())?),
-            Err(e) => std::task::Poll::Ready(Err(StoreError::Failed(e.to_string()))),
+            Err(_) => std::task::Poll::Ready(Err(gone())),
         }
     }
 }
 
 fn gone() -> StoreError {
-    StoreError::Failed("the buffer thread has stopped".into())
+    StoreError::ThreadGone
 }
 
 /// Size of the values message that would carry `r` alone.
@@ -532,285 +493,10 @@ pub fn single_message_len(r: &Reading) -> usize {
         .len()
 }
 
-/// Whether `r` fits in a message of `max` bytes, cheaply for numbers.
-fn fits(r: &Reading, max: usize) -> bool {
-    // {"<id, escaped at most 6x>":[<time, 20>,<number, 24>]}
-    if matches!(r.value, Value::Number(_)) && r.sensor_id.len() * 6 + 56 <= max {
-        return true;
-    }
-    single_message_len(r) <= max
-}
-
-/// Logs a failing operation once per change of error, not once per call.
-#[derive(Default)]
-struct ErrorLog {
-    last: Option<String>,
-    repeats: u64,
-}
-
-impl ErrorLog {
-    fn record(&mut self, what: &str, result: StoreResult<()>) {
-        match result {
-            Ok(()) => {
-                if let Some(prev) = self.last.take() {
-                    tracing::info!(
-                        previous_error = %prev,
-                        repeats = self.repeats,
-                        "buffer {what} works again"
-                    );
-                    self.repeats = 0;
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                if self.last.as_deref() == Some(msg.as_str()) {
-                    self.repeats += 1;
-                } else {
-                    tracing::error!(error = %msg, "buffer {what} failed: {msg}");
-                    self.last = Some(msg);
-                    self.repeats = 0;
-                }
-            }
-        }
-    }
-}
-
-/// Readings rejected at append, logged once per sensor until it sends a
-/// reading that fits again.
-#[derive(Default)]
-struct Oversize {
-    rejecting: std::collections::HashSet<std::sync::Arc<str>>,
-}
-
-impl Oversize {
-    fn filter(&mut self, readings: &mut Vec<Reading>, max: usize) {
-        readings.retain(|r| {
-            if fits(r, max) {
-                if !self.rejecting.is_empty() && self.rejecting.remove(&r.sensor_id) {
-                    tracing::info!(sensor_id = %r.sensor_id, "sensor values fit in max_message_size again");
-                }
-                true
-            } else {
-                if self.rejecting.insert(r.sensor_id.clone()) {
-                    tracing::warn!(
-                        sensor_id = %r.sensor_id,
-                        size = single_message_len(r),
-                        max_message_size = max,
-                        "a reading larger than [mqtt] max_message_size was rejected: it could never be sent (further ones from this sensor are rejected silently)"
-                    );
-                }
-                false
-            }
-        });
-    }
-}
-
-fn run(
-    mut store: impl Store,
-    options: BufferOptions,
-    rx: mpsc::Receiver<Command>,
-    staged: &Mutex<Staging>,
-) {
-    // When appends are committed and synced:
-    // - "always": after every burst of commands, each commit reaching the
-    //   disk (the store is opened with synchronous=FULL);
-    // - a period: once per period (or every COMMIT_READINGS readings), each
-    //   periodic commit followed by a sync, so the period is the loss window
-    //   for a crash and for a power cut alike;
-    // - "never": every NEVER_COMMIT_INTERVAL, never synced.
-    // Acknowledgements are committed after every burst in all modes (without
-    // an fsync except in "always"), so that after a crash only messages that
-    // were in flight are sent again; a period's sync covers them too.
-    let (commit_after, sync_every) = match options.fsync {
-        Fsync::Always => (Duration::ZERO, None),
-        Fsync::Period(p) => (p, Some(p)),
-        Fsync::Never => (NEVER_COMMIT_INTERVAL, None),
-    };
-    let mut dirty_since: Option<Instant> = None;
-    let mut unsynced_since: Option<Instant> = None;
-    let mut uncommitted = 0usize;
-    let mut oversize = Oversize::default();
-    let (mut append_log, mut ack_log, mut commit_log, mut sync_log) = (
-        ErrorLog::default(),
-        ErrorLog::default(),
-        ErrorLog::default(),
-        ErrorLog::default(),
-    );
-    let mut disconnected = false;
-    let mut closing = None;
-    // Acknowledgements since the last commit.
-    let mut acked = false;
-    // Appends taken from the staging area, carried out before anything else,
-    // then a command that came while waiting for them.
-    let mut taken: VecDeque<Vec<Reading>> = VecDeque::new();
-    let mut early: Option<Command> = None;
-    while (!disconnected || !taken.is_empty()) && closing.is_none() {
-        let deadline = [
-            dirty_since.map(|t| t + commit_after),
-            unsynced_since.zip(sync_every).map(|(t, p)| t + p),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let mut next = taken
-            .pop_front()
-            .map(Command::Append)
-            .or_else(|| early.take());
-        if next.is_none() {
-            next = match deadline {
-                Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
-                    Ok(c) => Some(c),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        disconnected = true;
-                        None
-                    }
-                },
-                None => match rx.recv() {
-                    Ok(c) => Some(c),
-                    Err(_) => {
-                        disconnected = true;
-                        None
-                    }
-                },
-            };
-        }
-        // Carry out a burst of commands, then commit once for all of them.
-        while let Some(cmd) = next.take() {
-            match cmd {
-                Command::Staged(generation) => {
-                    // The first append of a burst: let the rest of it (the
-                    // other sensors of the same tick) gather for a moment,
-                    // unless another command asks for the thread first.
-                    if early.is_none() && lock(staged).generation == generation {
-                        match rx.recv_timeout(STAGING_LINGER) {
-                            Ok(c) => early = Some(c),
-                            Err(mpsc::RecvTimeoutError::Timeout) => {}
-                            Err(mpsc::RecvTimeoutError::Disconnected) => disconnected = true,
-                        }
-                    }
-                    let mut s = lock(staged);
-                    if s.generation == generation {
-                        taken.extend(s.take());
-                    }
-                }
-                Command::Appends(appends) => taken.extend(appends),
-                Command::Append(mut readings) => {
-                    if let Some(max) = options.max_reading_bytes {
-                        oversize.filter(&mut readings, max);
-                    }
-                    if !readings.is_empty() {
-                        uncommitted += readings.len();
-                        append_log.record("append", store.append(readings));
-                        dirty_since.get_or_insert_with(Instant::now);
-                    }
-                }
-                Command::Read { from, max, reply } => {
-                    let _ = reply.send(store.read(from, max));
-                }
-                Command::ReadPacked {
-                    from,
-                    max_bytes,
-                    max_messages,
-                    compress,
-                    reply,
-                } => {
-                    let mut packed = store.read_packed(from, max_bytes, max_messages);
-                    if let (Ok(msgs), Compression::Gzip { .. }) = (&mut packed, compress) {
-                        for m in msgs {
-                            // An oversized single reading stays as it is:
-                            // the session drops it by its JSON size.
-                            if m.payload.len() <= max_bytes {
-                                m.payload = compress.apply(std::mem::take(&mut m.payload));
-                            }
-                        }
-                    }
-                    let _ = reply.send(packed);
-                }
-                Command::Ack(range) => {
-                    ack_log.record("ack", store.ack(range));
-                    acked = true;
-                }
-                Command::Stats(reply) => {
-                    let _ = reply.send(store.stats());
-                }
-                Command::Commit(reply) => {
-                    let result = store.commit();
-                    commit_log.record(
-                        "commit",
-                        result
-                            .as_ref()
-                            .map(|_| ())
-                            .map_err(|e| StoreError::Failed(e.to_string())),
-                    );
-                    if let Some(since) = dirty_since.take() {
-                        unsynced_since.get_or_insert(since);
-                    } else if acked {
-                        unsynced_since.get_or_insert_with(Instant::now);
-                    }
-                    uncommitted = 0;
-                    acked = false;
-                    let _ = reply.send(result);
-                }
-                Command::Close(reply) => {
-                    closing = Some(reply);
-                    break;
-                }
-            }
-            if uncommitted >= COMMIT_READINGS {
-                break;
-            }
-            if let Some(readings) = taken.pop_front() {
-                next = Some(Command::Append(readings));
-                continue;
-            }
-            if let Some(c) = early.take() {
-                next = Some(c);
-                continue;
-            }
-            match rx.try_recv() {
-                Ok(c) => next = Some(c),
-                Err(mpsc::TryRecvError::Empty) => {}
-                Err(mpsc::TryRecvError::Disconnected) => disconnected = true,
-            }
-        }
-        let now = Instant::now();
-        let finishing = disconnected || closing.is_some();
-        if let Some(since) = dirty_since {
-            if finishing || uncommitted >= COMMIT_READINGS || now >= since + commit_after {
-                commit_log.record("commit", store.commit());
-                dirty_since = None;
-                uncommitted = 0;
-                acked = false;
-                // Synced one period after the first change it holds: at once
-                // for the periodic commit.
-                unsynced_since.get_or_insert(since);
-            }
-        }
-        if acked {
-            commit_log.record("commit", store.commit_acks());
-            acked = false;
-            unsynced_since.get_or_insert(now);
-        }
-        if let (Some(since), Some(period)) = (unsynced_since, sync_every) {
-            if finishing || now >= since + period {
-                sync_log.record("fsync", store.sync());
-                unsynced_since = None;
-            }
-        }
-    }
-    let result = store.commit().and_then(|()| store.sync());
-    // Closed (and its directory unlocked) before the caller hears about it.
-    drop(store);
-    if let Some(reply) = closing {
-        let _ = reply.send(result);
-    } else if let Err(e) = result {
-        tracing::error!(error = %e, "cannot commit the buffer at exit");
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
     use crate::reading::Value;
 
@@ -908,6 +594,22 @@ mod tests {
         let got = rt.block_on(b.read(0, 100)).unwrap();
         let times: Vec<i64> = got.iter().map(|s| s.reading.time_ms).collect();
         assert_eq!(times, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_closed_buffer_answers_that_its_thread_has_stopped() {
+        let b = Buffer::start(MemoryStore::new(u64::MAX), Fsync::Never);
+        let rt = current_thread();
+        rt.block_on(b.close()).unwrap();
+        let err = rt.block_on(b.stats()).unwrap_err();
+        assert!(matches!(err, StoreError::ThreadGone), "{err:?}");
+        assert_eq!(err.to_string(), "the buffer thread has stopped");
+        let err = rt.block_on(b.request_packed(0, 1024, 1, Compression::Off));
+        assert!(matches!(err, Err(StoreError::ThreadGone)));
+        assert!(matches!(
+            rt.block_on(b.commit()),
+            Err(StoreError::ThreadGone)
+        ));
     }
 
     #[test]
