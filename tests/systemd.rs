@@ -47,7 +47,10 @@ impl NotifySocket {
             }
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
+                    || e.kind() == std::io::ErrorKind::TimedOut
+                    // A signal to the test process (a child exiting) is not
+                    // a failure: the caller's wait loop asks again.
+                    || e.kind() == std::io::ErrorKind::Interrupted =>
             {
                 None
             }
