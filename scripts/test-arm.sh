@@ -5,11 +5,15 @@
 #
 #   scripts/test-arm.sh [--arch arm64|armhf|all] [--subset[=small]] [-- cargo test ARGS (before its --)]
 #
-# Without --subset: the whole suite with the default features, as
-# scripts/test.sh runs it on amd64.
+# Everything is built with the packages' features (--no-default-features):
+# without the embedded demo broker, which the packages leave out, so
+# tests/demo.rs is the one test file that does not run on ARM (it tests
+# `thingplus-gw demo`); the builds of the subsets and of the whole suite
+# share their dependencies.
+# Without --subset: the whole suite.
 # --subset: what CI runs on armhf: login and will, values and statuses, RPC,
 # outage replay with SIGKILL, serial on a pty, Modbus, the buffer faults and
-# the unit tests, built with the packages' features (no demo broker).
+# the unit tests.
 # --subset=small: what CI runs on arm64: the unit tests, the daemon tests
 # and the outage replay (64-bit like amd64; the word-size faults live on
 # armhf, which runs the full subset).
@@ -36,7 +40,6 @@ done
 
 # One test target per area the ARM builds must prove.
 SUBSET=(
-	--no-default-features  # the packages' features: the demo broker is not shipped
 	--lib                  # codec, buffer store, config, payloads, the pure session state machine
 	--test daemon          # login, will after SIGKILL, values, statuses, RPC commands, TLS
 	--test status          # statuses online, failing sensor, offline backlog
@@ -46,11 +49,11 @@ SUBSET=(
 	--test serial_modbus   # Modbus RTU on a pty
 	--test serial_e2e      # serial and Modbus readings to the cloud
 )
-SMALL_SUBSET=(--no-default-features --lib --test daemon --test buffer_e2e)
-sel=()
+SMALL_SUBSET=(--lib --test daemon --test buffer_e2e)
+sel=(--no-default-features)
 case "$subset" in
-full) sel=("${SUBSET[@]}") ;;
-small) sel=("${SMALL_SUBSET[@]}") ;;
+full) sel+=("${SUBSET[@]}") ;;
+small) sel+=("${SMALL_SUBSET[@]}") ;;
 esac
 
 scripts/arm-setup.sh
@@ -60,7 +63,7 @@ for arch in $archs; do
 		[ -n "$TRIPLE" ] || { echo "error: $arch is not an ARM architecture" >&2; exit 2; }
 		t0=$(date +%s)
 		echo "== $arch: building the test binaries ($TRIPLE, $RUSTC, profile cross-test${subset:+, $subset subset})"
-		cargo test --locked --profile cross-test --no-run --target "$TRIPLE" "${sel[@]}"
+		cargo test --locked --profile cross-test --no-run --target "$TRIPLE" "${sel[@]}" "$@"
 		t1=$(date +%s)
 		echo "== $arch: built in $((t1 - t0)) s; running them under $(qemu-"${GNU%%-*}"-static --version 2>/dev/null | head -n1 || echo qemu-user)"
 		# qemu-user runs vfork as fork, so glibc's posix_spawn cannot report
