@@ -68,7 +68,8 @@ for arch in $archs; do
 		echo "== $arch: built in $((t1 - t0)) s; running them under $(qemu-"${GNU%%-*}"-static --version 2>/dev/null | head -n1 || echo qemu-user)"
 		# qemu-user runs vfork as fork, so glibc's posix_spawn cannot report
 		# an exec failure: the child exits 127 instead (README, "Run the tests").
-		scripts/test.sh --locked --profile cross-test --target "$TRIPLE" "${sel[@]}" "$@" -- --skip rpc::tests::sw_update_outcomes
+		# --no-fail-fast: one slow emulated run reports every failing test file.
+		scripts/test.sh --locked --profile cross-test --no-fail-fast --target "$TRIPLE" "${sel[@]}" "$@" -- --skip rpc::tests::sw_update_outcomes
 		t2=$(date +%s)
 		echo "== $arch: tests passed (build $((t1 - t0)) s, run $((t2 - t1)) s)"
 	)
