@@ -92,9 +92,13 @@ impl Notifier {
     pub fn reloading(&mut self) {
         let status = "reloading the configuration";
         self.last_status = status.into();
-        match NotifyState::monotonic_usec_now() {
-            Ok(now) => self.send(&[NotifyState::Reloading, now, NotifyState::Status(status)]),
-            Err(_) => self.send(&[NotifyState::Reloading, NotifyState::Status(status)]),
+        match monotonic_usec_now() {
+            Some(now) => self.send(&[
+                NotifyState::Reloading,
+                NotifyState::MonotonicUsec(now),
+                NotifyState::Status(status),
+            ]),
+            None => self.send(&[NotifyState::Reloading, NotifyState::Status(status)]),
         }
     }
 
@@ -104,6 +108,22 @@ impl Notifier {
         self.last_status = status.into();
         self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
+}
+
+/// CLOCK_MONOTONIC in microseconds, for `MONOTONIC_USEC`. Not sd-notify's
+/// `monotonic_usec_now`: it multiplies in `time_t`, which is 32 bits on
+/// armhf, so it overflows once the box has been up 36 minutes.
+fn monotonic_usec_now() -> Option<i128> {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return None;
+    }
+    Some(usec_of(ts.tv_sec, ts.tv_nsec))
+}
+
+/// Microseconds of a `timespec`, widened before multiplying.
+fn usec_of(sec: libc::time_t, nsec: libc::c_long) -> i128 {
+    i128::from(sec) * 1_000_000 + i128::from(nsec) / 1_000
 }
 
 /// Decides whether the daemon deserves a watchdog beat.
@@ -231,6 +251,15 @@ fn local_hhmm(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A box up 30 days: the microseconds do not fit 32 bits (armhf's
+    /// `time_t`), and must not overflow or wrap.
+    #[test]
+    fn monotonic_usec_is_exact_past_32_bits() {
+        let thirty_days = 30 * 86_400;
+        assert_eq!(usec_of(thirty_days, 999_999_999), 2_592_000_999_999);
+        assert!(monotonic_usec_now().is_some_and(|us| us > 0));
+    }
 
     #[test]
     fn thousands_are_grouped() {
