@@ -39,6 +39,9 @@ cross_env() {
 	lower=$(echo "$TRIPLE" | tr '-' '_')
 	# rustup's shims come first on PATH; its toolchains cannot add targets here.
 	export RUSTC=/usr/bin/rustc
+	# The doctests of the whole suite need the rustdoc of that same toolchain
+	# (rustup's cannot find the target's standard library: E0463).
+	export RUSTDOC=/usr/bin/rustdoc
 	export "CARGO_TARGET_${upper}_LINKER=$GNU-gcc"
 	export "CC_${lower}=$GNU-gcc"
 	export "AR_${lower}=$GNU-ar"
